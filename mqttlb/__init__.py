@@ -1,0 +1,1 @@
+"""mqttlb: an MQTT broker-side device router."""

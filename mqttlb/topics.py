@@ -1,0 +1,199 @@
+"""MQTT topic filters with named captures, key validation and topic templates.
+
+Routes match device topics with filters such as ``devices/{device}/telemetry``
+and build new topics from templates such as ``mqttlb/workers/{worker}/in/{topic}``.
+Everything that ends up in a topic we publish passes through here, because the
+broker disconnects a client that publishes a topic it finds malformed: one bad
+device id must never cost the router its connection.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Mapping
+
+MAX_KEY_BYTES = 256
+MAX_TOPIC_BYTES = 65535
+
+_CAPTURE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+# What Mosquitto refuses in a topic (NUL, C0/C1 controls, surrogates,
+# noncharacters) plus the characters that have a meaning in topics.
+_NONCHARACTERS = "".join(chr(plane + low) for plane in range(0, 0x110000, 0x10000) for low in (0xFFFE, 0xFFFF))
+_BAD_KEY_CHARS = re.compile("[/+#\x00-\x1f\x7f-\x9f\ud800-\udfff\ufdd0-\ufdef" + re.escape(_NONCHARACTERS) + "]")
+_BAD_TOPIC_CHARS = re.compile("[+#\x00-\x1f\x7f-\x9f\ud800-\udfff\ufdd0-\ufdef" + re.escape(_NONCHARACTERS) + "]")
+
+
+class TopicError(ValueError):
+    """A filter, template or topic that is not valid MQTT."""
+
+
+def key_problem(key: str) -> str | None:
+    """Why ``key`` cannot be placed in a topic level, or None when it can."""
+    if not key:
+        return "empty key"
+    if len(key) * 4 > MAX_KEY_BYTES and len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+        return f"key longer than {MAX_KEY_BYTES} bytes"
+    bad = _BAD_KEY_CHARS.search(key)
+    if bad is not None:
+        return f"key holds forbidden character U+{ord(bad.group()):04X}"
+    return None
+
+
+def topic_problem(topic: str) -> str | None:
+    """Why ``topic`` cannot be published to, or None when it can."""
+    if not topic:
+        return "empty topic"
+    if len(topic) * 4 > MAX_TOPIC_BYTES and len(topic.encode("utf-8", "surrogatepass")) > MAX_TOPIC_BYTES:
+        return f"topic longer than {MAX_TOPIC_BYTES} bytes"
+    bad = _BAD_TOPIC_CHARS.search(topic)
+    if bad is not None:
+        return f"topic holds forbidden character U+{ord(bad.group()):04X}"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class TopicFilter:
+    """An MQTT subscription filter whose ``+`` levels may carry names."""
+
+    template: str
+    """As written in the config, e.g. ``devices/{device}/telemetry``."""
+    mqtt: str
+    """The filter as the broker sees it, e.g. ``devices/+/telemetry``."""
+    captures: tuple[tuple[int, str], ...]
+    """(level index, name) of each named capture."""
+
+    @classmethod
+    def parse(cls, template: str) -> TopicFilter:
+        if not template:
+            raise TopicError("empty filter")
+        levels = template.split("/")
+        mqtt_levels: list[str] = []
+        captures: list[tuple[int, str]] = []
+        for index, level in enumerate(levels):
+            capture = _CAPTURE.fullmatch(level)
+            if capture is not None:
+                name = capture.group(1)
+                if any(name == seen for _, seen in captures):
+                    raise TopicError(f"capture {{{name}}} appears twice")
+                captures.append((index, name))
+                mqtt_levels.append("+")
+            elif "{" in level or "}" in level:
+                raise TopicError(f"level {level!r}: a capture must be a whole level, like {{device}}")
+            elif level == "#" and index != len(levels) - 1:
+                raise TopicError("'#' may only be the last level")
+            elif level not in ("+", "#") and ("+" in level or "#" in level):
+                raise TopicError(f"level {level!r}: '+' and '#' must stand alone in a level")
+            else:
+                mqtt_levels.append(level)
+        mqtt = "/".join(mqtt_levels)
+        if _BAD_TOPIC_CHARS.search(mqtt.replace("+", "").replace("#", "")):
+            raise TopicError("filter holds a control character or a noncharacter")
+        if len(mqtt.encode("utf-8")) > MAX_TOPIC_BYTES:
+            raise TopicError(f"filter longer than {MAX_TOPIC_BYTES} bytes")
+        return cls(template=template, mqtt=mqtt, captures=tuple(captures))
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(name for _, name in self.captures)
+
+    def match(self, topic: str) -> dict[str, str] | None:
+        """The captures when ``topic`` matches this filter, else None."""
+        if not filter_matches(self.mqtt, topic):
+            return None
+        if not self.captures:
+            return {}
+        levels = topic.split("/")
+        return {name: levels[index] for index, name in self.captures}
+
+
+def filter_matches(mqtt_filter: str, topic: str) -> bool:
+    """MQTT matching of a topic name against a filter (MQTT 3.1.1 section 4.7)."""
+    if topic.startswith("$") and not mqtt_filter.startswith("$"):
+        return False  # wildcards at the first level never match $SYS, $share ...
+    filter_levels = mqtt_filter.split("/")
+    topic_levels = topic.split("/")
+    for index, level in enumerate(filter_levels):
+        if level == "#":
+            return True
+        if index >= len(topic_levels):
+            return False
+        if level != "+" and level != topic_levels[index]:
+            return False
+    return len(topic_levels) == len(filter_levels)
+
+
+def filters_overlap(a: str, b: str) -> bool:
+    """Whether some topic name matches both MQTT filters."""
+    a_levels, b_levels = a.split("/"), b.split("/")
+    for index in range(max(len(a_levels), len(b_levels))):
+        x = a_levels[index] if index < len(a_levels) else None
+        y = b_levels[index] if index < len(b_levels) else None
+        if x == "#" or y == "#":
+            # '#' also matches the parent level itself ("a/#" matches "a").
+            return True
+        if x is None or y is None:
+            return False
+        if x != "+" and y != "+" and x != y:
+            return False
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class TopicTemplate:
+    """A topic built from placeholders, e.g. ``mqttlb/workers/{worker}/in/{topic}``.
+
+    ``{topic}`` (the original topic, whole) must be the last level because it
+    may span several levels; every other placeholder fills one level.
+    """
+
+    template: str
+    parts: tuple[str, ...]
+    """Literal text and placeholder names alternating, starting with literal text."""
+
+    @classmethod
+    def parse(cls, template: str, allowed: frozenset[str]) -> TopicTemplate:
+        if not template:
+            raise TopicError("empty template")
+        parts: list[str] = []
+        last = 0
+        for found in _CAPTURE.finditer(template):
+            name = found.group(1)
+            if name not in allowed:
+                raise TopicError(f"unknown placeholder {{{name}}}; expected one of {', '.join(sorted(allowed))}")
+            start, end = found.span()
+            whole_level = (start == 0 or template[start - 1] == "/") and (end == len(template) or template[end] == "/")
+            if not whole_level:
+                raise TopicError(f"placeholder {{{name}}} must be a whole level")
+            if name == "topic" and end != len(template):
+                raise TopicError("{topic} must be the last level")
+            parts.append(template[last:start])
+            parts.append(name)
+            last = end
+        parts.append(template[last:])
+        literal = "".join(parts[0::2])
+        if "{" in literal or "}" in literal:
+            raise TopicError("stray '{' or '}'")
+        if "+" in literal or "#" in literal or _BAD_TOPIC_CHARS.search(literal):
+            raise TopicError("a topic template may not hold '+', '#' or control characters")
+        return cls(template=template, parts=tuple(parts))
+
+    @property
+    def placeholders(self) -> tuple[str, ...]:
+        return self.parts[1::2]
+
+    def render(self, values: Mapping[str, str]) -> str:
+        out = [self.parts[0]]
+        for index in range(1, len(self.parts), 2):
+            out.append(values[self.parts[index]])
+            out.append(self.parts[index + 1])
+        return "".join(out)
+
+    def as_filter(self) -> str:
+        """The MQTT filter that matches every topic this template can render."""
+        out = [self.parts[0]]
+        for index in range(1, len(self.parts), 2):
+            out.append("#" if self.parts[index] == "topic" else "+")
+            out.append(self.parts[index + 1])
+        return "".join(out)
