@@ -1,0 +1,352 @@
+"""The balancing algorithms, without a broker: registry, options and each algorithm's promises."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mqttlb import balancers
+from mqttlb.balancers import BadOption, Balancer, UnknownAlgorithm, create, names, needs_key, register
+
+ALL = ("consistent_hash", "least_connections", "random", "round_robin", "weighted_round_robin")
+KEYS = [f"device-{i}" for i in range(20_000)]
+
+properties = settings(derandomize=True, max_examples=60, deadline=None)
+worker_ids = st.sets(st.text("abcdefgh0123456789-", min_size=1, max_size=8), min_size=1, max_size=8)
+
+
+def make(name: str, workers: Mapping[str, float], **options: object) -> Balancer:
+    balancer = create(name, rng=random.Random(1), **options)
+    balancer.update(workers)
+    return balancer
+
+
+def picks(balancer: Balancer, count: int, key: str | None = None) -> list[str | None]:
+    return [balancer.pick(key) for _ in range(count)]
+
+
+def mapping(balancer: Balancer, keys: list[str]) -> dict[str, str | None]:
+    return {key: balancer.pick(key) for key in keys}
+
+
+@pytest.fixture
+def registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Let a test register algorithms without leaking them into the others."""
+    monkeypatch.setattr(balancers, "_registry", dict(balancers._registry))
+    yield
+
+
+# -- registry and options ----------------------------------------------------
+
+
+def test_spec_example() -> None:
+    b = create("consistent_hash")
+    b.update({"w1": 1.0, "w2": 2.0})
+    assert b.pick("device-42") in {"w1", "w2"}
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_no_worker_gives_none(name: str) -> None:
+    b = create(name, rng=random.Random(1))
+    assert b.pick("device-1") is None
+    b.update({"w1": 1.0})
+    b.update({})
+    assert b.pick("device-1") is None
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_single_worker_gets_everything(name: str) -> None:
+    b = make(name, {"only": 2.5})
+    assert {b.pick(f"d{i}") for i in range(50)} == {"only"}
+
+
+def test_names_and_needs_key() -> None:
+    assert names() == ALL
+    assert [n for n in ALL if needs_key(n)] == ["consistent_hash"]
+
+
+def test_unknown_algorithm_message() -> None:
+    with pytest.raises(UnknownAlgorithm) as caught:
+        create("roundrobin")
+    assert str(caught.value) == (
+        "unknown algorithm 'roundrobin'; expected one of consistent_hash, "
+        "least_connections, random, round_robin, weighted_round_robin"
+    )
+    assert isinstance(caught.value, ValueError)
+    with pytest.raises(UnknownAlgorithm):
+        needs_key("roundrobin")
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "message"),
+    [
+        ("consistent_hash", {"virtual_nodes": 0}, "virtual_nodes: must be an integer from 1 to 10000, got 0"),
+        ("consistent_hash", {"virtual_nodes": 10_001}, "virtual_nodes: must be an integer from 1 to 10000, got 10001"),
+        ("consistent_hash", {"virtual_nodes": "160"}, "virtual_nodes: must be an integer from 1 to 10000, got '160'"),
+        ("consistent_hash", {"virtual_nodes": True}, "virtual_nodes: must be an integer from 1 to 10000, got True"),
+        ("consistent_hash", {"virtual_nodes": 1.5}, "virtual_nodes: must be an integer from 1 to 10000, got 1.5"),
+        ("consistent_hash", {"vnodes": 5}, "unknown option 'vnodes'; expected one of virtual_nodes"),
+        ("round_robin", {"virtual_nodes": 5}, "unknown option 'virtual_nodes'; round_robin takes no options"),
+    ],
+)
+def test_bad_options(name: str, options: dict[str, Any], message: str) -> None:
+    with pytest.raises(BadOption) as caught:
+        create(name, **options)
+    assert str(caught.value) == message
+    assert isinstance(caught.value, ValueError)
+
+
+def test_virtual_nodes_option() -> None:
+    b = create("consistent_hash", virtual_nodes=500)
+    assert isinstance(b, balancers.ConsistentHash)
+    assert b.virtual_nodes == 500
+
+
+@pytest.mark.parametrize("weight", [0.0, -1.0, float("nan"), float("inf")])
+@pytest.mark.parametrize("name", ALL)
+def test_update_refuses_bad_weights(name: str, weight: float) -> None:
+    with pytest.raises(ValueError, match="'w1': weight must be"):
+        create(name).update({"w1": weight})
+
+
+class First(Balancer):
+    name = "first"
+
+    def __init__(self, *, rng: random.Random, reverse: bool = False) -> None:
+        self.reverse = reverse
+        self._workers: list[str] = []
+
+    def update(self, workers: Mapping[str, float]) -> None:
+        self._workers = sorted(workers, reverse=self.reverse)
+
+    def pick(self, key: str | None) -> str | None:
+        return self._workers[0] if self._workers else None
+
+
+@pytest.mark.usefixtures("registry")
+def test_register_custom_algorithm() -> None:
+    register("first", First)
+    assert names() == tuple(sorted((*ALL, "first")))
+    assert needs_key("first") is False
+    b = create("first", reverse=True)
+    b.update({"a": 1.0, "b": 1.0})
+    assert b.pick(None) == "b"
+    with pytest.raises(UnknownAlgorithm, match=r"expected one of consistent_hash, first, least_connections"):
+        create("last")
+
+
+@pytest.mark.usefixtures("registry")
+def test_register_factory_function() -> None:
+    register("first_reversed", lambda rng, **options: First(rng=rng, reverse=True, **options))
+    assert needs_key("first_reversed") is False
+    assert isinstance(create("first_reversed"), First)
+
+
+@pytest.mark.usefixtures("registry")
+def test_register_refuses_duplicates() -> None:
+    register("first", First)
+    with pytest.raises(ValueError, match="already registered"):
+        register("first", First)
+    with pytest.raises(ValueError, match="already registered"):
+        register("round_robin", First)
+
+
+# -- round robin --------------------------------------------------------------
+
+
+def test_round_robin_cycles_in_id_order() -> None:
+    b = make("round_robin", {"c": 1.0, "a": 9.0, "b": 1.0})
+    assert picks(b, 7) == ["a", "b", "c", "a", "b", "c", "a"]
+
+
+@properties
+@given(workers=worker_ids, rounds=st.integers(1, 5))
+def test_round_robin_is_fair(workers: set[str], rounds: int) -> None:
+    b = make("round_robin", dict.fromkeys(workers, 1.0))
+    counts = Counter(picks(b, rounds * len(workers)))
+    assert counts == dict.fromkeys(workers, rounds)
+
+
+def test_round_robin_update_keeps_its_place() -> None:
+    b = make("round_robin", {"a": 1.0, "b": 1.0, "c": 1.0})
+    assert picks(b, 2) == ["a", "b"]
+    b.update({"a": 1.0, "b": 1.0, "bb": 1.0, "c": 1.0})
+    assert picks(b, 3) == ["bb", "c", "a"]
+    b.update({"b": 1.0, "c": 1.0})  # the last pick, a, left
+    assert picks(b, 2) == ["b", "c"]
+    b.update({"a": 1.0, "b": 1.0})  # the last pick, c, left and nothing follows it: wrap
+    assert picks(b, 1) == ["a"]
+
+
+# -- smooth weighted round robin ---------------------------------------------
+
+
+def test_weighted_round_robin_is_smooth_as_nginx() -> None:
+    b = make("weighted_round_robin", {"b": 1.0, "a": 5.0, "c": 1.0})
+    assert "".join(str(w) for w in picks(b, 21)) == "aabacaa" * 3
+
+
+def test_weighted_round_robin_same_update_keeps_rotation() -> None:
+    b = make("weighted_round_robin", {"a": 5.0, "b": 1.0, "c": 1.0})
+    first = picks(b, 3)
+    b.update({"c": 1.0, "b": 1.0, "a": 5.0})
+    assert first + picks(b, 4) == list("aabacaa")
+
+
+@properties
+@given(weights=st.lists(st.integers(1, 12), min_size=1, max_size=6), cycles=st.integers(1, 3))
+def test_weighted_round_robin_counts_equal_weights_every_cycle(weights: list[int], cycles: int) -> None:
+    workers = {f"w{i}": float(weight) for i, weight in enumerate(weights)}
+    b = make("weighted_round_robin", workers)
+    for _ in range(cycles):
+        assert Counter(picks(b, sum(weights))) == {w: int(weight) for w, weight in workers.items()}
+
+
+def test_weighted_round_robin_fractional_weights() -> None:
+    b = make("weighted_round_robin", {"a": 0.5, "b": 1.5, "c": 0.25})
+    counts = Counter(picks(b, 9_000))
+    assert counts == {"a": 2_000, "b": 6_000, "c": 1_000}
+
+
+def test_weighted_round_robin_follows_new_weights() -> None:
+    b = make("weighted_round_robin", {"a": 1.0, "b": 1.0})
+    picks(b, 3)
+    b.update({"a": 1.0, "b": 3.0, "c": 1.0})
+    counts = Counter(picks(b, 500))
+    assert abs(counts["a"] - 100) <= 2 and abs(counts["b"] - 300) <= 2 and abs(counts["c"] - 100) <= 2
+
+
+# -- least connections ---------------------------------------------------------
+
+
+def test_least_connections_picks_least_loaded() -> None:
+    b = make("least_connections", {"a": 1.0, "b": 1.0, "c": 1.0})
+    b.report_load("a", 5)
+    b.report_load("b", 2)
+    b.report_load("c", 3)
+    assert picks(b, 3) == ["b", "c", "b"]  # b at 3 ties with c, which has waited longer
+    b.report_load("a", 0)  # the report replaces the count, picks since add on top
+    assert picks(b, 2) == ["a", "a"]
+
+
+def test_least_connections_ties_rotate() -> None:
+    b = make("least_connections", {"a": 1.0, "b": 1.0, "c": 1.0})
+    seen = []
+    for _ in range(6):
+        seen.append(b.pick(None))
+        for worker in "abc":
+            b.report_load(worker, 0)
+    assert seen == ["a", "b", "c", "a", "b", "c"]
+
+
+def test_least_connections_update_keeps_counts_and_ignores_strangers() -> None:
+    b = make("least_connections", {"a": 1.0, "b": 1.0})
+    b.report_load("a", 10)
+    b.report_load("ghost", 0)
+    b.update({"a": 1.0, "b": 1.0, "c": 1.0})
+    assert picks(b, 4) == ["b", "c", "b", "c"]
+    assert "a" not in picks(b, 10)
+
+
+# -- random ---------------------------------------------------------------------
+
+
+def test_random_follows_weights() -> None:
+    b = make("random", {"a": 1.0, "b": 3.0})
+    counts = Counter(picks(b, 10_000))
+    assert 0.22 < counts["a"] / 10_000 < 0.28
+
+
+def test_random_is_deterministic_given_the_seed() -> None:
+    workers = {"a": 1.0, "b": 2.0, "c": 0.5}
+    assert picks(make("random", workers), 100) == picks(make("random", workers), 100)
+    other = create("random", rng=random.Random(2))
+    other.update(workers)
+    assert picks(other, 100) != picks(make("random", workers), 100)
+
+
+# -- consistent hashing --------------------------------------------------------
+
+
+def test_consistent_hash_needs_a_key() -> None:
+    b = make("consistent_hash", {"w1": 1.0})
+    with pytest.raises(ValueError, match="needs a key"):
+        b.pick(None)
+
+
+def test_consistent_hash_is_stable_across_runs() -> None:
+    # Pinned: the ring must not depend on PYTHONHASHSEED or the Python version.
+    b = make("consistent_hash", {"w1": 1.0, "w2": 1.0, "w3": 1.0})
+    assert [b.pick(f"device-{i}") for i in range(8)] == ["w2", "w3", "w1", "w3", "w2", "w1", "w1", "w1"]
+
+
+hash_keys = KEYS[:400]
+# Weights whose mean stays in one power-of-two band: workers keep their points.
+band_weights = st.sampled_from([0.8, 1.0, 1.25])
+
+
+@st.composite
+def pools(draw: st.DrawFn) -> tuple[dict[str, float], str, float]:
+    workers = draw(worker_ids)
+    weights = {w: draw(band_weights) for w in sorted(workers)}
+    newcomer = draw(st.text("xyz", min_size=1, max_size=4).filter(lambda w: w not in workers))
+    return weights, newcomer, draw(band_weights)
+
+
+@properties
+@given(pool=pools())
+def test_consistent_hash_adding_moves_keys_only_to_the_newcomer(pool: tuple[dict[str, float], str, float]) -> None:
+    workers, newcomer, weight = pool
+    before = mapping(make("consistent_hash", workers), hash_keys)
+    after = mapping(make("consistent_hash", {**workers, newcomer: weight}), hash_keys)
+    assert {after[k] for k in hash_keys if after[k] != before[k]} <= {newcomer}
+
+
+@properties
+@given(pool=pools(), data=st.data())
+def test_consistent_hash_removing_moves_only_its_keys(
+    pool: tuple[dict[str, float], str, float], data: st.DataObject
+) -> None:
+    workers, _, _ = pool
+    leaver = data.draw(st.sampled_from(sorted(workers)))
+    before = mapping(make("consistent_hash", workers), hash_keys)
+    rest = {w: weight for w, weight in workers.items() if w != leaver}
+    after = mapping(make("consistent_hash", rest), hash_keys)
+    assert all(after[k] == before[k] for k in hash_keys if before[k] != leaver)
+
+
+@properties
+@given(workers=worker_ids.flatmap(lambda ids: st.permutations(sorted(ids))), weights=st.data())
+def test_consistent_hash_ignores_insertion_order(workers: list[str], weights: st.DataObject) -> None:
+    given_weights = {w: weights.draw(st.floats(0.1, 10.0)) for w in workers}
+    in_id_order = dict(sorted(given_weights.items()))
+    assert mapping(make("consistent_hash", given_weights), hash_keys) == mapping(
+        make("consistent_hash", in_id_order), hash_keys
+    )
+
+
+@properties
+@given(workers=worker_ids, exponent=st.integers(-4, 6))
+def test_consistent_hash_weight_scale_by_power_of_two_changes_nothing(workers: set[str], exponent: int) -> None:
+    weights = {w: 1.0 + i % 3 for i, w in enumerate(sorted(workers))}
+    scaled = {w: weight * 2.0**exponent for w, weight in weights.items()}
+    assert mapping(make("consistent_hash", weights), hash_keys) == mapping(make("consistent_hash", scaled), hash_keys)
+
+
+@pytest.mark.parametrize(("light", "heavy"), [(1.0, 3.0), (100.0, 300.0), (0.01, 0.03)])
+def test_consistent_hash_weights_set_shares(light: float, heavy: float) -> None:
+    counts = Counter(mapping(make("consistent_hash", {"w1": light, "w2": heavy}), KEYS).values())
+    assert 0.20 <= counts["w1"] / len(KEYS) <= 0.30
+
+
+def test_consistent_hash_balance() -> None:
+    workers = {f"worker-{i}": 1.0 for i in range(10)}
+    counts = Counter(mapping(make("consistent_hash", workers), KEYS).values())
+    assert len(counts) == 10
+    assert max(counts.values()) / (len(KEYS) / 10) < 1.3
