@@ -1,0 +1,718 @@
+"""The configuration file: YAML in, frozen dataclasses out, checked once.
+
+Every other module reads typed, immutable settings with each default already
+filled in; none of them looks at raw YAML or wonders whether a value was
+checked. An invalid file is refused before anything connects, with one line
+per problem naming its place (``routes[1].algorithm: ...``) and every problem
+at once, so an operator fixes the file in one pass. Problems in the data are
+collected, never raised as they are met: a list where a mapping belongs is a
+line in the report, not a traceback.
+
+The file must not make the router feed itself: a route whose filter could
+match the router's own forwards, dead letters, stats or the workers'
+heartbeats is refused (see ``_loop_problems``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass, field, replace
+from fractions import Fraction
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Callable, Mapping, TypeVar
+
+import yaml
+
+from . import balancers
+from .errors import ConfigError
+from .keys import KeySpec
+from .topics import TopicFilter, TopicTemplate, filters_overlap, topic_problem
+
+T = TypeVar("T")
+
+FORWARD_PLACEHOLDERS = frozenset({"worker", "topic", "route", "pool", "key"})
+DEAD_LETTER_PLACEHOLDERS = frozenset({"reason", "topic", "route"})
+DEFAULT_FORWARD = TopicTemplate.parse("mqttlb/workers/{worker}/in/{topic}", FORWARD_PLACEHOLDERS)
+DEFAULT_DEAD_LETTER = TopicTemplate.parse("mqttlb/deadletter/{reason}/{topic}", DEAD_LETTER_PLACEHOLDERS)
+DEFAULT_POOL = "default"
+MAX_PACKET_BYTES = 268_435_455  # the largest MQTT packet
+MAX_SESSION_EXPIRY = 4_294_967_295.0  # MQTT 5: a four-byte count of seconds
+TLS_PORT = 8883
+
+
+# -- the settings -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TlsSettings:
+    """TLS to the broker. Paths are absolute; None means the system CA store, no client certificate."""
+
+    ca_certs: str | None = None
+    certfile: str | None = None
+    keyfile: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerSettings:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    client_id: str = "mqttlb-router"
+    """Stable: it names the router's persistent session."""
+    protocol: str = "5"
+    """``"5"`` or ``"3.1.1"``."""
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls: TlsSettings | None = None
+    keepalive: int = 30
+    session_expiry: float = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class RouterSettings:
+    share_group: str | None = None
+    """Subscribe with ``$share/<group>/<filter>`` so several routers split the load."""
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatSettings:
+    topic: str = "mqttlb/workers/+/heartbeat"
+    """An MQTT filter with exactly one ``+`` level, the worker id, and no ``#``."""
+    timeout: float = 6.0
+    expire: float = 300.0
+
+    @property
+    def worker_level(self) -> int:
+        """The index of the topic level that holds the worker id."""
+        return self.topic.split("/").index("+")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerOverride:
+    """A static weight for one worker, taking the place of the one its heartbeat reports."""
+
+    weight: float
+
+
+def _no_workers() -> Mapping[str, WorkerOverride]:
+    return MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSettings:
+    name: str
+    workers: Mapping[str, WorkerOverride] = field(default_factory=_no_workers)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteSettings:
+    name: str
+    match: TopicFilter
+    key: KeySpec | None
+    algorithm: str
+    pool: str = DEFAULT_POOL
+    forward: TopicTemplate = DEFAULT_FORWARD
+    qos: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterSettings:
+    topic: TopicTemplate = DEFAULT_DEAD_LETTER
+    hold: float = 10.0
+    """Seconds a message waits, unacknowledged, for a healthy worker before it is dead-lettered."""
+    max_payload: int = 262_144
+
+
+@dataclass(frozen=True, slots=True)
+class StatsSettings:
+    topic: str = "mqttlb/stats"
+    interval: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    listen: tuple[str, int] | None = ("127.0.0.1", 9108)
+    """Host and port of the HTTP endpoint; None turns it off; port 0 takes any free port."""
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    broker: BrokerSettings
+    router: RouterSettings
+    heartbeat: HeartbeatSettings
+    pools: Mapping[str, PoolSettings]
+    """Always holds ``default`` and every pool a route names."""
+    routes: tuple[RouteSettings, ...]
+    """In file order: the first that matches a topic takes it."""
+    balancers: Mapping[str, Mapping[str, object]]
+    """Options per algorithm, for ``balancers.create(name, **options)``."""
+    dead_letter: DeadLetterSettings
+    stats: StatsSettings
+    metrics: MetricsSettings
+    source: str | None = None
+    """The file it was loaded from."""
+
+
+# -- loading ------------------------------------------------------------------
+
+
+def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
+    """Read and check the file at ``path``; raises ConfigError listing every problem."""
+    try:
+        text = Path(path).read_bytes()
+    except OSError as error:
+        raise ConfigError([f"{path}: cannot read: {error.strerror or error}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError([_yaml_problem(str(path), error)]) from None
+    config = parse(data, base_dir=Path(path).absolute().parent, environ=os.environ if environ is None else environ)
+    return replace(config, source=str(path))
+
+
+def _yaml_problem(path: str, error: yaml.YAMLError) -> str:
+    if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
+        mark = error.problem_mark
+        return f"{path}:{mark.line + 1}:{mark.column + 1}: YAML syntax error: {error.problem}"
+    return f"{path}: YAML error: {' '.join(str(error).split())}"
+
+
+def parse(data: object, *, base_dir: Path, environ: Mapping[str, str]) -> Config:
+    """Check ``data``, as ``yaml.safe_load`` gives it; raises ConfigError listing every problem.
+
+    Relative paths are taken from ``base_dir``; ``password_env`` is looked up in ``environ``.
+    """
+    if data is None:  # an empty file
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"config: must be a mapping of sections with at least routes, got {_shown(data)}"])
+    problems: list[str] = []
+    top = _Section(data, "", _SECTIONS, problems)
+    broker = _broker(top.section("broker", _BROKER_FIELDS), base_dir, environ)
+    router = RouterSettings(**top.section("router", ("share_group",)).read(share_group=_optional(_level)))
+    heartbeat = _heartbeat(top.section("heartbeat", ("topic", "timeout", "expire")))
+    pools = _pools(top.raw("pools"), problems)
+    routes = _routes(top.raw("routes"), problems)
+    options = _balancer_options(top.raw("balancers"), problems)
+    dead_letter = DeadLetterSettings(**top.section("dead_letter", ("topic", "hold", "max_payload")).read(
+        topic=_template(DEAD_LETTER_PLACEHOLDERS, "reason"), hold=parse_duration, max_payload=_payload_size))
+    stats = StatsSettings(**top.section("stats", ("topic", "interval")).read(
+        topic=_topic_name, interval=_positive_duration))
+    metrics = MetricsSettings(**top.section("metrics", ("listen",)).read(listen=_optional(_listen)))
+    _check_route_level(dead_letter.topic, "dead_letter.topic", [route for _, route in routes], problems)
+    problems.extend(_loop_problems(routes, dead_letter, stats, heartbeat))
+    if problems:
+        raise ConfigError(problems)
+    for _, route in routes:
+        pools.setdefault(route.pool, PoolSettings(route.pool))
+    return Config(broker=broker, router=router, heartbeat=heartbeat, pools=MappingProxyType(pools),
+                  routes=tuple(route for _, route in routes), balancers=options, dead_letter=dead_letter,
+                  stats=stats, metrics=metrics)
+
+
+_SECTIONS = ("broker", "router", "heartbeat", "pools", "routes", "balancers", "dead_letter", "stats", "metrics")
+_BROKER_FIELDS = ("host", "port", "client_id", "protocol", "username", "password", "password_file",
+                  "password_env", "tls", "keepalive", "session_expiry")
+_PASSWORD_FIELDS = ("password", "password_file", "password_env")
+_ROUTE_FIELDS = ("name", "match", "key", "algorithm", "pool", "forward", "qos")
+
+
+class _Section:
+    """One YAML mapping being read field by field; each problem is noted with its place."""
+
+    def __init__(self, data: object, where: str, fields: tuple[str, ...], problems: list[str]) -> None:
+        self.where = where
+        self.problems = problems
+        self.data: dict[Any, object] = {}
+        if isinstance(data, dict):
+            self.data = data
+            for name in data:
+                if name not in fields:
+                    self.problem(name, f"unknown field; expected one of {', '.join(sorted(fields))}")
+        elif data is not None:  # an empty section ("broker:" and nothing under it) means the defaults
+            problems.append(f"{where}: must be a mapping, got {_shown(data)}")
+
+    def path(self, name: object) -> str:
+        return f"{self.where}.{_plain(name)}" if self.where else _plain(name)
+
+    def problem(self, name: object, message: str) -> None:
+        self.problems.append(f"{self.path(name)}: {message}")
+
+    def raw(self, name: str) -> object:
+        return self.data.get(name)
+
+    def section(self, name: str, fields: tuple[str, ...]) -> _Section:
+        return _Section(self.data.get(name), self.path(name), fields, self.problems)
+
+    def get(self, name: str, convert: Callable[[object], T], default: T) -> T:
+        """Field ``name`` converted, or ``default`` when it is absent or has a problem."""
+        if name not in self.data:
+            return default
+        try:
+            return convert(self.data[name])
+        except ValueError as error:
+            self.problem(name, str(error))
+            return default
+
+    def read(self, **converters: Callable[[object], object]) -> dict[str, Any]:
+        """The fields present and usable, converted; the dataclass supplies the defaults of the rest."""
+        missing = object()
+        values = {name: self.get(name, convert, missing) for name, convert in converters.items()}
+        return {name: value for name, value in values.items() if value is not missing}
+
+
+# -- sections -----------------------------------------------------------------
+
+
+def _broker(section: _Section, base_dir: Path, environ: Mapping[str, str]) -> BrokerSettings:
+    tls = None
+    if section.raw("tls") is not None:
+        tls_section = section.section("tls", ("ca_certs", "certfile", "keyfile"))
+        tls = _tls(tls_section, _optional(_file_in(base_dir)))
+    values = section.read(host=_text, port=_port, client_id=_client_id, protocol=_protocol,
+                          username=_optional(_text), keepalive=_keepalive, session_expiry=_session_expiry)
+    if tls is not None and "port" not in section.data:
+        values["port"] = TLS_PORT
+    password = _password(section, base_dir, environ)
+    if password is not None and values.get("username") is None:
+        section.problem("password", "needs broker.username as well")
+    return BrokerSettings(**values, password=password, tls=tls)
+
+
+def _tls(section: _Section, path: Callable[[object], str | None]) -> TlsSettings:
+    tls = TlsSettings(**section.read(ca_certs=path, certfile=path, keyfile=path))
+    if section.raw("keyfile") is not None and section.raw("certfile") is None:
+        section.problem("keyfile", "needs certfile, the client certificate it belongs to")
+    return tls
+
+
+def _password(section: _Section, base_dir: Path, environ: Mapping[str, str]) -> str | None:
+    """The password from whichever one of password, password_file and password_env is given."""
+    given = [name for name in _PASSWORD_FIELDS if section.raw(name) is not None]
+    if len(given) > 1:
+        section.problem(given[1], f"give only one of {', '.join(given)}")
+        return None
+    if given == ["password_file"]:
+        return section.get("password_file", lambda value: _read_secret(_file_in(base_dir)(value)), None)
+    if given == ["password_env"]:
+        return section.get("password_env", lambda value: _from_environ(_text(value), environ), None)
+    return section.get("password", _optional(_string), None)
+
+
+def _read_secret(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+    except OSError as error:
+        raise ValueError(f"cannot read {_plain(path)}: {error.strerror or error}") from None
+    except UnicodeError:
+        raise ValueError(f"cannot read {_plain(path)}: not UTF-8 text") from None
+
+
+def _from_environ(name: str, environ: Mapping[str, str]) -> str:
+    value = environ.get(name)
+    if value is None:
+        raise ValueError(f"environment variable {_plain(name)} is not set")
+    return value
+
+
+def _heartbeat(section: _Section) -> HeartbeatSettings:
+    heartbeat = HeartbeatSettings(**section.read(topic=_heartbeat_filter, timeout=_positive_duration,
+                                                 expire=_positive_duration))
+    if heartbeat.expire < heartbeat.timeout:
+        section.problem("expire", f"must be at least heartbeat.timeout ({heartbeat.timeout:g}s), "
+                                  f"got {heartbeat.expire:g}s")
+    return heartbeat
+
+
+def _pools(data: object, problems: list[str]) -> dict[str, PoolSettings]:
+    """The pools the file lists, after ``default``."""
+    pools = {DEFAULT_POOL: PoolSettings(DEFAULT_POOL)}
+    for name, settings in _named(data, "pools", "pool", problems, _level_problem):
+        section = _Section(settings, f"pools.{name}", ("workers",), problems)
+        overrides = _named(section.raw("workers"), section.path("workers"), "worker", problems, _level_problem)
+        workers = {worker: _worker(_Section(override, f"{section.path('workers')}.{worker}", ("weight",), problems))
+                   for worker, override in overrides}
+        pools[name] = PoolSettings(name, MappingProxyType(workers))
+    return pools
+
+
+def _worker(section: _Section) -> WorkerOverride:
+    if "weight" not in section.data:
+        section.problem("weight", "required: a number > 0")
+    return WorkerOverride(section.get("weight", _weight, 1.0))
+
+
+def _routes(data: object, problems: list[str]) -> list[tuple[int, RouteSettings]]:
+    """The usable routes, each with its index in the file."""
+    if not isinstance(data, list) or not data:
+        got = "" if data is None else f", got {_shown(data)}"
+        problems.append(f"routes: required: a non-empty list of routes{got}")
+        return []
+    routes: list[tuple[int, RouteSettings]] = []
+    first: dict[str, int] = {}
+    for index, item in enumerate(data):
+        if not isinstance(item, dict):
+            problems.append(f"routes[{index}]: must be a mapping with at least match, got {_shown(item)}")
+            continue
+        route = _route(_Section(item, f"routes[{index}]", _ROUTE_FIELDS, problems))
+        if route is None:
+            continue
+        if route.name in first:
+            problems.append(f"routes[{index}].name: {route.name!r} is already the name of routes[{first[route.name]}]")
+        first.setdefault(route.name, index)
+        routes.append((index, route))
+    return routes
+
+
+def _route(section: _Section) -> RouteSettings | None:
+    """The route, or None when it has no usable match filter (its other problems are noted all the same)."""
+    if "match" not in section.data:
+        section.problem("match", "required: the MQTT filter the route takes, e.g. devices/{device}/telemetry")
+    match = section.get("match", _match, None)
+    has_key = section.raw("key") is not None
+    algorithm = section.get("algorithm", _algorithm, "consistent_hash" if has_key else "round_robin")
+    if not has_key and _needs_key(algorithm):
+        section.problem("algorithm", f"{algorithm} needs a key: add key: <a capture of match> or "
+                                     "payload.<path>, or choose another algorithm")
+    values = section.read(name=_text, pool=_level, qos=_qos)
+    if match is None:
+        return None  # key and forward depend on its captures
+    values.update(section.read(key=_optional(_key(match.names)), forward=_forward(match.names, has_key)))
+    values.setdefault("name", match.template)
+    values.setdefault("key", None)
+    route = RouteSettings(match=match, algorithm=algorithm, **values)
+    _check_route_level(route.forward, section.path("forward"), [route], section.problems)
+    return route
+
+
+def _needs_key(algorithm: str) -> bool:
+    try:
+        return balancers.needs_key(algorithm)
+    except ValueError:  # an unknown algorithm, a problem already noted
+        return False
+
+
+def _check_route_level(template: TopicTemplate, where: str, routes: list[RouteSettings],
+                       problems: list[str]) -> None:
+    """{route} in a topic needs route names that fit one topic level."""
+    if "route" not in template.placeholders:
+        return
+    for route in routes:
+        if _level_problem(route.name) is not None:
+            problems.append(f"{where}: {{route}} needs route names that fit one topic level; "
+                            f"give the route matching {route.match.template!r} a name")
+            return
+
+
+def _balancer_options(data: object, problems: list[str]) -> Mapping[str, Mapping[str, object]]:
+    """Options per algorithm, each set tried once by creating a balancer with it."""
+    options: dict[str, Mapping[str, object]] = {}
+    for name, given in _named(data, "balancers", "algorithm", problems, lambda name: None):
+        where = f"balancers.{name}"
+        if given is None:
+            given = {}
+        if not isinstance(given, dict) or not all(isinstance(option, str) for option in given):
+            problems.append(f"{where}: must be a mapping of option names to values, got {_shown(given)}")
+            continue
+        clash = sorted({"name", "rng"}.intersection(given))  # create()'s own parameters
+        try:
+            if clash:
+                raise balancers.BadOption(f"unknown option {clash[0]!r}")
+            balancers.create(name, **given)
+        except ValueError as error:
+            problems.append(f"{where}: {error}")
+            continue
+        options[name] = MappingProxyType(dict(given))
+    return MappingProxyType(options)
+
+
+def _named(data: object, where: str, what: str, problems: list[str],
+           check: Callable[[str], str | None]) -> list[tuple[str, object]]:
+    """The entries of a mapping from names to settings whose names pass ``check``."""
+    if data is None:
+        return []
+    if not isinstance(data, dict):
+        problems.append(f"{where}: must be a mapping of {what} names to settings, got {_shown(data)}")
+        return []
+    entries: list[tuple[str, object]] = []
+    for name, value in data.items():
+        problem = check(name) if isinstance(name, str) else f"must be a string, got {_shown(name)}"
+        if problem is None:
+            entries.append((name, value))
+        else:
+            problems.append(f"{where}.{_plain(name)}: the {what} name {problem}")
+    return entries
+
+
+def _loop_problems(routes: list[tuple[int, RouteSettings]], dead_letter: DeadLetterSettings,
+                   stats: StatsSettings, heartbeat: HeartbeatSettings) -> list[str]:
+    """Routes whose filter could take in what the router publishes itself, or the heartbeats."""
+    forwards = dict.fromkeys(route.forward for _, route in routes)
+    own = [(_published(forward), f"the router's own forwards ({forward.as_filter()}); it would loop")
+           for forward in forwards]
+    own.append((_published(dead_letter.topic),
+                f"the router's own dead letters ({dead_letter.topic.as_filter()}); it would loop"))
+    own.append((stats.topic, f"the router's own stats ({stats.topic}); it would loop"))
+    own.append((heartbeat.topic,
+                f"the workers' heartbeats ({heartbeat.topic}); they are the router's to read, not a route's"))
+    problems = []
+    for index, route in routes:
+        for topic, what in own:
+            if filters_overlap(route.match.mqtt, topic):
+                problems.append(f"routes[{index}].match: {route.match.template!r} would also match {what}")
+                break
+    return problems
+
+
+def _published(template: TopicTemplate) -> str:
+    """The filter of exactly the topics ``template`` renders: {topic}, its last level, fills one level or more.
+
+    ``as_filter()`` ends in ``#``, which also matches the level above; ``+/#`` does not.
+    """
+    mqtt = template.as_filter()
+    return mqtt[:-1] + "+/#" if "topic" in template.placeholders else mqtt
+
+
+# -- values -------------------------------------------------------------------
+#
+# Each takes a value as YAML gives it and returns it checked and converted, or
+# raises ValueError with a message that reads well after "<place>: ".
+
+
+def parse_duration(value: object) -> float:
+    """Seconds, from ``"500ms"``, ``"10s"``, ``"2m"``, ``"1h"``, ``"1d"`` or a number of seconds."""
+    found = _DURATION.fullmatch(value) if isinstance(value, str) else None
+    seconds = float(Fraction(found.group(1)) * _SECONDS[found.group(2)]) if found else _number(value)
+    if seconds is None or seconds < 0:
+        raise ValueError("must be a duration such as '500ms', '10s', '2m', '1h', '1d' or a number of seconds "
+                         f"(not negative), got {_shown(value)}")
+    return seconds
+
+
+def parse_size(value: object) -> int:
+    """Bytes, from ``"256KiB"``, ``"2MiB"``, ``"1GiB"``, ``"100B"``, ``"10kB"``, ``"10MB"`` or a number of bytes.
+
+    KiB, MiB and GiB are powers of 1024; kB, MB and GB powers of 1000.
+    """
+    found = _SIZE.fullmatch(value) if isinstance(value, str) else None
+    size: Fraction | int | None = None
+    if found:
+        size = Fraction(found.group(1)) * _BYTES[(found.group(2) or "B").lower()]
+    elif isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    if size is None or size < 0 or Fraction(size).denominator != 1:
+        raise ValueError("must be a size such as '256KiB', '2MiB', '1GiB', '10kB' or a whole number of bytes, "
+                         f"got {_shown(value)}")
+    return int(size)
+
+
+_DURATION = re.compile(r"\s*(\d{1,15}(?:\.\d{1,9})?|\.\d{1,9})\s*(ms|s|m|h|d)?\s*")
+_SECONDS = {"ms": Fraction(1, 1000), "s": Fraction(1), "m": Fraction(60), "h": Fraction(3600), "d": Fraction(86400),
+            None: Fraction(1)}
+_SIZE = re.compile(r"\s*(\d{1,15}(?:\.\d{1,9})?)\s*([kmg]i?b|b)?\s*", re.IGNORECASE)
+_BYTES = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+_LISTEN = re.compile(r"(?:\[([0-9A-Fa-f:.]+)\]|([^\s:\[\]/]+)):(\d{1,5})")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def _shown(value: object) -> str:
+    """``value`` for a message: quoted, on one line, cut short."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _plain(name: object) -> str:
+    """A name or a path for a message: as it is when it prints on one line, else quoted."""
+    return name if isinstance(name, str) and name.isprintable() and name else _shown(name)
+
+
+def _number(value: object) -> float | None:
+    """``value`` as a finite float when it is an int or a float (not a bool), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _optional(convert: Callable[[object], T]) -> Callable[[object], T | None]:
+    def optional(value: object) -> T | None:
+        return None if value is None else convert(value)
+    return optional
+
+
+def _string(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"must be a string, got {_shown(value)}")
+    return value
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"must be a non-empty string, got {_shown(value)}")
+    return value
+
+
+def _port(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise ValueError(f"must be an integer from 1 to 65535, got {_shown(value)}")
+    return value
+
+
+def _client_id(value: object) -> str:
+    client_id = _text(value)
+    if _CONTROL.search(client_id):
+        raise ValueError(f"must not hold control characters, got {_shown(value)}")
+    return client_id
+
+
+def _protocol(value: object) -> str:
+    if isinstance(value, str) and value in ("5", "3.1.1"):
+        return value
+    if type(value) is int and value == 5:
+        return "5"
+    raise ValueError(f"must be 5 or 3.1.1, got {_shown(value)}")
+
+
+def _keepalive(value: object) -> int:
+    seconds = parse_duration(value)
+    if seconds != int(seconds) or seconds > 65535:
+        raise ValueError(f"must be a whole number of seconds from 0 to 65535, got {_shown(value)}")
+    return int(seconds)
+
+
+def _positive_duration(value: object) -> float:
+    seconds = parse_duration(value)
+    if seconds == 0:
+        raise ValueError("must be longer than 0s")
+    return seconds
+
+
+def _session_expiry(value: object) -> float:
+    seconds = parse_duration(value)
+    if seconds > MAX_SESSION_EXPIRY:
+        raise ValueError(f"must be at most {MAX_SESSION_EXPIRY:.0f} seconds (MQTT's limit), got {_shown(value)}")
+    return seconds
+
+
+def _payload_size(value: object) -> int:
+    size = parse_size(value)
+    if size > MAX_PACKET_BYTES:
+        raise ValueError(f"must be at most {MAX_PACKET_BYTES} bytes (the largest MQTT packet), got {_shown(value)}")
+    return size
+
+
+def _weight(value: object) -> float:
+    number = _number(value)
+    if number is None or number <= 0:
+        raise ValueError(f"must be a number > 0, got {_shown(value)}")
+    return number
+
+
+def _qos(value: object) -> int:
+    if type(value) is int and value in (0, 1):
+        return value
+    unsupported = " (QoS 2 is not supported)" if type(value) is int and value == 2 else ""
+    raise ValueError(f"must be 0 or 1{unsupported}, got {_shown(value)}")
+
+
+def _level_problem(name: str) -> str | None:
+    if not name or "/" in name or topic_problem(name) is not None:
+        return "must fit one topic level: non-empty, without '/', '+', '#' or control characters"
+    return None
+
+
+def _level(value: object) -> str:
+    level = _string(value)
+    problem = _level_problem(level)
+    if problem is not None:
+        raise ValueError(f"{problem}, got {_shown(value)}")
+    return level
+
+
+def _file_in(base_dir: Path) -> Callable[[object], str]:
+    """A converter to the absolute path of an existing file, relative ones taken from ``base_dir``."""
+    def existing(value: object) -> str:
+        path = base_dir / _text(value)
+        try:
+            found = path.is_file()
+        except OSError:  # a name too long, say
+            found = False
+        if not found:
+            raise ValueError(f"no such file: {_plain(str(path))}")
+        return str(path)
+    return existing
+
+
+def _heartbeat_filter(value: object) -> str:
+    levels = TopicFilter.parse(_text(value)).mqtt.split("/")
+    if levels.count("+") != 1 or "#" in levels:
+        raise ValueError(f"must have exactly one '+' level, the worker id, and no '#', got {_shown(value)}")
+    return "/".join(levels)
+
+
+def _topic_name(value: object) -> str:
+    topic = _string(value)
+    problem = topic_problem(topic)
+    if problem is None and topic.startswith("$"):
+        problem = "topics starting with '$' are the broker's"
+    if problem is not None:
+        raise ValueError(f"must be a topic name without wildcards ({problem}), got {_shown(value)}")
+    return topic
+
+
+def _template(allowed: frozenset[str], required: str) -> Callable[[object], TopicTemplate]:
+    def template(value: object) -> TopicTemplate:
+        parsed = TopicTemplate.parse(_text(value), allowed)
+        if required not in parsed.placeholders:
+            raise ValueError(f"must contain {{{required}}}, got {_shown(value)}")
+        if parsed.template.startswith("$"):
+            raise ValueError(f"must not start with '$' (such topics are the broker's), got {_shown(value)}")
+        return parsed
+    return template
+
+
+def _forward(captures: tuple[str, ...], has_key: bool) -> Callable[[object], TopicTemplate]:
+    template = _template(FORWARD_PLACEHOLDERS.union(captures), "worker")
+
+    def forward(value: object) -> TopicTemplate:
+        parsed = template(value)
+        if "key" in parsed.placeholders and not has_key:
+            raise ValueError("{key} needs the route to have a key")
+        return parsed
+    return forward
+
+
+def _match(value: object) -> TopicFilter:
+    match = TopicFilter.parse(_text(value))
+    if match.mqtt.startswith("$"):
+        raise ValueError(f"must not start with '$'; for shared subscriptions set router.share_group, "
+                         f"got {_shown(value)}")
+    shadowed = FORWARD_PLACEHOLDERS.intersection(match.names)
+    if shadowed:
+        raise ValueError(f"capture {{{min(shadowed)}}} has the name of a forward placeholder; rename it")
+    return match
+
+
+def _key(captures: tuple[str, ...]) -> Callable[[object], KeySpec]:
+    def key(value: object) -> KeySpec:
+        return KeySpec.parse(_text(value), captures)
+    return key
+
+
+def _algorithm(value: object) -> str:
+    name = _text(value)
+    balancers.needs_key(name)  # raises UnknownAlgorithm, a ValueError
+    return name
+
+
+def _listen(value: object) -> tuple[str, int]:
+    found = _LISTEN.fullmatch(value) if isinstance(value, str) else None
+    if found is None or int(found.group(3)) > 65535:
+        raise ValueError(f"must be host:port, e.g. 127.0.0.1:9108 or [::1]:9108, or null to turn metrics off, "
+                         f"got {_shown(value)}")
+    return found.group(1) or found.group(2), int(found.group(3))
