@@ -1,0 +1,174 @@
+"""The fleet of workers, as their heartbeats describe it.
+
+Health lives here and nowhere else: balancers only ever see the snapshot of
+healthy workers that ``Fleet.healthy`` returns. A worker is healthy while its
+last heartbeat said ``up`` and is younger than the timeout; it is forgotten
+after ``expire`` without one. The clock is passed in, so the state machine is
+tested without sleeping.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Mapping
+
+import orjson
+
+from .errors import BadHeartbeat
+from .topics import key_problem
+
+MAX_HEARTBEAT_BYTES = 16384
+DEFAULT_POOL = "default"
+
+
+class WorkerState(StrEnum):
+    UP = "up"
+    DRAINING = "draining"
+    DOWN = "down"
+
+
+class Health(StrEnum):
+    """What the router makes of a worker: its announced state, or ``timeout``."""
+
+    UP = "up"
+    DRAINING = "draining"
+    DOWN = "down"
+    TIMEOUT = "timeout"
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    worker: str
+    pool: str = DEFAULT_POOL
+    state: WorkerState = WorkerState.UP
+    weight: float = 1.0
+    inflight: int = 0
+
+    @classmethod
+    def parse(cls, worker: str, payload: bytes) -> Heartbeat:
+        """Read a heartbeat published on ``worker``'s topic; raises BadHeartbeat."""
+        problem = key_problem(worker)
+        if problem is not None:
+            raise BadHeartbeat(f"worker id in topic: {problem}")
+        if not payload:
+            return cls(worker=worker, state=WorkerState.DOWN)  # a cleared retained heartbeat
+        if len(payload) > MAX_HEARTBEAT_BYTES:
+            raise BadHeartbeat(f"heartbeat over {MAX_HEARTBEAT_BYTES} bytes")
+        try:
+            body = orjson.loads(payload)
+        except orjson.JSONDecodeError as error:
+            raise BadHeartbeat(f"not JSON: {error}") from None
+        if not isinstance(body, dict):
+            raise BadHeartbeat("not a JSON object")
+        claimed = body.get("worker", worker)
+        if claimed != worker:
+            raise BadHeartbeat(f"worker {claimed!r} in payload does not match {worker!r} in topic")
+        pool = body.get("pool", DEFAULT_POOL)
+        if not isinstance(pool, str) or key_problem(pool) is not None:
+            raise BadHeartbeat(f"pool must be a non-empty name, got {pool!r}")
+        try:
+            state = WorkerState(body.get("state", "up"))
+        except ValueError:
+            raise BadHeartbeat(f"state must be up, draining or down, got {body.get('state')!r}") from None
+        weight = body.get("weight", 1.0)
+        if not _is_number(weight) or not 0 < weight < math.inf:
+            raise BadHeartbeat(f"weight must be a number > 0, got {weight!r}")
+        inflight = body.get("inflight", 0)
+        if not isinstance(inflight, int) or isinstance(inflight, bool) or inflight < 0:
+            raise BadHeartbeat(f"inflight must be an integer >= 0, got {inflight!r}")
+        return cls(worker=worker, pool=pool, state=state, weight=float(weight), inflight=inflight)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerView:
+    """One worker as the router sees it now (for stats, status and metrics)."""
+
+    worker: str
+    pool: str
+    health: Health
+    weight: float
+    inflight: int
+    last_seen: float
+
+
+@dataclass(slots=True)
+class _Record:
+    beat: Heartbeat
+    last_seen: float
+
+
+class Fleet:
+    """Every worker of every pool, fed by heartbeats and the passing of time."""
+
+    def __init__(self, timeout: float, expire: float,
+                 weights: Mapping[str, Mapping[str, float]] | None = None) -> None:
+        self._timeout = timeout
+        self._expire = expire
+        self._weights = weights or {}
+        self._records: dict[str, _Record] = {}
+        self._healthy: dict[str, dict[str, float]] = {}
+
+    def apply(self, beat: Heartbeat, now: float) -> set[str]:
+        """Take a heartbeat in; returns the pools whose healthy set changed."""
+        old = self._records.get(beat.worker)
+        self._records[beat.worker] = _Record(beat, now)
+        touched = {beat.pool} | ({old.beat.pool} if old is not None else set())
+        return self._refresh(touched, now)
+
+    def tick(self, now: float) -> set[str]:
+        """Apply timeouts and expiry; returns the pools whose healthy set changed."""
+        expired = [w for w, r in self._records.items() if now - r.last_seen >= self._expire]
+        touched = {self._records[w].beat.pool for w in expired}
+        for worker in expired:
+            del self._records[worker]
+        touched |= {r.beat.pool for r in self._records.values() if r.beat.state is WorkerState.UP}
+        return self._refresh(touched, now)
+
+    def next_deadline(self) -> float | None:
+        """When ``tick`` may next change something; None when nothing is pending."""
+        deadlines = []
+        for record in self._records.values():
+            if record.beat.state is WorkerState.UP and record.beat.worker in self._healthy.get(record.beat.pool, {}):
+                deadlines.append(record.last_seen + self._timeout)
+            deadlines.append(record.last_seen + self._expire)
+        return min(deadlines, default=None)
+
+    def healthy(self, pool: str) -> Mapping[str, float]:
+        """The healthy workers of ``pool`` with their weights: what balancers see."""
+        return self._healthy.get(pool, {})
+
+    def views(self, now: float) -> list[WorkerView]:
+        return [
+            WorkerView(worker=w, pool=r.beat.pool, health=self._health(r, now), weight=self._weight(r.beat),
+                       inflight=r.beat.inflight, last_seen=r.last_seen)
+            for w, r in sorted(self._records.items())
+        ]
+
+    def _health(self, record: _Record, now: float) -> Health:
+        if record.beat.state is WorkerState.UP and now - record.last_seen >= self._timeout:
+            return Health.TIMEOUT
+        return Health(record.beat.state.value)
+
+    def _weight(self, beat: Heartbeat) -> float:
+        return self._weights.get(beat.pool, {}).get(beat.worker, beat.weight)
+
+    def _refresh(self, pools: set[str], now: float) -> set[str]:
+        changed = set()
+        for pool in pools:
+            healthy = {
+                w: self._weight(r.beat) for w, r in sorted(self._records.items())
+                if r.beat.pool == pool and self._health(r, now) is Health.UP
+            }
+            if healthy != self._healthy.get(pool, {}):
+                changed.add(pool)
+                if healthy:
+                    self._healthy[pool] = healthy
+                else:
+                    self._healthy.pop(pool, None)
+        return changed
