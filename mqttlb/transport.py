@@ -1,0 +1,362 @@
+"""The only module that talks to paho: connections, sessions, acks, reconnects.
+
+Two paho clients run in external-loop mode on one thread, so nothing else in
+mqttlb needs a lock:
+
+* the *routing link* keeps a persistent session (stable client id, clean start
+  off) and acknowledges an inbound QoS 1 message only when ``ack`` is called,
+  which the service does once the broker has acknowledged its forward;
+* the *fleet link* is a clean session that receives heartbeats at QoS 0, so
+  they never queue behind the messages the routing link holds unacknowledged
+  in the broker's in-flight window, and publishes stats.
+
+The routing link connects only after the fleet link has received the retained
+heartbeats (an UNSUBSCRIBE sent right after the SUBSCRIBE is answered only
+once they are out), so messages queued at the broker during a restart meet a
+fleet that is already known. Callbacks only hand data on to the ``Handler``.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import socket
+import ssl
+import time
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Callable, Protocol
+
+import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from .config import BrokerSettings
+
+log = logging.getLogger("mqttlb.transport")
+
+SYNC_TOPIC = "mqttlb/router/sync"
+"""Unsubscribed right after the heartbeat subscription: its UNSUBACK marks the end of the retained heartbeats."""
+
+_KEPT_PROPERTIES = ("UserProperty", "ContentType", "MessageExpiryInterval", "PayloadFormatIndicator",
+                    "ResponseTopic", "CorrelationData")
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """What acknowledging an inbound message takes, tied to its connection."""
+
+    generation: int
+    mid: int
+    qos: int
+    properties: Properties | None
+
+
+class Handler(Protocol):
+    def on_message(self, topic: str, payload: bytes, receipt: Receipt) -> None: ...
+    def on_heartbeat(self, topic: str, payload: bytes) -> None: ...
+    def on_routing_connected(self, connected: bool) -> None: ...
+
+
+class Outcome(Enum):
+    """How a publish ended."""
+
+    ACKED = "acked"        # the broker has it
+    REFUSED = "refused"    # the broker or the client library refused it: sending again will not help
+    LOST = "lost"          # a QoS 0 publish that went down with its connection
+
+
+Done = Callable[[Outcome], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    filter: str
+    qos: int
+
+
+def _backoff(attempt: int) -> float:
+    return float(min(30.0, 0.25 * 2 ** min(attempt, 7)))
+
+
+class _Link:
+    """One paho client, connected and reconnected by the transport's loop."""
+
+    def __init__(self, broker: BrokerSettings, client_id: str, persistent: bool, manual_ack: bool,
+                 max_inflight: int) -> None:
+        self.name = client_id
+        self.broker = broker
+        self.persistent = persistent
+        self.protocol = paho.MQTTv5 if broker.protocol == "5" else paho.MQTTv311
+        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id,
+                                  clean_session=None if self.protocol == paho.MQTTv5 else not persistent,
+                                  protocol=self.protocol, manual_ack=manual_ack)
+        self.client.max_inflight_messages_set(max_inflight)
+        self.client.max_queued_messages_set(0)
+        if broker.username is not None:
+            self.client.username_pw_set(broker.username, broker.password)
+        if broker.tls is not None:
+            self.client.tls_set(ca_certs=broker.tls.ca_certs, certfile=broker.tls.certfile,
+                                keyfile=broker.tls.keyfile, cert_reqs=ssl.CERT_REQUIRED)
+        self.connected = False
+        self.generation = 0
+        self.attempt = 0
+        self.next_attempt = 0.0
+        self.enabled = False
+
+    @property
+    def mqtt5(self) -> bool:
+        return self.protocol == paho.MQTTv5
+
+    def connect(self, now: float) -> None:
+        """Open the socket and send CONNECT; on failure schedule the next try."""
+        self.next_attempt = now + _backoff(self.attempt)
+        self.attempt += 1
+        properties = None
+        clean_start: bool | int = paho.MQTT_CLEAN_START_FIRST_ONLY
+        if self.mqtt5:
+            properties = Properties(PacketTypes.CONNECT)
+            if self.persistent:
+                properties.SessionExpiryInterval = int(self.broker.session_expiry)
+            clean_start = not self.persistent
+        try:
+            if self.mqtt5:
+                self.client.connect_async(self.broker.host, self.broker.port, self.broker.keepalive,
+                                          clean_start=clean_start, properties=properties)
+            else:
+                self.client.connect_async(self.broker.host, self.broker.port, self.broker.keepalive)
+            self.client.reconnect()
+        except (OSError, ssl.SSLError) as error:
+            log.warning("%s: cannot connect to %s:%d: %s (next try in %.1fs)", self.name, self.broker.host,
+                        self.broker.port, error, self.next_attempt - now)
+
+    def socket(self) -> Any:
+        return self.client.socket()
+
+
+class Transport:
+    """Drives both links on the calling thread; see the module docstring."""
+
+    def __init__(self, broker: BrokerSettings, handler: Handler, *, heartbeat_filter: str,
+                 routes: list[Subscription], max_inflight: int = 1000) -> None:
+        self._handler = handler
+        self._heartbeat_filter = heartbeat_filter
+        self._routes = routes
+        self._routing = _Link(broker, broker.client_id, persistent=True, manual_ack=True,
+                              max_inflight=max_inflight)
+        self._fleet = _Link(broker, broker.client_id + "-fleet", persistent=False, manual_ack=False,
+                            max_inflight=max_inflight)
+        self._pending: dict[int, tuple[Done, int]] = {}
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._sync_mid: int | None = None
+        self.reconnects = 0
+        self._wire(self._routing, self._on_routing_connect, self._on_routing_message)
+        self._wire(self._fleet, self._on_fleet_connect, self._on_heartbeat)
+        self._fleet.client.on_unsubscribe = self._on_fleet_unsubscribe
+
+    def _wire(self, link: _Link, on_connect: Callable[..., None], on_message: Callable[..., None]) -> None:
+        link.client.on_connect = on_connect
+        link.client.on_message = on_message
+        link.client.on_publish = self._on_publish if link is self._routing else None
+        link.client.on_disconnect = lambda client, userdata, flags, reason, properties: \
+            self._on_disconnect(link, reason)
+
+    # -- public API ----------------------------------------------------------
+
+    @property
+    def wake_fd(self) -> int:
+        """Writing a byte here interrupts ``poll`` (for signal.set_wakeup_fd)."""
+        return self._wake_w.fileno()
+
+    @property
+    def routing_connected(self) -> bool:
+        return self._routing.connected
+
+    @property
+    def fleet_connected(self) -> bool:
+        return self._fleet.connected
+
+    @property
+    def pending(self) -> int:
+        """Publishes sent and not yet acknowledged by the broker."""
+        return len(self._pending)
+
+    @property
+    def mqtt5(self) -> bool:
+        return self._routing.mqtt5
+
+    def start(self) -> None:
+        self._fleet.enabled = True
+
+    def poll(self, timeout: float) -> None:
+        """One turn: connect what needs it, wait for the sockets, read, write, keep alive."""
+        now = time.monotonic()
+        for link in (self._fleet, self._routing):
+            if link.enabled and link.socket() is None and now >= link.next_attempt:
+                link.connect(now)
+        links = [link for link in (self._fleet, self._routing) if link.socket() is not None]
+        readers: list[Any] = [self._wake_r] + [link.socket() for link in links]
+        writers = [link.socket() for link in links if link.client.want_write()]
+        waits = [link.next_attempt - now for link in (self._fleet, self._routing)
+                 if link.enabled and link.socket() is None]
+        timeout = max(0.0, min([timeout, *waits]))
+        try:
+            readable, writable, _ = select.select(readers, writers, [], timeout)
+        except (OSError, ValueError):  # a socket closed under us: the next turn reconnects
+            readable, writable = [], []
+        if self._wake_r in readable:
+            try:
+                while self._wake_r.recv(4096):
+                    pass
+            except BlockingIOError:
+                pass
+        for link in links:
+            sock = link.socket()
+            if sock is not None and sock in readable:
+                link.client.loop_read()
+            if link.socket() is not None and link.client.want_write():
+                link.client.loop_write()
+            if link.socket() is not None:
+                link.client.loop_misc()
+        del writable
+
+    def flush(self) -> None:
+        """Write what callbacks queued, without waiting for the sockets."""
+        for link in (self._routing, self._fleet):
+            if link.socket() is not None and link.client.want_write():
+                link.client.loop_write()
+
+    def publish(self, topic: str, payload: bytes, qos: int, properties: Properties | None, done: Done) -> None:
+        """Publish on the routing link; ``done`` runs once with the outcome."""
+        try:
+            info = self._routing.client.publish(topic, payload, qos, retain=False, properties=properties)
+        except ValueError as error:  # a topic or payload paho refuses: never let it reach the socket
+            log.error("publish to %r refused by the client library: %s", topic[:200], error)
+            done(Outcome.REFUSED)
+            return
+        self._pending[info.mid] = (done, qos)
+
+    def publish_fleet(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        """Fire-and-forget publish on the fleet link (stats)."""
+        if self._fleet.connected:
+            self._fleet.client.publish(topic, payload, 0, retain=retain)
+
+    def ack(self, receipt: Receipt) -> None:
+        """Acknowledge an inbound message, unless its connection has gone (the broker resends it)."""
+        if receipt.qos > 0 and receipt.generation == self._routing.generation and self._routing.connected:
+            self._routing.client.ack(receipt.mid, receipt.qos)
+
+    def forward_properties(self, receipt: Receipt, route: str, key: str | None, topic: str) -> Properties | None:
+        """MQTT 5 properties of a forward: ours plus the inbound message's own."""
+        if not self._routing.mqtt5:
+            return None
+        properties = Properties(PacketTypes.PUBLISH)
+        inbound = receipt.properties
+        user: list[tuple[str, str]] = []
+        if inbound is not None:
+            for name in _KEPT_PROPERTIES:
+                if hasattr(inbound, name):
+                    if name == "UserProperty":
+                        user.extend(inbound.UserProperty)
+                    else:
+                        setattr(properties, name, getattr(inbound, name))
+        user.append(("mqttlb-route", route))
+        if key is not None:
+            user.append(("mqttlb-key", key))
+        user.append(("mqttlb-topic", topic))
+        properties.UserProperty = user
+        return properties
+
+    def dead_letter_properties(self, receipt: Receipt, reason: str, detail: str, topic: str) -> Properties | None:
+        properties = self.forward_properties(receipt, "", None, topic)
+        if properties is not None:
+            properties.UserProperty = [p for p in properties.UserProperty if p[0] != "mqttlb-route"] + \
+                [("mqttlb-reason", f"{reason}: {detail}"[:1024])]
+        return properties
+
+    def close(self) -> None:
+        """Disconnect both links cleanly (the persistent session stays at the broker)."""
+        for link in (self._routing, self._fleet):
+            link.enabled = False
+            if link.socket() is not None:
+                link.client.disconnect()
+                link.client.loop_write()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    # -- paho callbacks: short, they hand on ----------------------------------
+
+    def _on_fleet_connect(self, client: paho.Client, userdata: object, flags: Any, reason: ReasonCode,
+                          properties: Properties | None) -> None:
+        if reason.is_failure:
+            log.error("%s: broker refused the connection: %s", self._fleet.name, reason)
+            return
+        self._connected(self._fleet)
+        client.subscribe(self._heartbeat_filter, qos=0)
+        _, self._sync_mid = client.unsubscribe(SYNC_TOPIC)
+
+    def _on_fleet_unsubscribe(self, client: paho.Client, userdata: object, mid: int, reasons: Any,
+                              properties: Any) -> None:
+        if mid == self._sync_mid and not self._routing.enabled:
+            log.info("fleet known; connecting the routing link")
+            self._routing.enabled = True
+            self._routing.next_attempt = 0.0
+
+    def _on_routing_connect(self, client: paho.Client, userdata: object, flags: Any, reason: ReasonCode,
+                            properties: Properties | None) -> None:
+        if reason.is_failure:
+            log.error("%s: broker refused the connection: %s", self._routing.name, reason)
+            return
+        self._connected(self._routing)
+        log.info("routing link connected (session present: %s)", bool(flags.session_present))
+        if self._routes:
+            if self._routing.mqtt5:
+                client.subscribe([(s.filter, SubscribeOptions(qos=s.qos, retainHandling=1)) for s in self._routes])
+            else:
+                client.subscribe([(s.filter, s.qos) for s in self._routes])
+        self._handler.on_routing_connected(True)
+
+    def _connected(self, link: _Link) -> None:
+        link.connected = True
+        link.attempt = 0
+        link.generation += 1
+
+    def _on_disconnect(self, link: _Link, reason: ReasonCode | int) -> None:
+        if not link.connected:
+            return
+        link.connected = False
+        self.reconnects += 1
+        log.warning("%s: disconnected (%s); reconnecting", link.name, reason)
+        link.next_attempt = time.monotonic() + _backoff(0)
+        if link is self._routing:
+            # QoS 0 publishes queued in paho are gone with the socket; QoS 1 ones are resent by paho.
+            for mid in [m for m, (_, qos) in self._pending.items() if qos == 0]:
+                self._pending.pop(mid)[0](Outcome.LOST)
+            self._handler.on_routing_connected(False)
+
+    def _on_routing_message(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:  # a broker passing invalid UTF-8: acknowledge, it cannot be routed
+            log.warning("dropping a message whose topic is not UTF-8: %r", message._topic[:200])
+            client.ack(message.mid, message.qos)
+            return
+        receipt = Receipt(self._routing.generation, message.mid, message.qos, getattr(message, "properties", None))
+        self._handler.on_message(topic, message.payload, receipt)
+
+    def _on_heartbeat(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:
+            return
+        self._handler.on_heartbeat(topic, message.payload)
+
+    def _on_publish(self, client: paho.Client, userdata: object, mid: int, reason: ReasonCode,
+                    properties: Properties) -> None:
+        entry = self._pending.pop(mid, None)
+        if entry is not None:
+            entry[0](Outcome.REFUSED if reason.is_failure else Outcome.ACKED)
