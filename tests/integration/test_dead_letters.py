@@ -1,0 +1,62 @@
+"""Bad input against a live router: dead letters with reasons, and the router stays connected."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from .conftest import Client, TestWorker, wait_for
+
+pytestmark = pytest.mark.integration
+
+ROUTES = [
+    {"name": "telemetry", "match": "devices/{device}/telemetry", "key": "device"},
+    {"name": "events", "match": "events/+", "key": "payload.meta.id", "algorithm": "consistent_hash"},
+]
+
+
+def reasons(dead: Client) -> list[tuple[str, bytes]]:
+    return [(m.topic, m.payload) for m in dead.messages()]
+
+
+def test_each_reason_is_dead_lettered_and_routing_goes_on(make_router, clients):
+    worker = clients(TestWorker, "w1")
+    router = make_router(routes=ROUTES, dead_letter={"max_payload": "2KiB"})
+    dead = clients(Client, "dead-watch")
+    dead.subscribe("mqttlb/deadletter/#")
+    device = clients(Client, "device")
+
+    bad_payloads = [
+        b"not json",
+        b"\xff\xfe\xfd",
+        b"[" * 1_000_000,                      # nested a million levels deep (over max_payload too)
+        b'{"a":' * 200 + b"1" + b"}" * 200,    # deep, but under max_payload
+        orjson.dumps({"meta": {"id": "a/b"}}),
+        orjson.dumps({"meta": {"id": "ctl\u0001"}}),
+        orjson.dumps({"meta": {"id": "\uffff"}}),
+        orjson.dumps({"meta": {"id": "x" * 300}}),
+        orjson.dumps({"meta": {"id": True}}),
+        orjson.dumps({"meta": {}}),
+        orjson.dumps([1, 2]),
+    ]
+    for payload in bad_payloads:
+        device.publish("events/e1", payload)
+    device.publish("events/e1", orjson.dumps({"meta": {"id": "good-1"}}))
+    device.publish("devices/d1/telemetry", b"x" * 4096)
+
+    got = wait_for(lambda: len(dead.messages()) == len(bad_payloads) + 1 and dead.messages(), what="dead letters")
+    by_topic = reasons(dead)
+    assert [t for t, _ in by_topic].count("mqttlb/deadletter/bad_key/events/e1") == len(bad_payloads) - 1
+    assert ("mqttlb/deadletter/too_large/events/e1", b"") in by_topic      # the million-deep one
+    assert ("mqttlb/deadletter/too_large/devices/d1/telemetry", b"") in by_topic
+    for topic, payload in by_topic:
+        if "bad_key" in topic:
+            assert payload in bad_payloads  # unchanged
+    assert all("mqttlb-reason" in dict(m.properties.UserProperty) for m in got)
+
+    # Still connected and routing: the good message arrived, and a new one does too.
+    device.publish("devices/d2/telemetry", b"after")
+    wait_for(lambda: {m.payload for m in worker.messages()} >= {orjson.dumps({"meta": {"id": "good-1"}}), b"after"},
+             what="routing after bad input")
+    assert router.process.poll() is None
+    assert "disconnected" not in router.log()
