@@ -34,6 +34,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from .config import BrokerSettings
+from .errors import TransportError
 
 log = logging.getLogger("mqttlb.transport")
 
@@ -360,3 +361,103 @@ class Transport:
         entry = self._pending.pop(mid, None)
         if entry is not None:
             entry[0](Outcome.REFUSED if reason.is_failure else Outcome.ACKED)
+
+
+# -- a plain client for workers, the simulator and tools ------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """A message as a ``Client`` hands it to its callback."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    mid: int
+    user_properties: tuple[tuple[str, str], ...]
+
+
+class Client:
+    """A paho client on its own network thread that reconnects and resubscribes by itself.
+
+    Callbacks run on that thread: keep them short and hand slow work to another
+    thread. With ``manual_ack`` an inbound QoS 1 message is acknowledged only by
+    ``ack``, which any thread may call.
+    """
+
+    def __init__(self, broker: BrokerSettings, client_id: str, *, persistent: bool = False,
+                 manual_ack: bool = False, will: tuple[str, bytes] | None = None,
+                 on_message: Callable[[Inbound], None] | None = None,
+                 on_connect: Callable[[], None] | None = None) -> None:
+        self._link = _Link(broker, client_id, persistent=persistent, manual_ack=manual_ack, max_inflight=1000)
+        self.client = self._link.client
+        self._subscriptions: dict[str, int] = {}
+        self._on_message = on_message
+        self._on_connect = on_connect
+        if will is not None:
+            self.client.will_set(will[0], will[1], qos=1, retain=True)
+        self.client.on_connect = self._connected
+        self.client.on_message = self._message
+        self.client.reconnect_delay_set(1, 10)
+
+    @property
+    def connected(self) -> bool:
+        return bool(self.client.is_connected())
+
+    def start(self, timeout: float = 10.0) -> Client:
+        """Connect and start the network thread; raises TransportError if the broker cannot be reached."""
+        link = self._link
+        properties = None
+        if link.mqtt5:
+            properties = Properties(PacketTypes.CONNECT)
+            if link.persistent:
+                properties.SessionExpiryInterval = int(link.broker.session_expiry)
+            self.client.connect_async(link.broker.host, link.broker.port, link.broker.keepalive,
+                                      clean_start=not link.persistent, properties=properties)
+        else:
+            self.client.connect_async(link.broker.host, link.broker.port, link.broker.keepalive)
+        self.client.loop_start()
+        deadline = time.monotonic() + timeout
+        while not self.connected:
+            if time.monotonic() > deadline:
+                self.client.loop_stop()
+                raise TransportError(f"{link.name}: cannot connect to {link.broker.host}:{link.broker.port}")
+            time.sleep(0.01)
+        return self
+
+    def subscribe(self, topic_filter: str, qos: int = 1) -> None:
+        """Subscribe now and again after every reconnect."""
+        self._subscriptions[topic_filter] = qos
+        self.client.subscribe(topic_filter, qos)
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False,
+                properties: Properties | None = None) -> paho.MQTTMessageInfo:
+        return self.client.publish(topic, payload, qos, retain=retain, properties=properties)
+
+    def ack(self, message: Inbound) -> None:
+        if message.qos > 0:
+            self.client.ack(message.mid, message.qos)
+
+    def stop(self) -> None:
+        """Disconnect cleanly (no will) and stop the network thread."""
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def _connected(self, client: paho.Client, userdata: object, flags: Any, reason: ReasonCode,
+                   properties: Properties | None) -> None:
+        if reason.is_failure:
+            log.error("%s: broker refused the connection: %s", self._link.name, reason)
+            return
+        for topic_filter, qos in self._subscriptions.items():
+            client.subscribe(topic_filter, qos)
+        if self._on_connect is not None:
+            self._on_connect()
+
+    def _message(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
+        if self._on_message is None:
+            return
+        properties = getattr(message, "properties", None)
+        user = tuple(getattr(properties, "UserProperty", ()) or ())
+        self._on_message(Inbound(message.topic, message.payload, message.qos, bool(message.retain), message.mid,
+                                 user))
