@@ -189,7 +189,7 @@ class RouterProcess:
         return code
 
 
-def write_config(path: Path, broker: PrivateBroker, **overrides: Any) -> Path:
+def write_config(path: Path, broker: PrivateBroker, /, **overrides: Any) -> Path:
     """A router config for ``broker``: the default routes unless overridden, no metrics listener."""
     data: dict[str, Any] = {
         "broker": {"host": broker.host, "port": broker.port, "client_id": f"mqttlb-test-{path.stem}"},

@@ -204,3 +204,26 @@ def test_no_worker_dead_letters_after_the_hold(make_router, clients):
     assert got[0].topic == "mqttlb/deadletter/no_worker/devices/d1/telemetry"
     assert got[0].payload == b"payload-1"
     assert dict(got[0].properties.UserProperty)["mqttlb-reason"].startswith("no_worker")
+
+
+def test_mqtt_311_routes_too(make_router, clients):
+    worker = clients(TestWorker, "w1")
+    make_router(broker={"protocol": "3.1.1"})
+    device = clients(Client, "device")
+    publish_fleet(device, devices=3, per_device=3)
+    wait_for(lambda: len(worker.messages()) == 9, what="forwards over MQTT 3.1.1")
+    assert {m.topic for m in worker.messages()} == {f"mqttlb/workers/w1/in/devices/d{i}/telemetry" for i in range(3)}
+
+
+def test_router_reconnects_and_resubscribes_after_a_broker_restart(broker, make_router, clients):
+    workers = [clients(TestWorker, "w1")]
+    router = make_router()
+    broker.restart()
+    router.wait_log("routing link connected (session present: True)", timeout=15)
+    for w in workers:  # the test worker itself does not come back on its own after a restart
+        w.close()
+    workers = [clients(TestWorker, "w1b")]
+    device = clients(Client, "device")
+    publish_fleet(device, devices=5, per_device=2)
+    wait_for(lambda: len(workers[0].messages()) == 10, timeout=15, what="routing after the broker restart")
+    assert router.process.poll() is None
