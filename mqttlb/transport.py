@@ -111,23 +111,23 @@ class _Link:
     def mqtt5(self) -> bool:
         return self.protocol == paho.MQTTv5
 
-    def connect(self, now: float) -> None:
-        """Open the socket and send CONNECT; on failure schedule the next try."""
-        self.next_attempt = now + _backoff(self.attempt)
-        self.attempt += 1
-        properties = None
-        clean_start: bool | int = paho.MQTT_CLEAN_START_FIRST_ONLY
+    def prepare(self) -> None:
+        """Give paho the CONNECT options: the session is persistent or clean, never in between."""
         if self.mqtt5:
             properties = Properties(PacketTypes.CONNECT)
             if self.persistent:
                 properties.SessionExpiryInterval = int(self.broker.session_expiry)
-            clean_start = not self.persistent
+            self.client.connect_async(self.broker.host, self.broker.port, self.broker.keepalive,
+                                      clean_start=not self.persistent, properties=properties)
+        else:
+            self.client.connect_async(self.broker.host, self.broker.port, self.broker.keepalive)
+
+    def connect(self, now: float) -> None:
+        """Open the socket and send CONNECT; on failure schedule the next try."""
+        self.next_attempt = now + _backoff(self.attempt)
+        self.attempt += 1
         try:
-            if self.mqtt5:
-                self.client.connect_async(self.broker.host, self.broker.port, self.broker.keepalive,
-                                          clean_start=clean_start, properties=properties)
-            else:
-                self.client.connect_async(self.broker.host, self.broker.port, self.broker.keepalive)
+            self.prepare()
             self.client.reconnect()
         except (OSError, ssl.SSLError) as error:
             log.warning("%s: cannot connect to %s:%d: %s (next try in %.1fs)", self.name, self.broker.host,
@@ -408,15 +408,7 @@ class Client:
     def start(self, timeout: float = 10.0) -> Client:
         """Connect and start the network thread; raises TransportError if the broker cannot be reached."""
         link = self._link
-        properties = None
-        if link.mqtt5:
-            properties = Properties(PacketTypes.CONNECT)
-            if link.persistent:
-                properties.SessionExpiryInterval = int(link.broker.session_expiry)
-            self.client.connect_async(link.broker.host, link.broker.port, link.broker.keepalive,
-                                      clean_start=not link.persistent, properties=properties)
-        else:
-            self.client.connect_async(link.broker.host, link.broker.port, link.broker.keepalive)
+        link.prepare()
         self.client.loop_start()
         deadline = time.monotonic() + timeout
         while not self.connected:
