@@ -215,25 +215,21 @@ class WeightedRandom(Balancer):
 class ConsistentHash(Balancer):
     """A hash ring with virtual nodes: a key sticks to its worker.
 
-    Each worker owns ``virtual_nodes * weight / unit`` points (at least one)
-    on a ring of 64-bit BLAKE2b hashes, stable across processes and runs; a
-    key goes to the owner of the first point at or after its own hash. The
-    ring depends only on the workers and weights, never on the order they are
-    given in.
-
-    ``unit`` is the power of two nearest the mean weight (1 for a fleet on
-    default weights), so a worker gets about ``virtual_nodes * weight / mean``
-    points whatever scale the weights use, while its points stay put when
-    others come and go: adding a worker moves keys only to it, removing one
-    moves only its keys. Only when the mean weight crosses a power-of-two
-    boundary (say, most of the fleet doubles its weight) does the unit change
-    and the ring reshuffle more widely.
+    Each worker owns ``virtual_nodes * weight`` points (at least one, at most
+    ``virtual_nodes * MAX_WEIGHT``) on a ring of 64-bit BLAKE2b hashes, stable
+    across processes and runs; a key goes to the owner of the first point at
+    or after its own hash. A worker's points depend on its own id and weight
+    alone, never on the other workers or the order they are given in, so
+    adding a worker moves keys only to it and removing one moves only its
+    keys, whatever the weights. Weights are relative to 1, the heartbeat's
+    default.
     """
 
     name = "consistent_hash"
     needs_key = True
     DEFAULT_VIRTUAL_NODES: ClassVar[int] = 160
     MAX_VIRTUAL_NODES: ClassVar[int] = 10_000
+    MAX_WEIGHT: ClassVar[float] = 100.0
 
     def __init__(self, *, rng: random.Random | None = None, **options: object) -> None:
         _reject_unknown(self.name, options, ("virtual_nodes",))
@@ -248,12 +244,10 @@ class ConsistentHash(Balancer):
         if not weights:
             self._hashes, self._owners = (), ()
             return
-        mean = sum(weight / len(weights) for weight in weights.values())
-        unit = 2.0 ** round(math.log2(mean))
         points = sorted(
             (_hash(f"{worker}\0{i}"), worker)
             for worker, weight in weights.items()
-            for i in range(max(1, round(self.virtual_nodes * weight / unit)))
+            for i in range(max(1, round(self.virtual_nodes * min(weight, self.MAX_WEIGHT))))
         )
         self._hashes = tuple(h for h, _ in points)
         self._owners = tuple(worker for _, worker in points)
