@@ -130,15 +130,6 @@ class Fleet:
         touched |= {r.beat.pool for r in self._records.values() if r.beat.state is WorkerState.UP}
         return self._refresh(touched, now)
 
-    def next_deadline(self) -> float | None:
-        """When ``tick`` may next change something; None when nothing is pending."""
-        deadlines = []
-        for record in self._records.values():
-            if record.beat.state is WorkerState.UP and record.beat.worker in self._healthy.get(record.beat.pool, {}):
-                deadlines.append(record.last_seen + self._timeout)
-            deadlines.append(record.last_seen + self._expire)
-        return min(deadlines, default=None)
-
     def healthy(self, pool: str) -> Mapping[str, float]:
         """The healthy workers of ``pool`` with their weights: what balancers see."""
         return self._healthy.get(pool, {})

@@ -189,18 +189,6 @@ class Router(Generic[Ref]):
                                                  item.route.settings.name))
         return actions
 
-    def next_deadline(self) -> float | None:
-        """When ``tick`` should next be called; None when nothing waits on time."""
-        deadlines = [held[0].deadline for held in self._held_by_pool.values() if held]
-        fleet_deadline = self.fleet.next_deadline()
-        if fleet_deadline is not None:
-            deadlines.append(fleet_deadline)
-        return min(deadlines, default=None)
-
-    @property
-    def held(self) -> int:
-        return sum(len(h) for h in self._held_by_pool.values())
-
     def _release_all(self, pools: set[str]) -> list[Action[Ref]]:
         actions: list[Action[Ref]] = []
         for pool in sorted(pools):
