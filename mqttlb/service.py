@@ -107,6 +107,9 @@ class Service:
     def _install_signals(self) -> None:
         signal.signal(signal.SIGTERM, lambda *_: self.stop())
         signal.signal(signal.SIGINT, lambda *_: self.stop())
+        # Reloading is not there yet; without a handler SIGHUP would kill the router mid-forward.
+        signal.signal(signal.SIGHUP, lambda *_: log.warning("SIGHUP: reloading the config is not supported yet; "
+                                                           "restart the router to apply a new file"))
         signal.set_wakeup_fd(self.transport.wake_fd, warn_on_full_buffer=False)
 
     # -- transport events ---------------------------------------------------------

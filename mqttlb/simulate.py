@@ -77,9 +77,13 @@ class Simulator:
                     if len(unacked) >= MAX_UNACKED:
                         unacked.popleft().wait_for_publish(10)  # type: ignore[attr-defined]
             now = time.monotonic()
-            if progress and now - last_report >= 1.0:
+            if now - last_report >= (1.0 if progress else 5.0):
                 last_report = now
-                print(f"\rsent {self.sent} msgs, {self.sent / (now - start):.1f} msg/s", end="", file=sys.stderr)
+                line = f"sent {self.sent} msgs, {self.sent / (now - start):.1f} msg/s"
+                if progress:
+                    print("\r" + line, end="", file=sys.stderr)
+                else:
+                    log.info("%s", line)
             time.sleep(0.005)
         for info in unacked:
             info.wait_for_publish(10)  # type: ignore[attr-defined]
