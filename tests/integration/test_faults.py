@@ -83,3 +83,37 @@ def test_router_sigkill_mid_stream_loses_nothing(make_router, clients):
     print(f"router SIGKILL: sent {len(sent)}, lost {lost}, duplicates {duplicates}")
     assert lost == 0
     assert duplicates <= 1000  # bounded by the broker's in-flight window for the router (max_inflight_messages)
+
+
+def test_broker_restart_mid_stream_loses_nothing(broker, make_router, clients):
+    from mqttlb import Worker
+    from mqttlb.config import BrokerSettings
+
+    got: list[bytes] = []
+    lock = threading.Lock()
+
+    def handle(delivery) -> None:
+        with lock:
+            got.append(delivery.payload)
+
+    settings = BrokerSettings(host=broker.host, port=broker.port)
+    workers = [Worker(f"w{i}", handle, broker=settings, interval=0.5).start() for i in range(2)]
+    try:
+        make_router(heartbeat={"timeout": "3s"})
+        publisher = Publisher(clients(Client, "device"), devices=50, rate=1000).start()
+        time.sleep(1.5)
+        broker.restart()  # SIGTERM: Mosquitto saves its sessions and queued messages
+        time.sleep(2.0)
+        publisher.stop()
+        sent = set(publisher.sent)
+
+        def missing() -> int:
+            with lock:
+                return len(sent - set(got))
+
+        wait_for(lambda: missing() == 0, timeout=40, what="every message after the broker restart")
+        print(f"broker restart: sent {len(sent)}, lost {missing()}, duplicates {len(got) - len(set(got))}")
+        assert missing() == 0
+    finally:
+        for worker in workers:
+            worker.stop(timeout=3)
