@@ -262,21 +262,21 @@ class Transport:
             for name in _KEPT_PROPERTIES:
                 if hasattr(inbound, name):
                     if name == "UserProperty":
-                        user.extend(inbound.UserProperty)
+                        user.extend(getattr(inbound, name))
                     else:
                         setattr(properties, name, getattr(inbound, name))
         user.append(("mqttlb-route", route))
         if key is not None:
             user.append(("mqttlb-key", key))
         user.append(("mqttlb-topic", topic))
-        properties.UserProperty = user
+        setattr(properties, "UserProperty", user)  # paho sets MQTT 5 properties as dynamic attributes
         return properties
 
     def dead_letter_properties(self, receipt: Receipt, reason: str, detail: str, topic: str) -> Properties | None:
         properties = self.forward_properties(receipt, "", None, topic)
         if properties is not None:
-            properties.UserProperty = [p for p in properties.UserProperty if p[0] != "mqttlb-route"] + \
-                [("mqttlb-reason", f"{reason}: {detail}"[:1024])]
+            user = [p for p in getattr(properties, "UserProperty") if p[0] != "mqttlb-route"]
+            setattr(properties, "UserProperty", user + [("mqttlb-reason", f"{reason}: {detail}"[:1024])])
         return properties
 
     def close(self) -> None:
@@ -347,14 +347,14 @@ class Transport:
             client.ack(message.mid, message.qos)
             return
         receipt = Receipt(self._routing.generation, message.mid, message.qos, getattr(message, "properties", None))
-        self._handler.on_message(topic, message.payload, receipt)
+        self._handler.on_message(topic, bytes(message.payload), receipt)
 
     def _on_heartbeat(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
         try:
             topic = message.topic
         except UnicodeDecodeError:
             return
-        self._handler.on_heartbeat(topic, message.payload)
+        self._handler.on_heartbeat(topic, bytes(message.payload))
 
     def _on_publish(self, client: paho.Client, userdata: object, mid: int, reason: ReasonCode,
                     properties: Properties) -> None:
@@ -451,5 +451,5 @@ class Client:
             return
         properties = getattr(message, "properties", None)
         user = tuple(getattr(properties, "UserProperty", ()) or ())
-        self._on_message(Inbound(message.topic, message.payload, message.qos, bool(message.retain), message.mid,
+        self._on_message(Inbound(message.topic, bytes(message.payload), message.qos, bool(message.retain), message.mid,
                                  user))
