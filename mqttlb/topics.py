@@ -127,6 +127,8 @@ def filter_matches(mqtt_filter: str, topic: str) -> bool:
 def filters_overlap(a: str, b: str) -> bool:
     """Whether some topic name matches both MQTT filters."""
     a_levels, b_levels = a.split("/"), b.split("/")
+    if _hides_dollar_topics(a_levels[0], b_levels[0]) or _hides_dollar_topics(b_levels[0], a_levels[0]):
+        return False
     for index in range(max(len(a_levels), len(b_levels))):
         x = a_levels[index] if index < len(a_levels) else None
         y = b_levels[index] if index < len(b_levels) else None
@@ -138,6 +140,11 @@ def filters_overlap(a: str, b: str) -> bool:
         if x != "+" and y != "+" and x != y:
             return False
     return True
+
+
+def _hides_dollar_topics(first: str, other_first: str) -> bool:
+    """A filter starting with a wildcard never matches a topic starting with '$' (MQTT 5, 4.7.2)."""
+    return first in ("+", "#") and other_first.startswith("$")
 
 
 @dataclass(frozen=True, slots=True)

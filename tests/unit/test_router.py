@@ -1,4 +1,4 @@
-"""The routing decision and the fleet, with a fake clock: no broker, no sleeping."""
+"""The routing decision with a fake clock: message in, actions out; no broker, no sleeping."""
 
 from __future__ import annotations
 
@@ -9,23 +9,36 @@ from typing import Any
 import orjson
 import pytest
 
-from mqttlb.config import parse
+from mqttlb.config import Config, parse
 from mqttlb.errors import BadHeartbeat
-from mqttlb.pool import Fleet, Health, Heartbeat, WorkerState
+from mqttlb.pool import Fleet, Health
 from mqttlb.router import DeadLetter, Forward, Message, Router
 
-ROUTES = [
-    {"name": "telemetry", "match": "devices/{device}/telemetry", "key": "device"},
-    {"name": "logs", "match": "devices/+/logs/#"},
-    {"name": "events", "match": "events/+", "key": "payload.id"},
+ROUTES: list[dict[str, Any]] = [
+    {"name": "telemetry", "match": "devices/{device}/telemetry", "key": "device", "algorithm": "consistent_hash"},
+    {"name": "logs", "match": "devices/+/logs/#", "algorithm": "round_robin", "qos": 0},
+    {"name": "events", "match": "events/+", "key": "payload.meta.id"},
+    {"name": "jobs", "match": "jobs/{job}", "algorithm": "round_robin", "pool": "gpu"},
 ]
+HOLD, TIMEOUT, EXPIRE, MAX_PAYLOAD = 10.0, 6.0, 60.0, 1000
+DEVICES = [f"devices/d{i}/telemetry" for i in range(300)]
+
+
+def make_config(**overrides: Any) -> Config:
+    data: dict[str, Any] = {
+        "routes": ROUTES,
+        "heartbeat": {"timeout": "6s", "expire": "1m"},
+        "dead_letter": {"hold": "10s", "max_payload": MAX_PAYLOAD},
+    }
+    data.update(overrides)
+    return parse(data, base_dir=Path("."), environ={})
 
 
 def make_router(**overrides: Any) -> Router[int]:
-    config = parse({"routes": ROUTES, "heartbeat": {"timeout": "6s", "expire": "60s"},
-                    "dead_letter": {"hold": "10s", "max_payload": 100}, **overrides},
-                   base_dir=Path("."), environ={})
-    return Router(config, Fleet(config.heartbeat.timeout, config.heartbeat.expire), random.Random(1))
+    config = make_config(**overrides)
+    weights = {name: {w: o.weight for w, o in pool.workers.items()} for name, pool in config.pools.items()}
+    fleet = Fleet(config.heartbeat.timeout, config.heartbeat.expire, weights)
+    return Router(config, fleet, random.Random(1))
 
 
 def beat(router: Router[int], worker: str, now: float, **fields: Any) -> list[Any]:
@@ -36,96 +49,381 @@ def msg(topic: str, payload: bytes = b"{}", ref: int = 0, now: float = 0.0) -> M
     return Message(topic, payload, ref, now)
 
 
-def test_forward_keeps_the_payload_and_names_the_worker() -> None:
+def forward(router: Router[int], topic: str, payload: bytes = b"{}", now: float = 0.0) -> Forward[int]:
+    [action] = router.route(msg(topic, payload, now=now))
+    assert isinstance(action, Forward), action
+    return action
+
+
+def workers_of(router: Router[int], topics: list[str], now: float = 0.0) -> dict[str, str]:
+    return {t: forward(router, t, now=now).worker for t in topics}
+
+
+def refs(actions: list[Any]) -> list[int]:
+    return [a.message.ref for a in actions]
+
+
+# -- forwarding ------------------------------------------------------------------------------
+
+
+def test_config_is_what_the_tests_assume() -> None:
+    config = make_config()
+    assert [r.name for r in config.routes] == ["telemetry", "logs", "events", "jobs"]
+    assert (config.dead_letter.hold, config.dead_letter.max_payload) == (HOLD, MAX_PAYLOAD)
+    assert (config.heartbeat.timeout, config.heartbeat.expire) == (TIMEOUT, EXPIRE)
+
+
+def test_forward_topic_payload_qos_and_key() -> None:
     router = make_router()
     beat(router, "w1", 0)
-    [action] = router.route(msg("devices/d1/telemetry", b"\x00\xffraw"))
+    payload = b"\x00\xff raw bytes, not JSON"
+    message = msg("devices/d42/telemetry", payload, ref=7)
+    [action] = router.route(message)
     assert isinstance(action, Forward)
-    assert (action.topic, action.message.payload, action.qos, action.key, action.worker) == \
-        ("mqttlb/workers/w1/in/devices/d1/telemetry", b"\x00\xffraw", 1, "d1", "w1")
+    assert action.topic == "mqttlb/workers/w1/in/devices/d42/telemetry"
+    assert action.message is message and action.message.payload == payload
+    assert (action.qos, action.route, action.key, action.worker) == (1, "telemetry", "d42", "w1")
 
 
-@pytest.mark.parametrize(("topic", "payload", "reason"), [
-    ("events/e1", b'{"id": "a/b"}', "bad_key"),
-    ("events/e1", b"[" * 100_000, "too_large"),
-    ("events/e1", b"not json", "bad_key"),
-    ("other/x", b"{}", "no_route"),
-])
-def test_dead_letters_name_their_reason(topic: str, payload: bytes, reason: str) -> None:
+def test_forward_of_a_multi_level_topic_with_qos_0() -> None:
     router = make_router()
     beat(router, "w1", 0)
-    [action] = router.route(msg(topic, payload))
-    assert isinstance(action, DeadLetter)
-    assert action.reason == reason
-    assert action.topic == f"mqttlb/deadletter/{reason}/{topic}"
-    assert action.keep_payload == (reason != "too_large")
+    action = forward(router, "devices/d1/logs/app/error", b"boom")
+    assert action.topic == "mqttlb/workers/w1/in/devices/d1/logs/app/error"
+    assert (action.qos, action.route, action.key) == (0, "logs", None)
 
 
-def test_messages_wait_for_a_worker_and_leave_in_arrival_order() -> None:
+def test_payload_key_route() -> None:
     router = make_router()
-    assert router.route(msg("devices/d1/telemetry", ref=1, now=0)) == []
-    assert router.route(msg("devices/d2/telemetry", ref=2, now=1)) == []
-    released = beat(router, "w1", 2)
-    assert [a.message.ref for a in released] == [1, 2]
-    assert all(isinstance(a, Forward) for a in released)
+    beat(router, "w1", 0)
+    beat(router, "w2", 0)
+    payload = b'{"meta": {"id": "dev-9"}, "v": 1}'
+    first = forward(router, "events/e1", payload)
+    assert first.key == "dev-9" and first.route == "events" and first.message.payload == payload
+    assert {forward(router, f"events/e{i}", payload).worker for i in range(20)} == {first.worker}
 
 
-def test_held_messages_become_no_worker_dead_letters_after_the_hold() -> None:
-    router = make_router()
-    router.route(msg("devices/d1/telemetry", ref=1, now=0))
-    router.route(msg("devices/d2/telemetry", ref=2, now=5))
-    assert router.tick(9.9) == []
-    [first] = router.tick(10.0)
-    assert isinstance(first, DeadLetter) and first.reason == "no_worker" and first.message.ref == 1
-    [second] = router.tick(15.0)
-    assert second.message.ref == 2
+def test_forward_template_with_more_placeholders() -> None:
+    routes = [{"name": "t", "match": "devices/{device}/telemetry", "key": "device",
+               "forward": "out/{pool}/{worker}/{route}/{key}/{device}/{topic}"}]
+    router = make_router(routes=routes)
+    beat(router, "w1", 0)
+    assert forward(router, "devices/d1/telemetry").topic == "out/default/w1/t/d1/d1/devices/d1/telemetry"
 
 
-def test_a_message_arriving_while_others_wait_queues_behind_them() -> None:
-    router = make_router()
-    router.route(msg("devices/d1/telemetry", ref=1))
-    assert router.route(msg("devices/d1/telemetry", ref=2)) == []
-    assert [a.message.ref for a in beat(router, "w1", 1)] == [1, 2]
-
-
-def test_draining_and_timed_out_workers_get_nothing_and_only_their_devices_move() -> None:
+def test_consistent_hash_sticks_and_round_robin_turns() -> None:
     router = make_router()
     for w in ("w1", "w2", "w3"):
         beat(router, w, 0)
-    devices = [f"devices/d{i}/telemetry" for i in range(200)]
-    before = {t: router.route(msg(t))[0].worker for t in devices}
-    beat(router, "w1", 1, state="draining")
-    beat(router, "w2", 5)
-    router.tick(6.5)  # w3's last heartbeat (t=0) is now older than the timeout; w2's (t=5) is not
-    after = {t: router.route(msg(t))[0].worker for t in devices}
-    assert set(after.values()) == {"w2"}
-    assert all(after[t] == "w2" for t, w in before.items() if w == "w2")
+    first = workers_of(router, DEVICES)
+    assert set(first.values()) == {"w1", "w2", "w3"}
+    assert workers_of(router, DEVICES) == first
+    logs = [forward(router, "devices/d1/logs/x").worker for _ in range(6)]
+    assert logs == ["w1", "w2", "w3", "w1", "w2", "w3"]
 
 
-def test_bad_heartbeats_raise_and_are_counted() -> None:
+def test_same_inputs_same_decisions() -> None:
+    def run() -> list[str]:
+        router = make_router()
+        for w in ("w1", "w2", "w3"):
+            beat(router, w, 0)
+        return [forward(router, t).worker for t in DEVICES[:50]]
+    assert run() == run()
+
+
+def test_first_matching_route_wins() -> None:
+    routes = [{"name": "specific", "match": "devices/special/telemetry", "algorithm": "round_robin", "qos": 0},
+              *ROUTES]
+    router = make_router(routes=routes)
+    beat(router, "w1", 0)
+    assert forward(router, "devices/special/telemetry").route == "specific"
+    assert forward(router, "devices/other/telemetry").route == "telemetry"
+
+
+def test_static_weights_from_config_reach_the_balancer() -> None:
+    routes = [{"name": "wrr", "match": "devices/+/x", "algorithm": "weighted_round_robin"}]
+    router = make_router(routes=routes, pools={"default": {"workers": {"a": {"weight": 5}}}})
+    for w in ("a", "b", "c"):
+        beat(router, w, 0)  # heartbeats say weight 1 each
+    picks = [forward(router, "devices/d/x").worker for _ in range(7)]
+    assert "".join(picks) == "aabacaa"  # nginx smooth WRR with 5, 1, 1
+
+
+def test_least_connections_uses_heartbeat_inflight() -> None:
+    routes = [{"name": "lc", "match": "devices/+/x", "algorithm": "least_connections"}]
+    router = make_router(routes=routes)
+    beat(router, "w1", 0, inflight=10)
+    beat(router, "w2", 0, inflight=0)
+    assert [forward(router, "devices/d/x").worker for _ in range(3)] == ["w2", "w2", "w2"]
+    beat(router, "w2", 1, inflight=50)
+    assert forward(router, "devices/d/x").worker == "w1"
+
+
+def test_refused_forward_becomes_a_dead_letter() -> None:
     router = make_router()
-    for payload in (b"nope", b"[]", orjson.dumps({"worker": "other"}), orjson.dumps({"weight": 0}),
-                    orjson.dumps({"weight": True}), orjson.dumps({"inflight": -1}), orjson.dumps({"state": "x"})):
-        with pytest.raises(BadHeartbeat):
-            router.heartbeat("w1", payload, 0)
-    assert router.bad_heartbeats == 7
+    beat(router, "w1", 0)
+    action = forward(router, "devices/d1/telemetry", b"p")
+    dead = router.refused(action)
+    assert (dead.reason, dead.route, dead.keep_payload) == ("refused", "telemetry", True)
+    assert dead.topic == "mqttlb/deadletter/refused/devices/d1/telemetry"
+    assert dead.message is action.message
+
+
+# -- dead letters ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("topic", "payload", "reason", "route"), [
+    ("events/e1", b'{"meta": {"id": "a/b"}}', "bad_key", "events"),
+    ("events/e1", b'{"meta": {"id": "d\\u0001"}}', "bad_key", "events"),
+    ("events/e1", b'{"meta": {"id": "a+b"}}', "bad_key", "events"),
+    ("events/e1", b'{"meta": {"id": ""}}', "bad_key", "events"),
+    ("events/e1", b'{"meta": {"id": true}}', "bad_key", "events"),
+    ("events/e1", b'{"meta": {}}', "bad_key", "events"),
+    ("events/e1", b'{"meta": "x"}', "bad_key", "events"),
+    ("events/e1", b"[1, 2]", "bad_key", "events"),
+    ("events/e1", b"not json", "bad_key", "events"),
+    ("events/e1", b"\xff\xfe", "bad_key", "events"),
+    ("events/e1", b"[" * 1000, "bad_key", "events"),
+    ("events/e1", b"[" * 100_000, "too_large", "events"),
+    ("events/e1", b"x" * (MAX_PAYLOAD + 1), "too_large", "events"),
+    ("devices/d1/telemetry", b"x" * (MAX_PAYLOAD + 1), "too_large", "telemetry"),
+    ("other/x", b"{}", "no_route", None),
+    ("devices/d1", b"{}", "no_route", None),
+    ("devices/d1/telemetry/extra", b"{}", "no_route", None),
+])
+@pytest.mark.parametrize("pool_up", [True, False])
+def test_dead_letters(topic: str, payload: bytes, reason: str, route: str | None, pool_up: bool) -> None:
+    router = make_router()
+    if pool_up:
+        beat(router, "w1", 0)
+    message = msg(topic, payload, ref=3)
+    [action] = router.route(message)  # never held: these cannot wait for a worker
+    assert isinstance(action, DeadLetter)
+    assert action.reason == reason
+    assert action.route == route
+    assert action.topic == f"mqttlb/deadletter/{reason}/{topic}"
+    assert action.message is message
+    assert action.keep_payload == (reason != "too_large")
+    assert action.detail
+    assert beat(router, "w9", 1) == []  # nothing was held besides
+
+
+def test_payload_at_the_limit_is_forwarded() -> None:
+    router = make_router()
+    beat(router, "w1", 0)
+    assert forward(router, "devices/d1/telemetry", b"x" * MAX_PAYLOAD).worker == "w1"
+
+
+def test_size_is_checked_before_json_is_parsed() -> None:
+    router = make_router()
+    beat(router, "w1", 0)
+    [action] = router.route(msg("events/e1", b'{"meta": {"id": "ok"}, "pad": "' + b"x" * MAX_PAYLOAD + b'"}'))
+    assert isinstance(action, DeadLetter) and action.reason == "too_large"
+
+
+@pytest.mark.parametrize("payload", [b"[" * 100_000, b'{"a":' * 100_000, b'{"meta":' * 100_000])
+def test_deeply_nested_json_is_a_bad_key(payload: bytes) -> None:
+    router = make_router(dead_letter={"hold": "10s", "max_payload": "1MiB"})
+    beat(router, "w1", 0)
+    [action] = router.route(msg("events/e1", payload))
+    assert isinstance(action, DeadLetter) and action.reason == "bad_key"
+
+
+def test_one_bad_message_does_not_stop_the_others() -> None:
+    router = make_router()
+    beat(router, "w1", 0)
+    actions = [router.route(msg(t, p))[0] for t, p in [
+        ("events/e1", b'{"meta": {"id": "a/b"}}'), ("devices/d1/telemetry", b"ok"), ("nowhere", b""),
+        ("devices/d2/telemetry", b"ok")]]
+    assert [type(a).__name__ for a in actions] == ["DeadLetter", "Forward", "DeadLetter", "Forward"]
+
+
+def test_dead_letter_topic_with_route_placeholder() -> None:
+    router = make_router(dead_letter={"topic": "dl/{route}/{reason}/{topic}", "hold": "10s"})
+    [action] = router.route(msg("nowhere/x"))
+    assert action.topic == "dl/none/no_route/nowhere/x"
+    [action] = router.route(msg("events/e1", b"nope"))
+    assert action.topic == "dl/events/bad_key/events/e1"
+
+
+# -- holding while a pool is empty ------------------------------------------------------------
+
+
+def test_held_then_released_in_arrival_order() -> None:
+    router = make_router()
+    assert router.route(msg("devices/d1/telemetry", ref=1, now=0)) == []
+    assert router.route(msg("devices/d2/logs/a", ref=2, now=1)) == []
+    assert router.route(msg("events/e1", b'{"meta": {"id": "x"}}', ref=3, now=2)) == []
+    assert router.route(msg("devices/d1/telemetry", ref=4, now=3)) == []
+    released = beat(router, "w1", 4)
+    assert refs(released) == [1, 2, 3, 4]
+    assert all(isinstance(a, Forward) and a.worker == "w1" for a in released)
+    assert [a.topic for a in released][:2] == ["mqttlb/workers/w1/in/devices/d1/telemetry",
+                                              "mqttlb/workers/w1/in/devices/d2/logs/a"]
+    assert beat(router, "w2", 5) == []  # nothing left to release
+
+
+def test_held_then_dead_lettered_as_no_worker_after_the_hold() -> None:
+    router = make_router()
+    router.route(msg("devices/d1/telemetry", b"p1", ref=1, now=0))
+    router.route(msg("devices/d2/telemetry", b"p2", ref=2, now=5))
+    assert router.tick(9.999) == []
+    [first] = router.tick(10.0)
+    assert isinstance(first, DeadLetter)
+    assert (first.reason, first.route, first.message.ref, first.keep_payload) == ("no_worker", "telemetry", 1, True)
+    assert first.topic == "mqttlb/deadletter/no_worker/devices/d1/telemetry"
+    assert "default" in first.detail
+    assert router.tick(14.9) == []
+    [second] = router.tick(15.0)
+    assert second.message.ref == 2 and second.message.payload == b"p2"
+    assert router.tick(100) == []
+    assert beat(router, "w1", 101) == []
+
+
+def test_one_late_tick_dead_letters_everything_overdue_in_order() -> None:
+    router = make_router()
+    for i in range(5):
+        router.route(msg("devices/d1/telemetry", ref=i, now=float(i)))
+    actions = router.tick(12.5)
+    assert refs(actions) == [0, 1, 2]
+    assert all(a.reason == "no_worker" for a in actions)
+    assert refs(beat(router, "w1", 13)) == [3, 4]
+
+
+def test_messages_arriving_while_others_wait_stay_behind_them() -> None:
+    router = make_router()
+    router.route(msg("devices/d1/telemetry", ref=1, now=0))
+    router.route(msg("devices/d1/telemetry", ref=2, now=1))
+    assert router.tick(10) != []  # ref 1 is dead-lettered, ref 2 still waits
+    assert router.route(msg("devices/d1/telemetry", ref=3, now=10)) == []
+    assert router.route(msg("devices/d1/logs/x", ref=4, now=10)) == []
+    assert refs(beat(router, "w1", 10.5)) == [2, 3, 4]
+    assert refs(router.route(msg("devices/d1/telemetry", ref=5, now=11))) == [5]
+
+
+def test_a_heartbeat_that_brings_no_healthy_worker_releases_nothing() -> None:
+    router = make_router()
+    router.route(msg("devices/d1/telemetry", ref=1))
+    assert beat(router, "w1", 1, state="draining") == []
+    assert beat(router, "w2", 1, state="down") == []
+    assert beat(router, "g1", 1, pool="gpu") == []  # another pool
+    assert refs(beat(router, "w1", 2)) == [1]
+
+
+def test_pools_hold_independently() -> None:
+    router = make_router()
+    beat(router, "w1", 0)
+    assert router.route(msg("jobs/j1", ref=1)) == []  # pool gpu is empty
+    assert refs(router.route(msg("devices/d1/telemetry", ref=2))) == [2]  # default is not held up by gpu
+    released = beat(router, "g1", 1, pool="gpu")
+    assert refs(released) == [1]
+    assert released[0].topic == "mqttlb/workers/g1/in/jobs/j1"
+
+
+def test_messages_are_held_again_when_the_pool_empties() -> None:
+    router = make_router()
+    beat(router, "w1", 0)
+    assert refs(router.route(msg("devices/d1/telemetry", ref=1, now=1))) == [1]
+    beat(router, "w1", 2, state="down")
+    assert router.route(msg("devices/d1/telemetry", ref=2, now=3)) == []
+    assert router.route(msg("devices/d1/telemetry", ref=3, now=4)) == []
+    assert refs(beat(router, "w2", 5)) == [2, 3]
+
+
+def test_held_messages_wait_out_a_timed_out_pool() -> None:
+    router = make_router()
+    beat(router, "w1", 0)
+    assert router.tick(TIMEOUT) == []  # w1 times out; nothing was waiting
+    assert router.route(msg("devices/d1/telemetry", ref=1, now=7)) == []
+    assert refs(beat(router, "w1", 8)) == [1]
+
+
+# -- draining, timeouts and bad heartbeats ----------------------------------------------------
+
+
+def test_a_draining_worker_gets_no_new_traffic() -> None:
+    router = make_router()
+    for w in ("w1", "w2", "w3"):
+        beat(router, w, 0)
+    before = workers_of(router, DEVICES)
+    assert beat(router, "w1", 1, state="draining") == []
+    after = workers_of(router, DEVICES, now=1)
+    assert "w1" not in after.values()
+    assert all(after[t] == w for t, w in before.items() if w != "w1")  # only w1's devices move
+    assert "w1" not in {forward(router, "devices/d1/logs/x").worker for _ in range(10)}
+    assert "w1" not in {forward(router, "events/e", f'{{"meta": {{"id": "k{i}"}}}}'.encode()).worker
+                        for i in range(50)}
+
+
+def test_a_timed_out_worker_stops_receiving_and_only_its_devices_move() -> None:
+    router = make_router()
+    for w in ("w1", "w2", "w3"):
+        beat(router, w, 0)
+    before = workers_of(router, DEVICES)
+    moved = {t for t, w in before.items() if w == "w1"}
+    assert moved and len(moved) < len(DEVICES)
+    beat(router, "w2", 3)
+    beat(router, "w3", 3)
+    assert router.tick(5.999) == []
+    still = workers_of(router, DEVICES, now=5.999)
+    assert still == before
+    router.tick(6.0)  # exactly the timeout after w1's last heartbeat
+    after = workers_of(router, DEVICES, now=6.0)
+    assert "w1" not in after.values()
+    assert {after[t] for t in moved} <= {"w2", "w3"}
+    assert all(after[t] == before[t] for t in DEVICES if t not in moved)
+    assert {v.worker: v.health for v in router.fleet.views(6.0)}["w1"] is Health.TIMEOUT
+    beat(router, "w1", 7)  # back: its devices come home
+    assert workers_of(router, DEVICES, now=7) == before
+
+
+def test_worker_moving_pools_takes_its_traffic_along() -> None:
+    router = make_router()
+    beat(router, "w1", 0)
+    beat(router, "w2", 0)
+    beat(router, "w1", 1, pool="gpu")
+    assert {forward(router, t).worker for t in DEVICES[:50]} == {"w2"}
+    assert forward(router, "jobs/j1").worker == "w1"
+
+
+@pytest.mark.parametrize("payload", [
+    b"nope", b"[]", b"null",
+    orjson.dumps({"worker": "other"}),
+    orjson.dumps({"weight": 0}),
+    orjson.dumps({"weight": -1}),
+    orjson.dumps({"weight": True}),
+    orjson.dumps({"inflight": -1}),
+    orjson.dumps({"inflight": 1.5}),
+    orjson.dumps({"state": "sleeping"}),
+    orjson.dumps({"pool": "a/b"}),
+    b"x" * 20_000,
+])
+def test_bad_heartbeat_raises_is_counted_and_changes_nothing(payload: bytes) -> None:
+    router = make_router()
+    beat(router, "w1", 0)
+    router.route(msg("jobs/j1", ref=1))  # held for gpu
     with pytest.raises(BadHeartbeat):
-        router.heartbeat("w/1", b"{}", 0)
+        router.heartbeat("w1", payload, 1)
+    assert router.bad_heartbeats == 1
+    assert forward(router, "devices/d1/telemetry").worker == "w1"
+    with pytest.raises(BadHeartbeat):
+        router.heartbeat("w1", payload, 2)
+    assert router.bad_heartbeats == 2
+    assert refs(beat(router, "g1", 3, pool="gpu")) == [1]  # the held message still waits
 
 
-def test_heartbeat_defaults_and_empty_payload_means_down() -> None:
-    assert Heartbeat.parse("w1", b"{}") == Heartbeat("w1")
-    assert Heartbeat.parse("w1", b"").state is WorkerState.DOWN
+@pytest.mark.parametrize("worker", ["", "w/1", "w+", "w#", "w\x01", "w\x7f"])
+def test_bad_worker_id_in_heartbeat_topic(worker: str) -> None:
+    router = make_router()
+    with pytest.raises(BadHeartbeat):
+        router.heartbeat(worker, b"{}", 0)
+    assert router.bad_heartbeats == 1
+    assert router.fleet.views(0) == []
 
 
-def test_fleet_timeout_expiry_pool_moves_and_static_weights() -> None:
-    fleet = Fleet(timeout=6, expire=60, weights={"default": {"w1": 3.0}})
-    assert fleet.apply(Heartbeat("w1", weight=1.0), 0) == {"default"}
-    assert fleet.healthy("default") == {"w1": 3.0}
-    assert fleet.tick(5.9) == set()
-    assert fleet.tick(6.0) == {"default"}
-    assert [v.health for v in fleet.views(6.0)] == [Health.TIMEOUT]
-    assert fleet.apply(Heartbeat("w1", pool="other"), 7) == {"other"}
-    assert fleet.healthy("other") == {"w1": 1.0}
-    fleet.tick(67)
-    assert fleet.views(67) == []
+def test_good_heartbeats_are_not_counted_as_bad() -> None:
+    router = make_router()
+    beat(router, "w1", 0)
+    router.heartbeat("w1", b"", 1)
+    beat(router, "w1", 2, state="draining", interval=2, ts=1.7e9, extra=[1])
+    assert router.bad_heartbeats == 0

@@ -1,0 +1,341 @@
+"""Heartbeats and the fleet they describe, with plain floats for a clock."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mqttlb.errors import BadHeartbeat, RemoteInputError
+from mqttlb.pool import MAX_HEARTBEAT_BYTES, Fleet, Health, Heartbeat, WorkerState, WorkerView
+
+properties = settings(derandomize=True, max_examples=150, deadline=None)
+TIMEOUT, EXPIRE = 6.0, 60.0
+
+
+def hb(worker: str = "w1", /, **fields: Any) -> Heartbeat:
+    return Heartbeat.parse(worker, orjson.dumps(fields))
+
+
+def view(fleet: Fleet, worker: str, now: float) -> WorkerView | None:
+    return next((v for v in fleet.views(now) if v.worker == worker), None)
+
+
+def health(fleet: Fleet, now: float) -> dict[str, Health]:
+    return {view.worker: view.health for view in fleet.views(now)}
+
+
+# -- Heartbeat.parse ---------------------------------------------------------------------
+
+
+def test_defaults() -> None:
+    beat = Heartbeat.parse("w1", b"{}")
+    assert beat == Heartbeat("w1", pool="default", state=WorkerState.UP, weight=1.0, inflight=0)
+    assert isinstance(beat.weight, float)
+
+
+def test_every_field() -> None:
+    beat = hb("w1", worker="w1", pool="gpu", state="draining", weight=2.5, inflight=7, interval=2, ts=1.7e9,
+              unknown={"ignored": True})
+    assert beat == Heartbeat("w1", pool="gpu", state=WorkerState.DRAINING, weight=2.5, inflight=7)
+
+
+def test_integer_weight_becomes_float() -> None:
+    beat = hb(weight=3)
+    assert beat.weight == 3.0 and isinstance(beat.weight, float)
+
+
+def test_empty_payload_means_down() -> None:
+    assert Heartbeat.parse("w1", b"") == Heartbeat("w1", state=WorkerState.DOWN)
+
+
+def test_the_will_means_down() -> None:
+    assert hb("w1", worker="w1", state="down").state is WorkerState.DOWN
+
+
+def test_tiny_positive_weight_accepted() -> None:
+    assert hb(weight=1e-300).weight == 1e-300
+
+
+@pytest.mark.parametrize(("fields", "why"), [
+    ({"worker": "w2"}, "does not match"),
+    ({"worker": 5}, "does not match"),
+    ({"worker": None}, "does not match"),
+    ({"worker": ""}, "does not match"),
+    ({"pool": ""}, "pool"),
+    ({"pool": "a/b"}, "pool"),
+    ({"pool": "a+"}, "pool"),
+    ({"pool": "p\x01"}, "pool"),
+    ({"pool": 5}, "pool"),
+    ({"pool": None}, "pool"),
+    ({"pool": ["default"]}, "pool"),
+    ({"state": "UP"}, "state"),
+    ({"state": "gone"}, "state"),
+    ({"state": None}, "state"),
+    ({"state": 1}, "state"),
+    ({"state": ["up"]}, "state"),
+    ({"state": {"up": 1}}, "state"),
+    ({"weight": 0}, "weight"),
+    ({"weight": 0.0}, "weight"),
+    ({"weight": -1}, "weight"),
+    ({"weight": -0.5}, "weight"),
+    ({"weight": True}, "weight"),
+    ({"weight": False}, "weight"),
+    ({"weight": "2"}, "weight"),
+    ({"weight": None}, "weight"),
+    ({"weight": [1]}, "weight"),
+    ({"inflight": -1}, "inflight"),
+    ({"inflight": 1.5}, "inflight"),
+    ({"inflight": 1.0}, "inflight"),
+    ({"inflight": True}, "inflight"),
+    ({"inflight": "3"}, "inflight"),
+    ({"inflight": None}, "inflight"),
+])
+def test_bad_fields_refused(fields: dict[str, Any], why: str) -> None:
+    with pytest.raises(BadHeartbeat, match=why):
+        Heartbeat.parse("w1", orjson.dumps(fields))
+
+
+@pytest.mark.parametrize("payload", [
+    b"[]", b'"up"', b"1", b"null", b"true", b'[{"worker": "w1"}]',
+])
+def test_not_an_object_refused(payload: bytes) -> None:
+    with pytest.raises(BadHeartbeat, match="not a JSON object"):
+        Heartbeat.parse("w1", payload)
+
+
+@pytest.mark.parametrize("payload", [
+    b"up", b"{", b'{"weight": NaN}', b'{"weight": Infinity}', b'{"weight": 1e400}', b"\xff\xfe",
+    b'{"weight": 1} x', b"[" * 10_000, b'{"a":' * 3_000,
+])
+def test_not_json_refused(payload: bytes) -> None:
+    with pytest.raises(BadHeartbeat):
+        Heartbeat.parse("w1", payload)
+
+
+def test_weight_that_underflows_to_zero_refused() -> None:
+    with pytest.raises(BadHeartbeat, match="weight"):
+        Heartbeat.parse("w1", b'{"weight": 1e-400}')
+
+
+def test_integer_inflight_too_big_for_json_ints_refused() -> None:
+    with pytest.raises(BadHeartbeat, match="inflight"):
+        Heartbeat.parse("w1", b'{"inflight": 123456789012345678901234567890}')  # parsed as a float
+
+
+def test_size_limit() -> None:
+    body = b'{"worker": "w1", "pad": "'
+    at_limit = body + b"x" * (MAX_HEARTBEAT_BYTES - len(body) - 2) + b'"}'
+    assert len(at_limit) == MAX_HEARTBEAT_BYTES
+    assert Heartbeat.parse("w1", at_limit) == Heartbeat("w1")
+    over = body + b"x" * (MAX_HEARTBEAT_BYTES - len(body) - 1) + b'"}'
+    with pytest.raises(BadHeartbeat, match="bytes"):
+        Heartbeat.parse("w1", over)
+
+
+@pytest.mark.parametrize("worker", ["", "w/1", "w+", "#", "w\x00", "w\x1f", "\ufffe"])
+def test_bad_worker_id_in_topic_refused(worker: str) -> None:
+    with pytest.raises(BadHeartbeat, match="worker id"):
+        Heartbeat.parse(worker, b"{}")
+    with pytest.raises(BadHeartbeat):
+        Heartbeat.parse(worker, b"")  # not even a will may name such a worker
+
+
+def test_bad_heartbeat_is_remote_input() -> None:
+    assert issubclass(BadHeartbeat, RemoteInputError)
+
+
+@properties
+@given(st.binary(max_size=80))
+def test_any_bytes_parse_or_raise_bad_heartbeat(payload: bytes) -> None:
+    try:
+        beat = Heartbeat.parse("w1", payload)
+    except BadHeartbeat:
+        return
+    assert beat.worker == "w1" and beat.weight > 0 and beat.inflight >= 0
+
+
+json_leaf = st.none() | st.booleans() | st.integers(-5, 5) | st.floats(-2, 2) | st.sampled_from(
+    ["w1", "w2", "up", "down", "draining", "default", "", "a/b"])
+
+
+@properties
+@given(st.dictionaries(st.sampled_from(["worker", "pool", "state", "weight", "inflight", "x"]), json_leaf))
+def test_any_object_parses_or_raises_bad_heartbeat(body: dict[str, Any]) -> None:
+    try:
+        beat = Heartbeat.parse("w1", orjson.dumps(body))
+    except BadHeartbeat:
+        return
+    assert beat.weight > 0 and type(beat.inflight) is int and beat.inflight >= 0
+    assert body.get("worker", "w1") == "w1"
+    assert beat.state.value == body.get("state", "up")
+
+
+# -- Fleet --------------------------------------------------------------------------------
+
+
+def test_empty_fleet() -> None:
+    fleet = Fleet(TIMEOUT, EXPIRE)
+    assert fleet.healthy("default") == {}
+    assert fleet.views(0) == []
+    assert fleet.tick(1e9) == set()
+
+
+def test_up_then_same_again_changes_once() -> None:
+    fleet = Fleet(TIMEOUT, EXPIRE)
+    assert fleet.apply(hb("w1"), 0) == {"default"}
+    assert fleet.healthy("default") == {"w1": 1.0}
+    assert fleet.apply(hb("w1"), 1) == set()
+    assert fleet.apply(hb("w2", weight=2), 1) == {"default"}
+    assert fleet.healthy("default") == {"w1": 1.0, "w2": 2.0}
+    assert fleet.apply(hb("w2", weight=3), 2) == {"default"}
+    assert fleet.healthy("default") == {"w1": 1.0, "w2": 3.0}
+    assert fleet.apply(hb("w2", weight=3, inflight=9), 2) == set()  # load is not membership
+    w2 = view(fleet, "w2", 2)
+    assert w2 is not None and (w2.pool, w2.inflight, w2.weight, w2.last_seen) == ("default", 9, 3.0, 2)
+
+
+@pytest.mark.parametrize(("state", "seen"), [("draining", Health.DRAINING), ("down", Health.DOWN)])
+def test_draining_and_down_leave_the_healthy_set(state: str, seen: Health) -> None:
+    fleet = Fleet(TIMEOUT, EXPIRE)
+    fleet.apply(hb("w1"), 0)
+    fleet.apply(hb("w2"), 0)
+    assert fleet.apply(hb("w1", state=state), 1) == {"default"}
+    assert fleet.healthy("default") == {"w2": 1.0}
+    assert health(fleet, 1) == {"w1": seen, "w2": Health.UP}
+    assert fleet.apply(hb("w1"), 2) == {"default"}  # and back
+    assert fleet.healthy("default") == {"w1": 1.0, "w2": 1.0}
+
+
+def test_empty_payload_takes_a_worker_down() -> None:
+    fleet = Fleet(TIMEOUT, EXPIRE)
+    fleet.apply(hb("w1"), 0)
+    assert fleet.apply(Heartbeat.parse("w1", b""), 1) == {"default"}
+    assert fleet.healthy("default") == {}
+    assert health(fleet, 1) == {"w1": Health.DOWN}
+
+
+def test_timeout_boundary() -> None:
+    fleet = Fleet(TIMEOUT, EXPIRE)
+    fleet.apply(hb("w1"), 10.0)
+    assert fleet.tick(15.999) == set()
+    assert fleet.healthy("default") == {"w1": 1.0}
+    assert health(fleet, 15.999) == {"w1": Health.UP}
+    assert fleet.tick(16.0) == {"default"}  # exactly `timeout` after the heartbeat: unhealthy
+    assert fleet.healthy("default") == {}
+    assert health(fleet, 16.0) == {"w1": Health.TIMEOUT}
+    assert fleet.tick(17.0) == set()
+    assert fleet.apply(hb("w1"), 18.0) == {"default"}  # a late heartbeat brings it back
+    assert fleet.healthy("default") == {"w1": 1.0}
+
+
+def test_timeout_only_for_up_workers() -> None:
+    fleet = Fleet(TIMEOUT, EXPIRE)
+    fleet.apply(hb("w1", state="draining"), 0)
+    fleet.apply(hb("w2", state="down"), 0)
+    assert health(fleet, 30) == {"w1": Health.DRAINING, "w2": Health.DOWN}
+
+
+def test_only_the_stale_worker_times_out() -> None:
+    fleet = Fleet(TIMEOUT, EXPIRE)
+    fleet.apply(hb("w1"), 0)
+    fleet.apply(hb("w2"), 3)
+    assert fleet.tick(6) == {"default"}
+    assert fleet.healthy("default") == {"w2": 1.0}
+    assert fleet.tick(9) == {"default"}
+    assert fleet.healthy("default") == {}
+
+
+def test_expiry_forgets_the_worker() -> None:
+    fleet = Fleet(TIMEOUT, EXPIRE)
+    fleet.apply(hb("w1", inflight=4), 0)
+    fleet.apply(hb("w2", state="draining"), 0)
+    assert fleet.tick(10) == {"default"}  # w1 times out
+    fleet.apply(hb("w3"), 55)
+    assert fleet.tick(59.9) == set()
+    assert {v.worker for v in fleet.views(59.9)} == {"w1", "w2", "w3"}
+    assert fleet.tick(60.0) == set()  # w1 had already timed out: the healthy set does not change
+    assert {v.worker for v in fleet.views(60.0)} == {"w3"}
+    assert fleet.healthy("default") == {"w3": 1.0}
+
+
+def test_expiry_of_a_still_healthy_worker_when_timeout_equals_expire() -> None:
+    fleet = Fleet(6, 6)
+    fleet.apply(hb("w1"), 0)
+    assert fleet.tick(6) == {"default"}
+    assert fleet.views(6) == []
+    assert fleet.healthy("default") == {}
+
+
+def test_worker_moving_pools() -> None:
+    fleet = Fleet(TIMEOUT, EXPIRE)
+    fleet.apply(hb("w1"), 0)
+    fleet.apply(hb("w2"), 0)
+    assert fleet.apply(hb("w1", pool="gpu"), 1) == {"default", "gpu"}
+    assert fleet.healthy("default") == {"w2": 1.0}
+    assert fleet.healthy("gpu") == {"w1": 1.0}
+    assert [(v.worker, v.pool) for v in fleet.views(1)] == [("w1", "gpu"), ("w2", "default")]
+
+
+def test_moving_a_down_worker_changes_nothing_healthy() -> None:
+    fleet = Fleet(TIMEOUT, EXPIRE)
+    fleet.apply(hb("w1", state="down"), 0)
+    assert fleet.apply(hb("w1", pool="gpu", state="down"), 1) == set()
+
+
+def test_static_weight_overrides() -> None:
+    fleet = Fleet(TIMEOUT, EXPIRE, weights={"default": {"w1": 3.0}, "gpu": {"w2": 5.0}})
+    fleet.apply(hb("w1", weight=1), 0)
+    fleet.apply(hb("w2", weight=2), 0)  # the override is for pool gpu, not default
+    assert fleet.healthy("default") == {"w1": 3.0, "w2": 2.0}
+    assert fleet.apply(hb("w1", weight=7), 1) == set()  # the override hides the change
+    assert {v.worker: v.weight for v in fleet.views(1)} == {"w1": 3.0, "w2": 2.0}
+    fleet.apply(hb("w2", pool="gpu", weight=2), 2)
+    assert fleet.healthy("gpu") == {"w2": 5.0}
+    fleet.apply(hb("w1", pool="gpu", weight=2), 2)
+    assert fleet.healthy("gpu") == {"w1": 2.0, "w2": 5.0}
+
+
+def test_views() -> None:
+    fleet = Fleet(TIMEOUT, EXPIRE)
+    fleet.apply(hb("w2", pool="gpu", weight=2, inflight=3), 1)
+    fleet.apply(hb("w1"), 4)
+    fleet.apply(hb("w3", state="draining"), 4)
+    assert fleet.views(8) == [
+        WorkerView("w1", "default", Health.UP, 1.0, 0, 4),
+        WorkerView("w2", "gpu", Health.TIMEOUT, 2.0, 3, 1),
+        WorkerView("w3", "default", Health.DRAINING, 1.0, 0, 4),
+    ]
+
+
+events = st.lists(st.tuples(
+    st.sampled_from(["w1", "w2", "w3"]),
+    st.sampled_from([None, "up", "draining", "down"]),  # None: a tick, no heartbeat
+    st.sampled_from(["default", "gpu"]),
+    st.floats(0, 10),
+), max_size=30)
+
+
+@properties
+@given(events)
+def test_healthy_set_follows_the_rule(steps: list[tuple[str, str | None, str, float]]) -> None:
+    """A worker is healthy iff its last heartbeat said up and is younger than the timeout."""
+    fleet = Fleet(TIMEOUT, EXPIRE)
+    now = 0.0
+    last: dict[str, tuple[str, str, float]] = {}
+    for worker, state, pool, dt in steps:
+        now += dt
+        before = {p: dict(fleet.healthy(p)) for p in ("default", "gpu")}
+        if state is None:
+            changed = fleet.tick(now)
+        else:
+            changed = fleet.apply(hb(worker, state=state, pool=pool), now)
+            last[worker] = (state, pool, now)
+        for p in ("default", "gpu"):
+            expected = {w for w, (s, wp, t) in last.items() if wp == p and s == "up" and now - t < TIMEOUT}
+            if state is None or p in {pool, *changed}:
+                assert set(fleet.healthy(p)) == expected
+            assert (p in changed) == (dict(fleet.healthy(p)) != before[p])
