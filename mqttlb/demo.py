@@ -1,172 +1,468 @@
-"""``mqttlb demo``: the whole system on this machine in well under a minute.
+"""``mqttlb demo``: the whole system on this machine, a worker failure, and what it shows.
 
-A private Mosquitto, the router, three workers (w3 with weight 2) and a
-simulated fleet; after a few seconds w1 is killed with SIGKILL and the summary
-shows its devices moving to the others while every other device stays where it
-was, with nothing lost. Every process it starts is stopped at the end.
+Why: in under a minute a newcomer should see what mqttlb is for. Devices stick
+to their worker; when a worker dies its devices, and only those, move to the
+others at once; nothing is lost. Everything runs for real: a private Mosquitto
+from ``mosquitto/`` on a free port, ``mqttlb run`` and three ``mqttlb worker``
+processes (w3 with weight 2) on a copy of ``config/mqttlb.yaml``, and the
+simulated fleet. An observer subscribes to every worker's inbox, so the
+summary reports what the broker delivered, not what the router believes.
+
+The summary is computed by a pure function (``summarize``) from the observed
+arrivals, so its rules can be read and tested apart from the processes. Every
+process the demo starts is stopped and its temporary directory removed,
+however it ends: success, failure, Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import os
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
+from typing import Callable
 
+import orjson
 import yaml
 
 from . import config as config_module
 from .broker import PrivateBroker, find_mosquitto, mosquitto_dir
+from .config import Config
+from .errors import MqttlbError
 from .simulate import Simulator
+from .topics import filter_matches
 from .transport import Client, Inbound
 
 WORKERS = {"w1": 1.0, "w2": 1.0, "w3": 2.0}
+"""Worker id and weight; consistent hashing gives w3 about twice the devices of the others."""
 VICTIM = "w1"
 DEVICES, RATE = 100, 400.0
 BEFORE, AFTER = 6.0, 6.0
+"""Seconds of traffic before and after the kill."""
+START_TIMEOUT = 15.0
+DELIVERY_TIMEOUT = 15.0
+STOP_TIMEOUT = 15.0
+INBOX_FILTER = "mqttlb/workers/+/in/#"
+"""Where the default ``forward`` template puts a worker's messages; the demo config keeps that default."""
+STICKY = "consistent_hash"
+
+
+class DemoFailed(Exception):
+    """Something the demo needs did not happen; the message says what, with the logs that tell why."""
+
+
+class Interrupted(BaseException):
+    """Ctrl-C or SIGTERM: stop everything and leave.
+
+    A BaseException, like KeyboardInterrupt, so that no ``except Exception`` on the way swallows it.
+    """
+
+
+# -- what the broker delivered ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Arrival:
+    """One message as the broker delivered it to a worker's inbox."""
+
+    worker: str
+    route: str
+    device: str
+    seq: int
+    at: float
+    """time.monotonic() when it arrived."""
 
 
 class Observer:
-    """Records what the broker delivers to each worker's inbox (worker, device, route, payload, time)."""
+    """Records arrivals in the workers' inboxes and which workers announce themselves up."""
 
-    def __init__(self) -> None:
-        self.deliveries: list[tuple[str, str, str, bytes, float]] = []
-        self.heartbeats: set[str] = set()
+    def __init__(self, config: Config) -> None:
+        self._routes = config.routes
+        self._heartbeats = config.heartbeat.topic
+        self._worker_level = config.heartbeat.worker_level
+        self._arrivals: list[Arrival] = []
+        self._up: set[str] = set()
         self._lock = threading.Lock()
 
     def __call__(self, message: Inbound) -> None:
+        """Runs on the client's network thread: parse, append, return."""
         levels = message.topic.split("/")
-        if levels[-1] == "heartbeat":
-            self.heartbeats.add(levels[2])
+        if filter_matches(self._heartbeats, message.topic):
+            self._heartbeat(levels[self._worker_level], message.payload)
+        elif filter_matches(INBOX_FILTER, message.topic):
+            self._arrived(levels[2], "/".join(levels[4:]), message.payload)
+
+    def _arrived(self, worker: str, topic: str, payload: bytes) -> None:
+        route = next((r.name for r in self._routes if r.match.match(topic) is not None), "")
+        try:
+            body = orjson.loads(payload)
+            arrival = Arrival(worker, route, str(body["device"]), int(body["seq"]), time.monotonic())
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):  # not the simulator's: not ours to count
             return
-        worker, device, route = levels[2], levels[5], levels[6]
         with self._lock:
-            self.deliveries.append((worker, device, route, message.payload, time.monotonic()))
+            self._arrivals.append(arrival)
 
-    def snapshot(self) -> list[tuple[str, str, str, bytes, float]]:
+    def _heartbeat(self, worker: str, payload: bytes) -> None:
+        try:
+            state = orjson.loads(payload).get("state", "up") if payload else "down"
+        except (orjson.JSONDecodeError, AttributeError):
+            return
         with self._lock:
-            return list(self.deliveries)
+            (self._up.add if state == "up" else self._up.discard)(worker)
+
+    def up(self) -> set[str]:
+        with self._lock:
+            return set(self._up)
+
+    def arrivals(self) -> list[Arrival]:
+        with self._lock:
+            return list(self._arrivals)
 
 
-def _wait(condition: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+# -- the summary (pure) -----------------------------------------------------------------
 
 
-def _write_config(workdir: Path, broker: PrivateBroker) -> Path:
-    data = yaml.safe_load((mosquitto_dir().parent / "config" / "mqttlb.yaml").read_text())
-    data["broker"].update(host=broker.host, port=broker.port, client_id="mqttlb-demo")
-    data["heartbeat"]["timeout"] = "2s"
-    data["metrics"] = {"listen": None}
-    path = workdir / "mqttlb.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+@dataclass(frozen=True, slots=True)
+class WorkerRow:
+    worker: str
+    weight: float
+    devices_before: int
+    devices_after: int
+    messages: int
+    share: float
 
 
-def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "mqttlb", *args], stdout=log.open("wb"),
-                            stderr=subprocess.STDOUT)
+@dataclass(frozen=True, slots=True)
+class Summary:
+    rows: tuple[WorkerRow, ...]
+    sent: int
+    delivered: int
+    lost: int
+    duplicates: int
+    victim_devices: frozenset[str]
+    """Devices of the sticky routes that the victim served before the kill."""
+    moved: frozenset[str]
+    """Devices whose worker after the kill differs from the one before."""
+    stayed: int
+    """Devices of the other workers that kept their worker throughout."""
+    strays: frozenset[str]
+    """Devices that reached more than one worker when they should not have: none, when all is well."""
+    failover: float | None
+    """Seconds from the kill to the first message of a moved device at its new worker."""
+    waiting: int
+    """Messages routed to the victim after it died: they wait in its session at the broker."""
+
+    @property
+    def problems(self) -> list[str]:
+        found = []
+        if self.lost:
+            found.append(f"{self.lost} of {self.sent} messages never reached a worker")
+        if not self.victim_devices:
+            found.append(f"{VICTIM} served no device before the kill")
+        elif self.moved != self.victim_devices:
+            found.append(f"the devices that moved are not exactly {VICTIM}'s: "
+                         f"{', '.join(sorted(self.moved ^ self.victim_devices)[:5])}")
+        if self.strays:
+            found.append(f"devices reached more than one worker: {', '.join(sorted(self.strays)[:5])}")
+        if self.failover is None and self.victim_devices:
+            found.append(f"no device of {VICTIM} reached a new worker")
+        return found
+
+
+def summarize(arrivals: list[Arrival], expected: set[tuple[str, str, int]], sticky: set[str],
+              killed: float) -> Summary:
+    """What the arrivals show, for the ``expected`` (route, device, seq) and a kill of VICTIM at ``killed``."""
+    seen = {(a.route, a.device, a.seq) for a in arrivals}
+    ordered = sorted((a for a in arrivals if a.route in sticky), key=lambda a: a.at)
+    before = [a for a in ordered if a.at < killed]
+    owner_before = {a.device: a.worker for a in before}  # the last worker each device reached
+    owner_after = {a.device: a.worker for a in ordered}
+    workers_before, workers_of = _workers(before), _workers(ordered)
+    victim_devices = frozenset(d for d, w in owner_before.items() if w == VICTIM)
+    others = [d for d, w in owner_before.items() if w != VICTIM]
+    strays = ({d for d in others if workers_of[d] != {owner_before[d]}}
+              | {d for d in victim_devices if len(workers_of[d] - {VICTIM}) > 1}
+              | {d for d, workers in workers_before.items() if len(workers) > 1})
+    firsts = [a.at for a in ordered if a.at >= killed and a.device in victim_devices and a.worker != VICTIM]
+    messages = Counter(a.worker for a in arrivals)
+    rows = tuple(WorkerRow(w, weight, _count(owner_before, w), _count(owner_after, w), messages[w],
+                           messages[w] / max(1, len(arrivals))) for w, weight in WORKERS.items())
+    return Summary(rows=rows, sent=len(expected), delivered=len(expected & seen), lost=len(expected - seen),
+                   duplicates=len(arrivals) - len(seen), victim_devices=victim_devices,
+                   moved=frozenset(d for d, w in owner_before.items() if owner_after[d] != w),
+                   stayed=sum(1 for d in others if d not in strays), strays=frozenset(strays),
+                   failover=min(firsts) - killed if firsts else None,
+                   waiting=sum(1 for a in arrivals if a.worker == VICTIM and a.at >= killed))
+
+
+def _workers(arrivals: list[Arrival]) -> dict[str, set[str]]:
+    """The workers each device reached."""
+    found: dict[str, set[str]] = defaultdict(set)
+    for arrival in arrivals:
+        found[arrival.device].add(arrival.worker)
+    return found
+
+
+def _count(owners: dict[str, str], worker: str) -> int:
+    return sum(1 for owner in owners.values() if owner == worker)
+
+
+def render(summary: Summary, config: Config, took: float, killed_at: float) -> list[str]:
+    """The summary as plain text, each figure with a line on what it means."""
+    sticky = [r.name for r in config.routes if r.algorithm == STICKY]
+    routes = ", ".join(f"{r.name} ({r.algorithm})" for r in config.routes)
+    lines = ["", "What happened",
+             f"  {DEVICES} devices sent {summary.sent} messages in {took:.1f} s, one device after another,",
+             f"  taking turns on the routes {routes}.",
+             f"  At {killed_at:.1f} s {VICTIM} was killed with SIGKILL: no goodbye, as in a crash.", "",
+             "worker  weight  devices before  devices after  messages  share"]
+    for row in summary.rows:
+        lines.append(f"{row.worker:<6}  {row.weight:>6g}  {row.devices_before:>14}  {row.devices_after:>13}  "
+                     f"{row.messages:>8}  {100 * row.share:>4.1f}%{'  (killed)' if row.worker == VICTIM else ''}")
+    lines += ["",
+              f"  devices before/after: how many devices of route {', '.join(sticky) or '-'} each worker served",
+              "  just before the kill and at the end. Consistent hashing keeps a device on one worker; w3, with",
+              "  weight 2, is meant to get twice the share of w1 or w2 (with 100 devices, roughly so).",
+              "  messages, share: everything the worker was sent, from every route, and its part of the total.", "",
+              f"sent {summary.sent}, delivered {summary.delivered}, lost {summary.lost}, "
+              f"duplicates {summary.duplicates}",
+              "  delivered: reached a worker's inbox at the broker. The router acknowledges a device's message",
+              "  only once the broker has taken the forward, so a message cannot fall between the two.",
+              f"moved: {len(summary.moved)} devices, all of them {VICTIM}'s: "
+              f"{'yes' if summary.moved and summary.moved == summary.victim_devices else 'no'}",
+              f"  the broker saw {VICTIM}'s connection drop and published its will, a heartbeat saying \"down\";",
+              f"  the router took {VICTIM} off the hash ring, so {VICTIM}'s devices went to the others.",
+              f"stayed: {'no' if summary.strays else 'yes'} ({summary.stayed} devices of the other workers "
+              f"kept their worker throughout)",
+              "  consistent hashing moves only the devices of the worker that left; the rest keep their state.",
+              "failover: " + ("none" if summary.failover is None else f"{1000 * summary.failover:.0f} ms"),
+              "  from the kill to the first message of a moved device at its new worker."]
+    if summary.waiting:
+        lines += [f"  {summary.waiting} messages routed to {VICTIM} before the router heard of its death wait in "
+                  f"its session at the broker", f"  (counted as delivered): they reach {VICTIM} when it restarts."]
+    return lines
+
+
+# -- the processes ------------------------------------------------------------------------
+
+
+class Processes:
+    """The router and workers, each writing its log to the demo's directory."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self._running: dict[str, subprocess.Popen[bytes]] = {}
+        self._killed: set[str] = set()
+
+    def spawn(self, name: str, *args: str) -> int:
+        with (self.workdir / f"{name}.log").open("wb") as log:
+            process = subprocess.Popen([sys.executable, "-m", "mqttlb", *args], stdout=log,
+                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self._running[name] = process
+        return process.pid
+
+    def kill(self, name: str) -> None:
+        self._killed.add(name)
+        self._running[name].send_signal(signal.SIGKILL)
+
+    def log(self, name: str) -> str:
+        path = self.workdir / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def check(self) -> None:
+        """Raises DemoFailed when a process has exited that the demo did not kill."""
+        for name, process in self._running.items():
+            if name not in self._killed and process.poll() is not None:
+                tail = "\n".join(self.log(name).splitlines()[-15:])
+                raise DemoFailed(f"{name} exited with status {process.returncode}; its log ends:\n{tail}")
+
+    def stop_all(self) -> None:
+        """SIGTERM to every process still running, then wait; SIGKILL what does not stop in time."""
+        for process in self._running.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        give_up = time.monotonic() + STOP_TIMEOUT
+        for process in self._running.values():
+            try:
+                process.wait(max(0.1, give_up - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+class Background:
+    """The simulator on a thread of its own; an error it meets is kept for the main thread."""
+
+    def __init__(self, simulator: Simulator) -> None:
+        self.simulator = simulator
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="demo-simulator", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.simulator.run()
+        except Exception as error:  # handed to the main thread, which reports it
+            self.error = error
+
+    def stop(self) -> None:
+        self.simulator.stop()
+        self._thread.join(STOP_TIMEOUT)
+
+
+# -- the run ----------------------------------------------------------------------------------
 
 
 def main(args: argparse.Namespace) -> int:
+    """``mqttlb demo``: exit 0 when everything shown worked, 1 otherwise, 130 when interrupted."""
     try:
         find_mosquitto()
     except FileNotFoundError as error:
         print(error, file=sys.stderr)
         return 1
-    with tempfile.TemporaryDirectory(prefix="mqttlb-demo-") as tmp:
-        workdir = Path(tmp)
-        processes: dict[str, subprocess.Popen[bytes]] = {}
-        with PrivateBroker(workdir=workdir) as broker:
-            try:
-                return _run(workdir, broker, processes)
-            finally:
-                for process in processes.values():
-                    if process.poll() is None:
-                        process.send_signal(signal.SIGTERM)
-                for process in processes.values():
-                    try:
-                        process.wait(15)
-                    except subprocess.TimeoutExpired:
-                        process.kill()
-                        process.wait()
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)  # progress shows as it happens, piped too
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
+    started = time.monotonic()
+    try:
+        with ExitStack() as cleanup:
+            problems = _demo(cleanup)
+            print("\ndemo: stopping the router, the workers and Mosquitto")
+    except Interrupted:
+        print("\ndemo: interrupted; every process it started is stopped", file=sys.stderr)
+        return 130
+    except (DemoFailed, MqttlbError, OSError, RuntimeError) as error:
+        print(f"\ndemo: failed: {error}", file=sys.stderr)
+        return 1
+    for problem in problems:
+        print(f"demo: FAILED: {problem}", file=sys.stderr)
+    if problems:
+        return 1
+    print(f"demo: ok in {time.monotonic() - started:.0f} s; every process it started is stopped, "
+          f"its files removed")
+    return 0
 
 
-def _run(workdir: Path, broker: PrivateBroker, processes: dict[str, subprocess.Popen[bytes]]) -> int:
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    """The first Ctrl-C or SIGTERM ends the demo; later ones are ignored so the cleanup can finish."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Interrupted()
+
+
+def _demo(cleanup: ExitStack) -> list[str]:
+    """Start everything (registering its cleanup), run the scenario, print the summary; returns the problems."""
+    workdir = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="mqttlb-demo-")))
+    (workdir / "broker").mkdir()
+    broker = cleanup.enter_context(PrivateBroker(workdir=workdir / "broker"))
+    pid = broker.process.pid if broker.process is not None else "?"
+    print(f"demo: Mosquitto on {broker.host}:{broker.port} (pid {pid}); files in {workdir}")
     config_path = _write_config(workdir, broker)
     config = config_module.load(config_path)
-    print(f"demo: private Mosquitto on {broker.host}:{broker.port}; logs in {workdir}")
-    observer = Observer()
-    watch = Client(config.broker, "mqttlb-demo-observer", on_message=observer)
-    watch.subscribe("mqttlb/workers/+/in/#", 1)
-    watch.subscribe("mqttlb/workers/+/heartbeat", 0)
+    processes = Processes(workdir)
+    cleanup.callback(processes.stop_all)
+    observer = Observer(config)
+    watch = Client(config.broker, f"mqttlb-demo-observer-{os.getpid()}", on_message=observer)
+    watch.subscribe(INBOX_FILTER, 1)
+    watch.subscribe(config.heartbeat.topic, 0)
     watch.start()
-    for worker, weight in WORKERS.items():
-        processes[worker] = _spawn(["worker", "--id", worker, "--weight", str(weight), "--interval", "0.5",
-                                    "-c", str(config_path)], workdir / f"{worker}.log")
-    _wait(lambda: observer.heartbeats >= set(WORKERS), 15, "the workers' heartbeats")
-    router_log = workdir / "router.log"
-    processes["router"] = _spawn(["run", "-c", str(config_path)], router_log)
-    _wait(lambda: "routing link connected" in router_log.read_text(errors="replace"), 15, "the router")
-    print(f"demo: router and workers {', '.join(WORKERS)} up; {DEVICES} devices publishing {RATE:.0f} msg/s")
-
+    cleanup.callback(watch.stop)
+    _start_fleet(processes, observer, config_path)
     simulator = Simulator(config, DEVICES, RATE, qos=1)
-    thread = threading.Thread(target=simulator.run, daemon=True)
-    start = time.monotonic()
-    thread.start()
-    time.sleep(BEFORE)
-    processes[VICTIM].send_signal(signal.SIGKILL)
-    killed = time.monotonic()
-    print(f"demo: killed {VICTIM} with SIGKILL at {killed - start:.1f} s")
-    time.sleep(AFTER)
-    simulator.stop()
-    thread.join(20)
-    _wait(lambda: len(observer.snapshot()) >= simulator.sent, 20, "every message delivered")
-    watch.stop()
-    return _summary(observer.snapshot(), simulator.sent, killed, time.monotonic() - start)
+    background = Background(simulator)
+    cleanup.callback(background.stop)
+    start, killed, end = _scenario(processes, background)
+    _await_delivery(processes, observer, simulator)
+    expected = {(maker.route, device, seq) for maker, device, seq in map(simulator.fleet.identity,
+                                                                           range(simulator.sent))}
+    sticky = {r.name for r in config.routes if r.algorithm == STICKY}
+    summary = summarize(observer.arrivals(), expected, sticky, killed)
+    print("\n".join(render(summary, config, end - start, killed - start)))
+    return summary.problems
 
 
-def _summary(deliveries: list[tuple[str, str, str, bytes, float]], sent: int, killed: float, took: float) -> int:
-    owner_before: dict[str, str] = {}
-    owners_after: dict[str, set[str]] = defaultdict(set)
-    messages: dict[str, int] = defaultdict(int)
-    first_moved: float | None = None
-    for worker, device, route, _, at in sorted(deliveries, key=lambda d: d[4]):
-        messages[worker] += 1
-        if route != "telemetry":
-            continue  # the round-robin route has no affinity to show
-        if at < killed:
-            owner_before[device] = worker
-        elif worker != VICTIM:
-            owners_after[device].add(worker)
-            if owner_before.get(device) == VICTIM and first_moved is None:
-                first_moved = at
-    unique = len({d[3] for d in deliveries})
-    moved = {d for d, w in owner_before.items() if owners_after.get(d, {w}) != {w}}
-    stayed = all(owners_after.get(d, {w}) == {w} for d, w in owner_before.items() if w != VICTIM)
-    total = sum(messages.values())
-    print("\nworker  weight  devices before  devices after  messages  share")
+def _write_config(workdir: Path, broker: PrivateBroker) -> Path:
+    """A copy of config/mqttlb.yaml for the private broker, with a short heartbeat timeout and no metrics port."""
+    data = yaml.safe_load((mosquitto_dir().parent / "config" / "mqttlb.yaml").read_text()) or {}
+    protocol = (data.get("broker") or {}).get("protocol", 5)
+    data["broker"] = {"host": broker.host, "port": broker.port, "client_id": f"mqttlb-demo-{os.getpid()}",
+                      "protocol": protocol}
+    data["heartbeat"] = {**(data.get("heartbeat") or {}), "timeout": "2s"}
+    data["dead_letter"] = {**(data.get("dead_letter") or {}), "hold": "10s"}
+    data["metrics"] = {"listen": None}
+    data["routes"] = [{k: v for k, v in route.items() if k not in ("pool", "forward")} if isinstance(route, dict)
+                      else route for route in data.get("routes") or []]  # the workers serve the default pool
+    path = workdir / "mqttlb.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def _start_fleet(processes: Processes, observer: Observer, config_path: Path) -> None:
+    """The workers first, then the router, which learns them from their retained heartbeats before routing."""
+    pids = []
     for worker, weight in WORKERS.items():
-        before = sum(1 for w in owner_before.values() if w == worker)
-        after = sum(1 for ws in owners_after.values() if worker in ws)
-        print(f"{worker:<6}  {weight:<6g}  {before:>14}  {after:>13}  {messages[worker]:>8}  "
-              f"{100 * messages[worker] / max(total, 1):4.1f}%")
-    lost = sent - unique
-    print(f"\nsent {sent}, delivered {unique}, lost {lost}, duplicates {len(deliveries) - unique} ({took:.0f} s)")
-    print(f"{VICTIM} died: its {len(moved)} devices moved to the other workers; all of them were {VICTIM}'s: "
-          f"{'yes' if moved <= {d for d, w in owner_before.items() if w == VICTIM} else 'no'}")
-    print(f"devices of the other workers stayed where they were: {'yes' if stayed else 'no'}")
-    if first_moved is not None:
-        print(f"failover: {1000 * (first_moved - killed):.0f} ms from the kill to the first message of a moved "
-              f"device at its new worker")
-    print("(messages routed to w1 between its death and the broker noticing wait in its persistent session and "
-          "count as delivered to it: they come back when it restarts)")
-    return 0 if lost == 0 and stayed and moved else 1
+        pid = processes.spawn(worker, "worker", "--id", worker, "--weight", f"{weight:g}", "--interval", "0.5",
+                              "-c", str(config_path))
+        pids.append(f"{worker} (pid {pid}{', weight 2' if weight == 2 else ''})")
+    _wait(lambda: observer.up() >= set(WORKERS), processes, "the workers' heartbeats")
+    print(f"demo: workers {', '.join(pids)} up")
+    pid = processes.spawn("router", "run", "-c", str(config_path))
+    _wait(lambda: "routing link connected" in processes.log("router"), processes, "the router to connect")
+    print(f"demo: router (pid {pid}) up; it knows the workers from their retained heartbeats")
+    print(f"demo: {DEVICES} devices publishing {RATE:g} msg/s")
+
+
+def _scenario(processes: Processes, background: Background) -> tuple[float, float, float]:
+    """Traffic, the kill, more traffic; returns when the traffic started, when the kill came and when it ended."""
+    start = time.monotonic()
+    _pause(BEFORE, processes, background)
+    print(f"demo: {time.monotonic() - start:4.1f} s: {background.simulator.sent} messages sent; "
+          f"killing {VICTIM} with SIGKILL")
+    processes.kill(VICTIM)
+    killed = time.monotonic()
+    _pause(AFTER, processes, background)
+    background.stop()
+    end = time.monotonic()
+    print(f"demo: {end - start:4.1f} s: {background.simulator.sent} messages sent; devices stopped")
+    return start, killed, end
+
+
+def _pause(seconds: float, processes: Processes, background: Background) -> None:
+    """Sleep, watching that nothing has died and the simulator still runs."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        time.sleep(0.05)
+        processes.check()
+        if background.error is not None:
+            raise DemoFailed(f"the simulated devices stopped: {background.error}")
+
+
+def _await_delivery(processes: Processes, observer: Observer, simulator: Simulator) -> None:
+    """Until the broker has delivered as many messages as were sent, or DELIVERY_TIMEOUT; the summary tells."""
+    print("demo: waiting for every message to reach a worker")
+    deadline = time.monotonic() + DELIVERY_TIMEOUT
+    while len({(a.route, a.device, a.seq) for a in observer.arrivals()}) < simulator.sent:
+        if time.monotonic() > deadline:
+            return
+        processes.check()
+        time.sleep(0.1)
+
+
+def _wait(condition: Callable[[], bool], processes: Processes, what: str) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while not condition():
+        processes.check()
+        if time.monotonic() > deadline:
+            raise DemoFailed(f"timed out after {START_TIMEOUT:g} s waiting for {what}")
+        time.sleep(0.05)
