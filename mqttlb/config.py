@@ -74,6 +74,14 @@ class BrokerSettings:
 class RouterSettings:
     share_group: str | None = None
     """Subscribe with ``$share/<group>/<filter>`` so several routers split the load."""
+    max_inflight: int = 1000
+    """The most inbound messages the router holds unacknowledged (its MQTT 5 Receive Maximum)."""
+    max_held: int | None = None
+    """The most of those that may wait for a worker while another pool has one; None: half of max_inflight."""
+
+    @property
+    def held_limit(self) -> int:
+        return self.max_held if self.max_held is not None else max(1, self.max_inflight // 2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,7 +199,7 @@ def parse(data: object, *, base_dir: Path, environ: Mapping[str, str]) -> Config
     problems: list[str] = []
     top = _Section(data, "", _SECTIONS, problems)
     broker = _broker(top.section("broker", _BROKER_FIELDS), base_dir, environ)
-    router = RouterSettings(**top.section("router", ("share_group",)).read(share_group=_optional(_level)))
+    router = _router(top.section("router", ("share_group", "max_inflight", "max_held")))
     heartbeat = _heartbeat(top.section("heartbeat", ("topic", "timeout", "expire")))
     pools = _pools(top.raw("pools"), problems)
     routes = _routes(top.raw("routes"), problems)
@@ -315,6 +323,15 @@ def _from_environ(name: str, environ: Mapping[str, str]) -> str:
     if value is None:
         raise ValueError(f"environment variable {_plain(name)} is not set")
     return value
+
+
+def _router(section: _Section) -> RouterSettings:
+    router = RouterSettings(**section.read(share_group=_optional(_level), max_inflight=_receive_maximum,
+                                           max_held=_optional(_message_count)))
+    if router.max_held is not None and router.max_held > router.max_inflight:
+        section.problem("max_held", f"must be at most router.max_inflight ({router.max_inflight}), "
+                                    f"got {router.max_held}")
+    return router
 
 
 def _heartbeat(section: _Section) -> HeartbeatSettings:
@@ -557,10 +574,17 @@ def _text(value: object) -> str:
     return value
 
 
-def _port(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
-        raise ValueError(f"must be an integer from 1 to 65535, got {_shown(value)}")
-    return value
+def _integer(low: int, high: int, note: str = "") -> Callable[[object], int]:
+    def integer(value: object) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(f"must be an integer from {low} to {high}{note}, got {_shown(value)}")
+        return value
+    return integer
+
+
+_port = _integer(1, 65535)
+_receive_maximum = _integer(1, 65535, " (MQTT's Receive Maximum)")
+_message_count = _integer(1, 65535)
 
 
 def _client_id(value: object) -> str:

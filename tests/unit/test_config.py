@@ -426,6 +426,18 @@ def test_share_group() -> None:
             f"got {bad!r}")
 
 
+def test_router_window() -> None:
+    assert parse(with_routes()).router.held_limit == 500
+    router = parse(with_routes(router={"max_inflight": 50, "max_held": 10})).router
+    assert (router.max_inflight, router.max_held, router.held_limit) == (50, 10, 10)
+    assert parse(with_routes(router={"max_inflight": 1})).router.held_limit == 1
+    assert problems(with_routes(router={"max_inflight": 0, "max_held": True})) == [
+        "router.max_inflight: must be an integer from 1 to 65535 (MQTT's Receive Maximum), got 0",
+        "router.max_held: must be an integer from 1 to 65535, got True"]
+    assert problem(with_routes(router={"max_inflight": 20, "max_held": 21})) == (
+        "router.max_held: must be at most router.max_inflight (20), got 21")
+
+
 def test_pools() -> None:
     data = with_routes({**TELEMETRY, "pool": "gpu"}, pools={"cpu": {"workers": {"w1": {"weight": 3}}}})
     pools = parse(data).pools
