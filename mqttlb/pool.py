@@ -97,10 +97,30 @@ class WorkerView:
     last_seen: float
 
 
+@dataclass(frozen=True, slots=True)
+class Departure:
+    """A worker that went down or silent while it may still have held messages."""
+
+    worker: str
+    pool: str
+    health: Health
+    """``down`` (its will or its own word) or ``timeout`` (silent)."""
+    holding: int
+    """About how many messages it held: the inflight of its last live heartbeat plus what was routed to it
+    since. They wait in its session at the broker and reach it when it comes back under the same id."""
+
+
+_LIVE = (Health.UP, Health.DRAINING)
+
+
 @dataclass(slots=True)
 class _Record:
     beat: Heartbeat
     last_seen: float
+    assigned: int = 0
+    """Messages routed to the worker since this heartbeat."""
+    health: Health = Health.UP
+    """As of the last apply or tick, to notice departures."""
 
 
 class Fleet:
@@ -113,11 +133,17 @@ class Fleet:
         self._weights = weights or {}
         self._records: dict[str, _Record] = {}
         self._healthy: dict[str, dict[str, float]] = {}
+        self._departures: list[Departure] = []
 
     def apply(self, beat: Heartbeat, now: float) -> set[str]:
         """Take a heartbeat in; returns the pools whose healthy set changed."""
         old = self._records.get(beat.worker)
-        self._records[beat.worker] = _Record(beat, now)
+        record = _Record(beat, now)
+        record.health = self._health(record, now)
+        if old is not None and old.health in _LIVE and record.health not in _LIVE:
+            # a will or a "down" says nothing of the load: what it held is what it last reported
+            self._departed(old, record.health)
+        self._records[beat.worker] = record
         touched = {beat.pool} | ({old.beat.pool} if old is not None else set())
         return self._refresh(touched, now)
 
@@ -127,8 +153,25 @@ class Fleet:
         touched = {self._records[w].beat.pool for w in expired}
         for worker in expired:
             del self._records[worker]
-        touched |= {r.beat.pool for r in self._records.values() if r.beat.state is WorkerState.UP}
+        for record in self._records.values():
+            if record.beat.state is WorkerState.UP:
+                touched.add(record.beat.pool)
+                health = self._health(record, now)
+                if record.health in _LIVE and health not in _LIVE:
+                    self._departed(record, health)
+                record.health = health
         return self._refresh(touched, now)
+
+    def assigned(self, worker: str) -> None:
+        """Note that a message was routed to ``worker``."""
+        record = self._records.get(worker)
+        if record is not None:
+            record.assigned += 1
+
+    def take_departures(self) -> list[Departure]:
+        """The workers that went down or silent since the last call, oldest first."""
+        departures, self._departures = self._departures, []
+        return departures
 
     def healthy(self, pool: str) -> Mapping[str, float]:
         """The healthy workers of ``pool`` with their weights: what balancers see."""
@@ -140,6 +183,10 @@ class Fleet:
                        inflight=r.beat.inflight, last_seen=r.last_seen)
             for w, r in sorted(self._records.items())
         ]
+
+    def _departed(self, record: _Record, health: Health) -> None:
+        self._departures.append(Departure(record.beat.worker, record.beat.pool, health,
+                                          record.beat.inflight + record.assigned))
 
     def _health(self, record: _Record, now: float) -> Health:
         if record.beat.state is WorkerState.UP and now - record.last_seen >= self._timeout:

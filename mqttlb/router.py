@@ -5,7 +5,9 @@ route's balancer for a healthy worker and answers with a ``Forward`` or a
 ``DeadLetter``. While a pool has no healthy worker its messages are held (the
 transport keeps them unacknowledged) and released in arrival order as soon as
 one appears, or dead-lettered as ``no_worker`` once ``dead_letter.hold`` has
-passed. Heartbeats and the clock come in as calls, so all of this is tested
+passed, or sooner when held messages would take more than
+``router.max_held`` of the broker's in-flight window while another pool could
+use it. Workers that die are reported as a ``Departure``. Heartbeats and the clock come in as calls, so all of this is tested
 without a broker and without sleeping.
 """
 
@@ -14,12 +16,12 @@ from __future__ import annotations
 import random
 from collections import deque
 from dataclasses import dataclass
-from typing import Generic, TypeVar, Union
+from typing import Callable, Generic, TypeVar, Union
 
 from . import balancers
 from .config import Config, RouteSettings
 from .errors import BadHeartbeat, BadKey
-from .pool import Fleet, Heartbeat
+from .pool import Departure, Fleet, Heartbeat
 from .topics import MAX_TOPIC_BYTES
 
 Ref = TypeVar("Ref")
@@ -54,7 +56,7 @@ class DeadLetter(Generic[Ref]):
     keep_payload: bool = True
 
 
-Action = Union[Forward[Ref], DeadLetter[Ref]]
+Action = Union[Forward[Ref], DeadLetter[Ref], Departure]
 
 
 class Reason:
@@ -118,8 +120,8 @@ class Router(Generic[Ref]):
         held = self._held_by_pool.get(settings.pool)
         if held:  # keep arrival order behind what already waits for this pool
             held.append(item)
-            return []
-        return self._dispatch(item)
+            return self._make_room()
+        return self._dispatch(item) or self._make_room()
 
     def _match(self, topic: str) -> tuple[_Route, dict[str, str]] | None:
         for route in self._routes:
@@ -135,6 +137,7 @@ class Router(Generic[Ref]):
         if worker is None:
             self._held_by_pool.setdefault(settings.pool, deque()).append(item)
             return []
+        self.fleet.assigned(worker)
         values = dict(item.captures)
         values.update(worker=worker, topic=message.topic, route=settings.name, pool=settings.pool)
         if key is not None:
@@ -152,6 +155,42 @@ class Router(Generic[Ref]):
         if len(encoded) > MAX_TOPIC_BYTES:  # keep the reason; cut the original topic to fit
             topic = encoded[:MAX_TOPIC_BYTES].decode("utf-8", "ignore")
         return DeadLetter(message, topic, reason, detail, route, keep_payload)
+
+    @property
+    def held(self) -> int:
+        """Messages waiting for a healthy worker."""
+        return sum(len(held) for held in self._held_by_pool.values())
+
+    def _make_room(self) -> list[Action[Ref]]:
+        """Past ``router.max_held``, dead-letter the oldest held message if another pool has a worker.
+
+        Held messages stay unacknowledged, so the broker counts them against the router's in-flight
+        window: left alone they would stall the pools that do have workers. With no pool able to
+        take anything, there is nothing to make room for, and the rest waits at the broker.
+        """
+        limit = self.config.router.held_limit
+        if self.held <= limit or not any(self.fleet.healthy(route.settings.pool) for route in self._routes):
+            return []
+        oldest = min((held for held in self._held_by_pool.values() if held), key=lambda held: held[0].message.arrived)
+        item = oldest.popleft()
+        pool = item.route.settings.pool
+        if not oldest:
+            del self._held_by_pool[pool]
+        return [self._dead_letter(item.message, Reason.NO_WORKER,
+                                  f"no healthy worker in pool {pool!r}, and {limit} messages were waiting "
+                                  f"(router.max_held) while other pools had workers", item.route.settings.name)]
+
+    def forget_held(self, belongs_to_lost_connection: Callable[[Ref], bool]) -> int:
+        """Drop the held messages the broker will deliver again (their connection is gone); returns how many."""
+        forgotten = 0
+        for pool, held in list(self._held_by_pool.items()):
+            kept = deque(item for item in held if not belongs_to_lost_connection(item.message.ref))
+            forgotten += len(held) - len(kept)
+            if kept:
+                self._held_by_pool[pool] = kept
+            else:
+                del self._held_by_pool[pool]
+        return forgotten
 
     def refused(self, forward: Forward[Ref]) -> DeadLetter[Ref]:
         """The broker refused a forward (an MQTT 5 reason code): it becomes a dead letter."""
@@ -173,14 +212,14 @@ class Router(Generic[Ref]):
         for route in self._routes:
             if route.settings.pool == beat.pool:
                 route.balancer.report_load(beat.worker, beat.inflight)
-        return self._release_all(changed)
+        return [*self.fleet.take_departures(), *self._release_all(changed)]
 
     def tick(self, now: float) -> list[Action[Ref]]:
         """Apply heartbeat timeouts and hold deadlines."""
         changed = self.fleet.tick(now)
         for pool in changed:
             self._update_pool(pool)
-        actions = self._release_all(changed)
+        actions: list[Action[Ref]] = [*self.fleet.take_departures(), *self._release_all(changed)]
         for held in self._held_by_pool.values():
             while held and held[0].deadline <= now:
                 item = held.popleft()

@@ -3,7 +3,7 @@
 The transport hands messages and heartbeats in; the pure ``Router`` answers
 with actions; this module turns them into publishes and acknowledges each
 inbound message only once the broker has acknowledged what became of it. It
-also owns the clock, the signals and the counters.
+also owns the clock, the signals, the counters and the stats topic.
 """
 
 from __future__ import annotations
@@ -12,15 +12,16 @@ import logging
 import random
 import signal
 import time
-from collections import Counter
-from dataclasses import dataclass, field
 from typing import Callable
+
+import orjson
 
 from .config import Config
 from .errors import BadHeartbeat
 from .logs import RateLimited
-from .pool import Fleet
+from .pool import Departure, Fleet, Health
 from .router import Action, DeadLetter, Forward, Message, Router
+from .stats import Counters, Inbound, snapshot
 from .transport import Outcome, Receipt, Subscription, Transport
 
 log = logging.getLogger("mqttlb.router")
@@ -30,21 +31,6 @@ SHUTDOWN_GRACE = 10.0
 
 TICK = 0.25
 """How often heartbeat timeouts and hold deadlines are applied (their resolution)."""
-
-
-@dataclass(slots=True)
-class Counters:
-    """What the router has done, for stats and metrics."""
-
-    forwarded: Counter[tuple[str, str]] = field(default_factory=Counter)
-    """(route, worker) -> forwards the broker acknowledged."""
-    dead_letters: Counter[tuple[str, str]] = field(default_factory=Counter)
-    """(route, reason) -> dead letters the broker acknowledged."""
-    refused: int = 0
-    """Forwards the broker refused (they went to the dead letters instead)."""
-    dropped: int = 0
-    """Dead letters the broker refused too: logged as errors, the only loss we cannot avoid."""
-    bad_heartbeats: int = 0
 
 
 def subscriptions(config: Config) -> list[Subscription]:
@@ -67,10 +53,15 @@ class Service:
         fleet = Fleet(config.heartbeat.timeout, config.heartbeat.expire, _static_weights(config))
         self.router: Router[Receipt] = Router(config, fleet, rng or random.Random())
         self.transport = Transport(config.broker, self, heartbeat_filter=config.heartbeat.topic,
-                                   routes=subscriptions(config))
+                                   routes=subscriptions(config), max_inflight=config.router.max_inflight)
         self._bad_input = RateLimited(log)
         self._stopping = False
         self._next_tick = 0.0
+        self._started = clock()
+        self._next_stats = self._started + config.stats.interval
+        self._unsettled = 0
+        """Inbound messages taken in and not yet settled (acknowledged, or left to the broker to send again)."""
+        self._peak = 0
 
     # -- the loop ---------------------------------------------------------------
 
@@ -84,11 +75,15 @@ class Service:
         return self._shutdown()
 
     def _turn(self) -> None:
-        self.transport.poll(max(0.0, self._next_tick - self.clock()))
+        room = self.config.router.max_inflight - self._unsettled
+        self.transport.poll(max(0.0, self._next_tick - self.clock()), room)
         now = self.clock()
         if now >= self._next_tick:  # timeouts and hold deadlines, not once per read burst
             self._next_tick = now + TICK
             self._execute(self.router.tick(now))
+            if now >= self._next_stats:
+                self._next_stats = now + self.config.stats.interval
+                self._publish_stats(now)
         self.transport.flush()
 
     def stop(self) -> None:
@@ -98,8 +93,8 @@ class Service:
         """Finish in-flight forwards, then disconnect; what was not taken stays at the broker."""
         log.info("stopping: waiting for %d forwards", self.transport.pending)
         give_up = self.clock() + SHUTDOWN_GRACE
-        while self.transport.pending and self.transport.routing_connected and self.clock() < give_up:
-            self.transport.poll(0.05)
+        while self.transport.pending and self.transport.connected and self.clock() < give_up:
+            self.transport.poll(0.05, room=0)
         self.transport.close()
         log.info("stopped")
         return 0
@@ -117,6 +112,8 @@ class Service:
     def on_message(self, topic: str, payload: bytes, receipt: Receipt) -> None:
         if self._stopping:
             return  # not acknowledged: the broker keeps it for the next session
+        self._unsettled += 1
+        self._peak = max(self._peak, self._unsettled)
         self._execute(self.router.route(Message(topic, payload, receipt, self.clock())))
 
     def on_heartbeat(self, topic: str, payload: bytes) -> None:
@@ -133,7 +130,25 @@ class Service:
         self._execute(actions)
 
     def on_routing_connected(self, connected: bool) -> None:
-        pass
+        if not connected:  # the broker delivers them again on the next connection
+            forgotten = self.router.forget_held(lambda receipt: receipt.qos > 0)
+            self._unsettled -= forgotten
+            if forgotten:
+                log.info("%d held messages left to the broker, which delivers them again", forgotten)
+
+    # -- stats --------------------------------------------------------------------
+
+    def stats(self, now: float) -> dict[str, object]:
+        """The stats topic's figures as of ``now``."""
+        inbound = Inbound(unacked=self._unsettled, held=self.router.held, peak=self._peak,
+                          max_inflight=self.config.router.max_inflight)
+        return snapshot(router=self.config.broker.client_id, ts=time.time(), uptime=now - self._started,
+                        connected=self.transport.routing_connected, inbound=inbound, counters=self.counters,
+                        pools=self.config.pools, workers=self.router.fleet.views(now),
+                        reconnects=self.transport.reconnects)
+
+    def _publish_stats(self, now: float) -> None:
+        self.transport.announce(self.config.stats.topic, orjson.dumps(self.stats(now)))
 
     # -- actions ------------------------------------------------------------------
 
@@ -141,20 +156,34 @@ class Service:
         for action in actions:
             if isinstance(action, Forward):
                 self._forward(action)
-            else:
+            elif isinstance(action, DeadLetter):
                 self._dead_letter(action)
+            else:
+                self._departed(action)
+
+    def _departed(self, departure: Departure) -> None:
+        how = "is down" if departure.health is Health.DOWN else \
+            f"is silent (no heartbeat for {self.config.heartbeat.timeout:g}s)"
+        if not departure.holding:
+            log.info("worker %s of pool %s %s; nothing more is routed to it", departure.worker, departure.pool, how)
+            return
+        self.counters.stranded[(departure.pool, departure.worker)] += departure.holding
+        log.warning("worker %s of pool %s %s; nothing more is routed to it. It held about %d messages: they wait "
+                    "in its session at the broker and reach it when it comes back as %s", departure.worker,
+                    departure.pool, how, departure.holding, departure.worker)
 
     def _forward(self, action: Forward[Receipt]) -> None:
         message = action.message
         properties = self.transport.forward_properties(message.ref, action.route, action.key, message.topic)
 
         def done(outcome: Outcome) -> None:
-            if outcome is Outcome.ACKED:
-                self.counters.forwarded[(action.route, action.worker)] += 1
-                self.transport.ack(message.ref)
-            elif outcome is Outcome.REFUSED:
+            if outcome is Outcome.REFUSED:
                 self.counters.refused += 1
                 self._dead_letter(self.router.refused(action))
+                return
+            if outcome is Outcome.ACKED:
+                self.counters.forwarded[(action.route, action.worker)] += 1
+            self._settle(message.ref)  # a QoS 0 forward lost with its connection: the route asked for no more
 
         self.transport.publish(action.topic, message.payload, action.qos, properties, done)
 
@@ -169,14 +198,19 @@ class Service:
         def done(outcome: Outcome) -> None:
             if outcome is Outcome.ACKED:
                 self.counters.dead_letters[(route, action.reason)] += 1
-            elif outcome is Outcome.REFUSED:
+            else:  # dead letters go at QoS 1: nothing is LOST with a connection, paho sends it again
                 self.counters.dropped += 1
                 log.error("the broker refused the dead letter for %s; the message is lost", message.topic[:200])
-            if outcome is not Outcome.LOST:
-                self.transport.ack(message.ref)
+            self._settle(message.ref)
 
         payload = message.payload if action.keep_payload else b""
         self.transport.publish(action.topic, payload, 1, properties, done)
+
+
+    def _settle(self, receipt: Receipt) -> None:
+        """What becomes of the message is settled: acknowledge it."""
+        self._unsettled -= 1
+        self.transport.ack(receipt)
 
 
 def _static_weights(config: Config) -> dict[str, dict[str, float]]:

@@ -4,11 +4,16 @@ Two paho clients run in external-loop mode on one thread, so nothing else in
 mqttlb needs a lock:
 
 * the *routing link* keeps a persistent session (stable client id, clean start
-  off) and acknowledges an inbound QoS 1 message only when ``ack`` is called,
-  which the service does once the broker has acknowledged its forward;
+  off), receives the devices' messages and acknowledges one only when ``ack``
+  is called, which the service does once the broker has acknowledged its
+  forward. It publishes nothing, so the router can stop reading it when it
+  holds as many unacknowledged messages as it may (``poll``'s ``room``): TCP
+  then holds the broker back. Mosquitto 2.0.11 does not keep to a client's
+  Receive Maximum once acknowledgements flow, so the bound has to be ours.
 * the *fleet link* is a clean session that receives heartbeats at QoS 0, so
-  they never queue behind the messages the routing link holds unacknowledged
-  in the broker's in-flight window, and publishes stats.
+  they never queue behind the messages the routing link holds unacknowledged,
+  and publishes forwards, dead letters and stats, so their acknowledgements
+  never wait behind a routing link the router is not reading.
 
 The routing link connects only after the fleet link has received the retained
 heartbeats (an UNSUBSCRIBE sent right after the SUBSCRIBE is answered only
@@ -82,6 +87,14 @@ def _backoff(attempt: int) -> float:
     return float(min(30.0, 0.25 * 2 ** min(attempt, 7)))
 
 
+def _has_data(sock: Any) -> bool:
+    """Whether a read would find something now (TLS may hold decrypted bytes the kernel no longer has)."""
+    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        return True
+    readable, _, _ = select.select([sock], [], [], 0)
+    return bool(readable)
+
+
 class _Link:
     """One paho client, connected and reconnected by the transport's loop."""
 
@@ -95,6 +108,7 @@ class _Link:
                                   clean_session=None if self.protocol == paho.MQTTv5 else not persistent,
                                   protocol=self.protocol, manual_ack=manual_ack)
         self.client.max_inflight_messages_set(max_inflight)
+        self.receive_maximum = max_inflight if manual_ack else None
         self.client.max_queued_messages_set(0)
         if broker.username is not None:
             self.client.username_pw_set(broker.username, broker.password)
@@ -117,6 +131,8 @@ class _Link:
             properties = Properties(PacketTypes.CONNECT)
             if self.persistent:
                 properties.SessionExpiryInterval = int(self.broker.session_expiry)
+            if self.receive_maximum is not None:  # what we hold unacknowledged: the broker sends no more
+                properties.ReceiveMaximum = self.receive_maximum
             self.client.connect_async(self.broker.host, self.broker.port, self.broker.keepalive,
                                       clean_start=not self.persistent, properties=properties)
         else:
@@ -154,6 +170,7 @@ class Transport:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._sync_mid: int | None = None
+        self._routing_read = 0.0
         self.reconnects = 0
         self._wire(self._routing, self._on_routing_connect, self._on_routing_message)
         self._wire(self._fleet, self._on_fleet_connect, self._on_heartbeat)
@@ -162,7 +179,7 @@ class Transport:
     def _wire(self, link: _Link, on_connect: Callable[..., None], on_message: Callable[..., None]) -> None:
         link.client.on_connect = on_connect
         link.client.on_message = on_message
-        link.client.on_publish = self._on_publish if link is self._routing else None
+        link.client.on_publish = self._on_publish if link is self._fleet else None
         link.client.on_disconnect = lambda client, userdata, flags, reason, properties: \
             self._on_disconnect(link, reason)
 
@@ -178,8 +195,9 @@ class Transport:
         return self._routing.connected
 
     @property
-    def fleet_connected(self) -> bool:
-        return self._fleet.connected
+    def connected(self) -> bool:
+        """Both links are up: messages come in and their forwards and acknowledgements can go out."""
+        return self._routing.connected and self._fleet.connected
 
     @property
     def pending(self) -> int:
@@ -193,14 +211,21 @@ class Transport:
     def start(self) -> None:
         self._fleet.enabled = True
 
-    def poll(self, timeout: float) -> None:
-        """One turn: connect what needs it, wait for the sockets, read, write, keep alive."""
+    def poll(self, timeout: float, room: int) -> None:
+        """One turn: connect what needs it, wait for the sockets, read, write, keep alive.
+
+        Reads at most ``room`` packets from the routing link; with no room it is not read at all,
+        except one packet every half keepalive, so the broker's PINGRESP keeps the link alive.
+        """
         now = time.monotonic()
         for link in (self._fleet, self._routing):
             if link.enabled and link.socket() is None and now >= link.next_attempt:
                 link.connect(now)
         links = [link for link in (self._fleet, self._routing) if link.socket() is not None]
-        readers: list[Any] = [self._wake_r] + [link.socket() for link in links]
+        overdue = now - self._routing_read >= self._routing.broker.keepalive / 2
+        routing_room = room if room > 0 else (1 if overdue else 0)
+        readers: list[Any] = [self._wake_r] + [link.socket() for link in links
+                                               if link is not self._routing or routing_room]
         writers = [link.socket() for link in links if link.client.want_write()]
         waits = [link.next_attempt - now for link in (self._fleet, self._routing)
                  if link.enabled and link.socket() is None]
@@ -218,12 +243,23 @@ class Transport:
         for link in links:
             sock = link.socket()
             if sock is not None and sock in readable:
-                link.client.loop_read()
+                if link is self._routing:
+                    self._read_routing(sock, routing_room)
+                else:
+                    link.client.loop_read()
             if link.socket() is not None and link.client.want_write():
                 link.client.loop_write()
             if link.socket() is not None:
                 link.client.loop_misc()
         del writable
+
+    def _read_routing(self, sock: Any, limit: int) -> None:
+        """Up to ``limit`` packets, while there are any (paho's loop_read takes one at a time here)."""
+        self._routing_read = time.monotonic()
+        for _ in range(limit):
+            self._routing.client.loop_read()
+            if self._routing.socket() is not sock or not _has_data(sock):
+                return
 
     def flush(self) -> None:
         """Write what callbacks queued, without waiting for the sockets."""
@@ -232,28 +268,34 @@ class Transport:
                 link.client.loop_write()
 
     def publish(self, topic: str, payload: bytes, qos: int, properties: Properties | None, done: Done) -> None:
-        """Publish on the routing link; ``done`` runs once with the outcome."""
+        """Publish on the fleet link; ``done`` runs once with the outcome.
+
+        A QoS 1 publish made while the link is down goes out when it is back (paho keeps it).
+        """
         try:
-            info = self._routing.client.publish(topic, payload, qos, retain=False, properties=properties)
+            info = self._fleet.client.publish(topic, payload, qos, retain=False, properties=properties)
         except ValueError as error:  # a topic or payload paho refuses: never let it reach the socket
             log.error("publish to %r refused by the client library: %s", topic[:200], error)
             done(Outcome.REFUSED)
             return
+        if qos == 0 and info.rc != paho.MQTT_ERR_SUCCESS:
+            done(Outcome.LOST)
+            return
         self._pending[info.mid] = (done, qos)
 
-    def publish_fleet(self, topic: str, payload: bytes, retain: bool = False) -> None:
-        """Fire-and-forget publish on the fleet link (stats)."""
+    def announce(self, topic: str, payload: bytes) -> None:
+        """Publish retained, fire-and-forget (stats): the next one takes its place anyway."""
         if self._fleet.connected:
-            self._fleet.client.publish(topic, payload, 0, retain=retain)
+            self._fleet.client.publish(topic, payload, 0, retain=True)
 
     def ack(self, receipt: Receipt) -> None:
-        """Acknowledge an inbound message, unless its connection has gone (the broker resends it)."""
+        """Acknowledge an inbound message, unless its connection has gone (the broker sends it again)."""
         if receipt.qos > 0 and receipt.generation == self._routing.generation and self._routing.connected:
             self._routing.client.ack(receipt.mid, receipt.qos)
 
     def forward_properties(self, receipt: Receipt, route: str, key: str | None, topic: str) -> Properties | None:
         """MQTT 5 properties of a forward: ours plus the inbound message's own."""
-        if not self._routing.mqtt5:
+        if not self._fleet.mqtt5:
             return None
         properties = Properties(PacketTypes.PUBLISH)
         inbound = receipt.properties
@@ -333,10 +375,11 @@ class Transport:
         self.reconnects += 1
         log.warning("%s: disconnected (%s); reconnecting", link.name, reason)
         link.next_attempt = time.monotonic() + _backoff(0)
-        if link is self._routing:
+        if link is self._fleet:
             # QoS 0 publishes queued in paho are gone with the socket; QoS 1 ones are resent by paho.
             for mid in [m for m, (_, qos) in self._pending.items() if qos == 0]:
                 self._pending.pop(mid)[0](Outcome.LOST)
+        else:
             self._handler.on_routing_connected(False)
 
     def _on_routing_message(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:

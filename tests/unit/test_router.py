@@ -11,7 +11,7 @@ import pytest
 
 from mqttlb.config import Config, parse
 from mqttlb.errors import BadHeartbeat
-from mqttlb.pool import Fleet, Health
+from mqttlb.pool import Departure, Fleet, Health
 from mqttlb.router import DeadLetter, Forward, Message, Router
 
 ROUTES: list[dict[str, Any]] = [
@@ -333,9 +333,80 @@ def test_messages_are_held_again_when_the_pool_empties() -> None:
 def test_held_messages_wait_out_a_timed_out_pool() -> None:
     router = make_router()
     beat(router, "w1", 0)
-    assert router.tick(TIMEOUT) == []  # w1 times out; nothing was waiting
+    assert router.tick(TIMEOUT) == [Departure("w1", "default", Health.TIMEOUT, 0)]  # nothing was waiting
     assert router.route(msg("devices/d1/telemetry", ref=1, now=7)) == []
     assert refs(beat(router, "w1", 8)) == [1]
+
+
+def test_past_max_held_the_oldest_is_dead_lettered_while_another_pool_has_workers() -> None:
+    router = make_router(router={"max_inflight": 10, "max_held": 3})
+    beat(router, "w1", 0)  # pool default has a worker; pool gpu has none
+    for ref in range(1, 4):
+        assert router.route(msg(f"jobs/j{ref}", ref=ref, now=ref)) == []
+    [evicted] = router.route(msg("jobs/j4", ref=4, now=4))
+    assert isinstance(evicted, DeadLetter)
+    assert (evicted.reason, evicted.route, evicted.message.ref) == ("no_worker", "jobs", 1)
+    assert "router.max_held" in evicted.detail
+    assert router.held == 3
+    assert refs(router.route(msg("devices/d1/telemetry", ref=5, now=5))) == [5]  # default keeps flowing
+    assert refs(beat(router, "g1", 6, pool="gpu")) == [2, 3, 4]
+
+
+def test_with_no_worker_anywhere_held_messages_are_not_evicted() -> None:
+    router = make_router(router={"max_inflight": 10, "max_held": 3})
+    for ref in range(10):
+        assert router.route(msg("devices/d1/telemetry", ref=ref, now=0)) == []
+    assert router.held == 10  # nothing else could use the window: the rest waits at the broker
+    assert refs(beat(router, "w1", 1)) == list(range(10))
+
+
+def test_max_held_defaults_to_half_the_window() -> None:
+    router = make_router(router={"max_inflight": 8})
+    beat(router, "w1", 0)
+    actions = [a for ref in range(6) for a in router.route(msg("jobs/j", ref=ref))]
+    assert refs(actions) == [0, 1] and router.held == 4
+
+
+def test_forget_held_drops_what_the_broker_sends_again() -> None:
+    router = make_router()
+    for ref in range(4):
+        router.route(msg("devices/d1/telemetry", ref=ref))
+    assert router.forget_held(lambda ref: ref % 2 == 0) == 2
+    assert router.held == 2
+    assert refs(beat(router, "w1", 1)) == [1, 3]
+
+
+# -- departures ------------------------------------------------------------------------------
+
+
+def test_a_dead_worker_is_reported_with_what_it_held() -> None:
+    router = make_router()
+    beat(router, "w1", 0, inflight=5)
+    for i in range(3):
+        assert forward(router, f"devices/d{i}/telemetry").worker == "w1"
+    actions = router.heartbeat("w1", orjson.dumps({"worker": "w1", "state": "down"}), 1)  # its will
+    assert actions == [Departure("w1", "default", Health.DOWN, 8)]
+    assert router.tick(100) == []  # reported once
+
+
+def test_a_heartbeat_resets_what_was_routed_since_the_last_one() -> None:
+    router = make_router()
+    beat(router, "w1", 0, inflight=5)
+    forward(router, "devices/d1/telemetry")
+    beat(router, "w1", 1, inflight=2)
+    forward(router, "devices/d1/telemetry")
+    assert router.tick(1 + TIMEOUT) == [Departure("w1", "default", Health.TIMEOUT, 3)]
+    assert beat(router, "w1", 8, state="down") == []  # silent already: not reported twice
+
+
+def test_a_drained_worker_leaves_holding_nothing() -> None:
+    router = make_router()
+    beat(router, "w1", 0, inflight=4)
+    beat(router, "w2", 0)
+    beat(router, "w1", 1, state="draining", inflight=0)
+    forward(router, "devices/d1/telemetry")  # goes to w2 now
+    assert beat(router, "w1", 2, state="down") == [Departure("w1", "default", Health.DOWN, 0)]
+    assert beat(router, "w3", 3, state="down") == []  # never up: nothing departed
 
 
 # -- draining, timeouts and bad heartbeats ----------------------------------------------------
