@@ -46,6 +46,12 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("--duration", type=float, default=None, help="seconds (default: until interrupted)")
     simulate.add_argument("--qos", type=int, choices=[0, 1], default=1)
     command("demo", "the whole system on this machine, with a worker failure and a summary", config=False)
+    bench = command("bench", "measure mqttlb side by side with the alternatives", config=False)
+    measures = bench.add_subparsers(dest="measure", required=True, metavar="MEASURE")
+    balance = measures.add_parser("balance", help="the hashing algorithms beside uhashring: balance, movement, "
+                                  "weights, speed", description="the hashing algorithms beside uhashring")
+    balance.add_argument("--keys", type=int, default=100_000, help="device ids to hash (default 100000)")
+    balance.add_argument("--json", action="store_true", help="figures as JSON")
     return parser
 
 
@@ -56,6 +62,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from . import demo
 
         return demo.main(args)
+    if args.command == "bench":
+        from . import bench_balance
+
+        return bench_balance.main(args)
     try:
         config = config_module.load(args.config)
     except ConfigError as error:

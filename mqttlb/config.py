@@ -112,6 +112,8 @@ def _no_workers() -> Mapping[str, WorkerOverride]:
 class PoolSettings:
     name: str
     workers: Mapping[str, WorkerOverride] = field(default_factory=_no_workers)
+    slow_start: float = 0.0
+    """Seconds over which a new or returning worker's weight ramps from 10% to 100%; 0 is off."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,11 +349,11 @@ def _pools(data: object, problems: list[str]) -> dict[str, PoolSettings]:
     """The pools the file lists, after ``default``."""
     pools = {DEFAULT_POOL: PoolSettings(DEFAULT_POOL)}
     for name, settings in _named(data, "pools", "pool", problems, _level_problem):
-        section = _Section(settings, f"pools.{name}", ("workers",), problems)
+        section = _Section(settings, f"pools.{name}", ("workers", "slow_start"), problems)
         overrides = _named(section.raw("workers"), section.path("workers"), "worker", problems, _level_problem)
         workers = {worker: _worker(_Section(override, f"{section.path('workers')}.{worker}", ("weight",), problems))
                    for worker, override in overrides}
-        pools[name] = PoolSettings(name, MappingProxyType(workers))
+        pools[name] = PoolSettings(name, MappingProxyType(workers), **section.read(slow_start=parse_duration))
     return pools
 
 

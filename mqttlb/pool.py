@@ -16,6 +16,7 @@ from typing import Mapping
 
 import orjson
 
+from .config import PoolSettings
 from .errors import BadHeartbeat
 from .topics import key_problem
 
@@ -121,16 +122,20 @@ class _Record:
     """Messages routed to the worker since this heartbeat."""
     health: Health = Health.UP
     """As of the last apply or tick, to notice departures."""
+    up_since: float = 0.0
+    """When it last became healthy, for slow start."""
 
 
 class Fleet:
     """Every worker of every pool, fed by heartbeats and the passing of time."""
 
-    def __init__(self, timeout: float, expire: float,
-                 weights: Mapping[str, Mapping[str, float]] | None = None) -> None:
+    SLOW_START_STEPS: int = 10
+    """A ramping weight changes in this many steps (10%, 20% ... 100%), not on every tick."""
+
+    def __init__(self, timeout: float, expire: float, pools: Mapping[str, PoolSettings] | None = None) -> None:
         self._timeout = timeout
         self._expire = expire
-        self._weights = weights or {}
+        self._pools = pools or {}
         self._records: dict[str, _Record] = {}
         self._healthy: dict[str, dict[str, float]] = {}
         self._departures: list[Departure] = []
@@ -140,6 +145,7 @@ class Fleet:
         old = self._records.get(beat.worker)
         record = _Record(beat, now)
         record.health = self._health(record, now)
+        record.up_since = old.up_since if old is not None and old.health is Health.UP else now
         if old is not None and old.health in _LIVE and record.health not in _LIVE:
             # a will or a "down" says nothing of the load: what it held is what it last reported
             self._departed(old, record.health)
@@ -179,7 +185,7 @@ class Fleet:
 
     def views(self, now: float) -> list[WorkerView]:
         return [
-            WorkerView(worker=w, pool=r.beat.pool, health=self._health(r, now), weight=self._weight(r.beat),
+            WorkerView(worker=w, pool=r.beat.pool, health=self._health(r, now), weight=self._weight(r, now),
                        inflight=r.beat.inflight, last_seen=r.last_seen)
             for w, r in sorted(self._records.items())
         ]
@@ -193,14 +199,25 @@ class Fleet:
             return Health.TIMEOUT
         return Health(record.beat.state.value)
 
-    def _weight(self, beat: Heartbeat) -> float:
-        return self._weights.get(beat.pool, {}).get(beat.worker, beat.weight)
+    def _weight(self, record: _Record, now: float) -> float:
+        """The weight balancers see: the pool's static one or the heartbeat's, ramped during slow start."""
+        beat = record.beat
+        pool = self._pools.get(beat.pool)
+        if pool is None:
+            return beat.weight
+        override = pool.workers.get(beat.worker)
+        weight = beat.weight if override is None else override.weight
+        elapsed = now - record.up_since
+        if elapsed >= pool.slow_start:
+            return weight
+        steps = self.SLOW_START_STEPS
+        return weight * (1 + math.floor((steps - 1) * elapsed / pool.slow_start)) / steps
 
     def _refresh(self, pools: set[str], now: float) -> set[str]:
         changed = set()
         for pool in pools:
             healthy = {
-                w: self._weight(r.beat) for w, r in sorted(self._records.items())
+                w: self._weight(r, now) for w, r in sorted(self._records.items())
                 if r.beat.pool == pool and self._health(r, now) is Health.UP
             }
             if healthy != self._healthy.get(pool, {}):

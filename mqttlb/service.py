@@ -50,7 +50,7 @@ class Service:
         self.config = config
         self.clock = clock
         self.counters = Counters()
-        fleet = Fleet(config.heartbeat.timeout, config.heartbeat.expire, _static_weights(config))
+        fleet = Fleet(config.heartbeat.timeout, config.heartbeat.expire, config.pools)
         self.router: Router[Receipt] = Router(config, fleet, rng or random.Random())
         self.transport = Transport(config.broker, self, heartbeat_filter=config.heartbeat.topic,
                                    routes=subscriptions(config), max_inflight=config.router.max_inflight)
@@ -211,7 +211,3 @@ class Service:
         """What becomes of the message is settled: acknowledge it."""
         self._unsettled -= 1
         self.transport.ack(receipt)
-
-
-def _static_weights(config: Config) -> dict[str, dict[str, float]]:
-    return {name: {w: o.weight for w, o in pool.workers.items()} for name, pool in config.pools.items()}

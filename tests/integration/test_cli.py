@@ -44,7 +44,7 @@ def test_bad_config_lists_every_problem_and_exits_2(tmp_path: Path, command: str
     assert any("broker.port:" in line for line in lines)
     assert any("heartbeat.timeout:" in line for line in lines)
     assert any(line.endswith("routes[0].algorithm: unknown algorithm 'roundrobin'; expected one of consistent_hash, "
-                             "least_connections, random, round_robin, weighted_round_robin") for line in lines)
+                             "least_connections, random, ring, round_robin, weighted_round_robin") for line in lines)
     assert any("routes[1].match:" in line and "loop" in line for line in lines)
     assert any("routes[2]" in line and "key" in line for line in lines)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -14,7 +15,8 @@ from hypothesis import strategies as st
 from mqttlb import balancers
 from mqttlb.balancers import BadOption, Balancer, UnknownAlgorithm, create, names, needs_key, register
 
-ALL = ("consistent_hash", "least_connections", "random", "round_robin", "weighted_round_robin")
+ALL = ("consistent_hash", "least_connections", "random", "ring", "round_robin", "weighted_round_robin")
+HASHING = ("consistent_hash", "ring")
 KEYS = [f"device-{i}" for i in range(20_000)]
 
 properties = settings(derandomize=True, max_examples=60, deadline=None)
@@ -68,7 +70,7 @@ def test_single_worker_gets_everything(name: str) -> None:
 
 def test_names_and_needs_key() -> None:
     assert names() == ALL
-    assert [n for n in ALL if needs_key(n)] == ["consistent_hash"]
+    assert [n for n in ALL if needs_key(n)] == list(HASHING)
 
 
 def test_unknown_algorithm_message() -> None:
@@ -76,7 +78,7 @@ def test_unknown_algorithm_message() -> None:
         create("roundrobin")
     assert str(caught.value) == (
         "unknown algorithm 'roundrobin'; expected one of consistent_hash, "
-        "least_connections, random, round_robin, weighted_round_robin"
+        "least_connections, random, ring, round_robin, weighted_round_robin"
     )
     assert isinstance(caught.value, ValueError)
     with pytest.raises(UnknownAlgorithm):
@@ -86,13 +88,19 @@ def test_unknown_algorithm_message() -> None:
 @pytest.mark.parametrize(
     ("name", "options", "message"),
     [
-        ("consistent_hash", {"virtual_nodes": 0}, "virtual_nodes: must be an integer from 1 to 10000, got 0"),
-        ("consistent_hash", {"virtual_nodes": 10_001}, "virtual_nodes: must be an integer from 1 to 10000, got 10001"),
-        ("consistent_hash", {"virtual_nodes": "160"}, "virtual_nodes: must be an integer from 1 to 10000, got '160'"),
-        ("consistent_hash", {"virtual_nodes": True}, "virtual_nodes: must be an integer from 1 to 10000, got True"),
-        ("consistent_hash", {"virtual_nodes": 1.5}, "virtual_nodes: must be an integer from 1 to 10000, got 1.5"),
-        ("consistent_hash", {"vnodes": 5}, "unknown option 'vnodes'; expected one of virtual_nodes"),
+        ("ring", {"virtual_nodes": 0}, "virtual_nodes: must be an integer from 1 to 10000, got 0"),
+        ("ring", {"virtual_nodes": 10_001}, "virtual_nodes: must be an integer from 1 to 10000, got 10001"),
+        ("ring", {"virtual_nodes": "160"}, "virtual_nodes: must be an integer from 1 to 10000, got '160'"),
+        ("ring", {"virtual_nodes": True}, "virtual_nodes: must be an integer from 1 to 10000, got True"),
+        ("ring", {"virtual_nodes": 1.5}, "virtual_nodes: must be an integer from 1 to 10000, got 1.5"),
+        ("ring", {"vnodes": 5}, "unknown option 'vnodes'; expected one of virtual_nodes"),
         ("round_robin", {"virtual_nodes": 5}, "unknown option 'virtual_nodes'; round_robin takes no options"),
+        ("consistent_hash", {"virtual_nodes": 160}, "virtual_nodes: consistent_hash is rendezvous hashing and has "
+                                                    "no virtual nodes; the virtual-node ring is algorithm ring"),
+        ("consistent_hash", {"load_factor": 1.0}, "load_factor: must be above 1 (1.25 lets a worker take 25% over "
+                                                  "its share), got 1.0"),
+        ("consistent_hash", {"load_factor": "1.25"}, "load_factor: must be a number from 1 to 100, got '1.25'"),
+        ("consistent_hash", {"cache_size": 0}, "cache_size: must be an integer from 1 to 100000000, got 0"),
     ],
 )
 def test_bad_options(name: str, options: dict[str, Any], message: str) -> None:
@@ -102,10 +110,13 @@ def test_bad_options(name: str, options: dict[str, Any], message: str) -> None:
     assert isinstance(caught.value, ValueError)
 
 
-def test_virtual_nodes_option() -> None:
-    b = create("consistent_hash", virtual_nodes=500)
-    assert isinstance(b, balancers.ConsistentHash)
-    assert b.virtual_nodes == 500
+def test_options() -> None:
+    ring = create("ring", virtual_nodes=500)
+    assert isinstance(ring, balancers.Ring) and ring.virtual_nodes == 500
+    rendezvous = create("consistent_hash", load_factor=1.25, cache_size=10)
+    assert isinstance(rendezvous, balancers.ConsistentHash)
+    assert (rendezvous.load_factor, rendezvous.cache_size) == (1.25, 10)
+    assert create("consistent_hash", load_factor=None).load_factor is None  # YAML null: off
 
 
 @pytest.mark.parametrize("weight", [0.0, -1.0, float("nan"), float("inf")])
@@ -254,6 +265,22 @@ def test_least_connections_update_keeps_counts_and_ignores_strangers() -> None:
     assert "a" not in picks(b, 10)
 
 
+def test_least_connections_in_a_large_pool_uses_two_choices() -> None:
+    workers = {f"w{i:02}": 1.0 for i in range(20)}
+    b = make("least_connections", workers)
+    b.report_load("w00", 1_000)  # loaded: it can win only against another loaded worker
+    counts = Counter(picks(b, 4_000))
+    assert counts["w00"] == 0
+    assert max(counts.values()) - min(counts[w] for w in workers if w != "w00") <= 6  # even, though sampled
+
+
+def test_least_connections_without_heartbeats_spreads_by_what_it_sent() -> None:
+    """Stale or missing reports: the counts of picks alone keep the pool even."""
+    b = make("least_connections", {f"w{i:02}": 1.0 for i in range(10)})
+    counts = Counter(picks(b, 10_000))
+    assert max(counts.values()) - min(counts.values()) <= 4
+
+
 # -- random ---------------------------------------------------------------------
 
 
@@ -271,81 +298,154 @@ def test_random_is_deterministic_given_the_seed() -> None:
     assert picks(other, 100) != picks(make("random", workers), 100)
 
 
-# -- consistent hashing --------------------------------------------------------
+# -- consistent hashing and the ring -------------------------------------------------
 
 
-def test_consistent_hash_needs_a_key() -> None:
-    b = make("consistent_hash", {"w1": 1.0})
+@pytest.mark.parametrize("name", HASHING)
+def test_hashing_needs_a_key(name: str) -> None:
+    b = make(name, {"w1": 1.0})
     with pytest.raises(ValueError, match="needs a key"):
         b.pick(None)
 
 
-def test_consistent_hash_is_stable_across_runs() -> None:
-    # Pinned: the ring must not depend on PYTHONHASHSEED or the Python version.
-    b = make("consistent_hash", {"w1": 1.0, "w2": 1.0, "w3": 1.0})
-    assert [b.pick(f"device-{i}") for i in range(8)] == ["w2", "w3", "w1", "w3", "w2", "w1", "w1", "w1"]
+def test_hashing_is_stable_across_runs() -> None:
+    # Pinned: the mapping must not depend on PYTHONHASHSEED or the Python version.
+    workers = {"w1": 1.0, "w2": 1.0, "w3": 1.0}
+    assert [make("consistent_hash", workers).pick(f"device-{i}") for i in range(8)] == \
+        ["w3", "w1", "w2", "w3", "w2", "w2", "w3", "w1"]
+    assert [make("ring", workers).pick(f"device-{i}") for i in range(8)] == \
+        ["w2", "w3", "w1", "w3", "w2", "w1", "w1", "w1"]
 
 
 hash_keys = KEYS[:400]
-# Weights whose mean stays in one power-of-two band: workers keep their points.
-band_weights = st.sampled_from([0.8, 1.0, 1.25])
+weights_drawn = st.sampled_from([0.5, 0.8, 1.0, 1.25, 3.0])
 
 
 @st.composite
 def pools(draw: st.DrawFn) -> tuple[dict[str, float], str, float]:
     workers = draw(worker_ids)
-    weights = {w: draw(band_weights) for w in sorted(workers)}
+    weights = {w: draw(weights_drawn) for w in sorted(workers)}
     newcomer = draw(st.text("xyz", min_size=1, max_size=4).filter(lambda w: w not in workers))
-    return weights, newcomer, draw(band_weights)
+    return weights, newcomer, draw(weights_drawn)
 
 
+@pytest.mark.parametrize("name", HASHING)
 @properties
 @given(pool=pools())
-def test_consistent_hash_adding_moves_keys_only_to_the_newcomer(pool: tuple[dict[str, float], str, float]) -> None:
+def test_hashing_adding_moves_keys_only_to_the_newcomer(name: str, pool: tuple[dict[str, float], str, float]) -> None:
     workers, newcomer, weight = pool
-    before = mapping(make("consistent_hash", workers), hash_keys)
-    after = mapping(make("consistent_hash", {**workers, newcomer: weight}), hash_keys)
+    before = mapping(make(name, workers), hash_keys)
+    after = mapping(make(name, {**workers, newcomer: weight}), hash_keys)
     assert {after[k] for k in hash_keys if after[k] != before[k]} <= {newcomer}
 
 
+@pytest.mark.parametrize("name", HASHING)
 @properties
 @given(pool=pools(), data=st.data())
-def test_consistent_hash_removing_moves_only_its_keys(
-    pool: tuple[dict[str, float], str, float], data: st.DataObject
-) -> None:
+def test_hashing_removing_moves_only_its_keys(name: str, pool: tuple[dict[str, float], str, float],
+                                              data: st.DataObject) -> None:
     workers, _, _ = pool
     leaver = data.draw(st.sampled_from(sorted(workers)))
-    before = mapping(make("consistent_hash", workers), hash_keys)
+    before = mapping(make(name, workers), hash_keys)
     rest = {w: weight for w, weight in workers.items() if w != leaver}
-    after = mapping(make("consistent_hash", rest), hash_keys)
+    after = mapping(make(name, rest), hash_keys)
     assert all(after[k] == before[k] for k in hash_keys if before[k] != leaver)
 
 
+@pytest.mark.parametrize("name", HASHING)
 @properties
 @given(workers=worker_ids.flatmap(lambda ids: st.permutations(sorted(ids))), weights=st.data())
-def test_consistent_hash_ignores_insertion_order(workers: list[str], weights: st.DataObject) -> None:
+def test_hashing_ignores_insertion_order(name: str, workers: list[str], weights: st.DataObject) -> None:
     given_weights = {w: weights.draw(st.floats(0.1, 10.0)) for w in workers}
     in_id_order = dict(sorted(given_weights.items()))
-    assert mapping(make("consistent_hash", given_weights), hash_keys) == mapping(
-        make("consistent_hash", in_id_order), hash_keys
-    )
+    assert mapping(make(name, given_weights), hash_keys) == mapping(make(name, in_id_order), hash_keys)
 
 
-def test_consistent_hash_removing_a_worker_with_mixed_weights_moves_only_its_keys() -> None:
+@properties
+@given(pool=pools(), changes=st.lists(st.tuples(st.sampled_from("abcxyz"), st.sampled_from([0.0, 1.0, 2.0])),
+                                      max_size=6))
+def test_consistent_hash_cache_never_outlives_a_change(pool: tuple[dict[str, float], str, float],
+                                                       changes: list[tuple[str, float]]) -> None:
+    """After any sequence of updates, cached picks equal those of a balancer built fresh."""
+    workers = dict(pool[0])
+    cached = make("consistent_hash", workers)
+    mapping(cached, hash_keys)
+    for worker, weight in changes:
+        if weight:
+            workers[worker] = weight
+        else:
+            workers.pop(worker, None)
+        cached.update(dict(workers))
+        assert mapping(cached, hash_keys) == mapping(make("consistent_hash", workers), hash_keys)
+
+
+def test_consistent_hash_cache_is_bounded() -> None:
+    b = make("consistent_hash", {"w1": 1.0, "w2": 1.0}, cache_size=100)
+    first = mapping(b, KEYS[:1_000])
+    assert len(b._cache) <= 100
+    assert mapping(b, KEYS[:1_000]) == first
+
+
+def test_removing_a_worker_with_mixed_weights_moves_only_its_keys() -> None:
     weights = {"w1": 1.0, "w2": 1.0, "w3": 2.0}
     before = mapping(make("consistent_hash", weights), KEYS)
     after = mapping(make("consistent_hash", {"w2": 1.0, "w3": 2.0}), KEYS)
     assert all(after[k] == w for k, w in before.items() if w != "w1")
 
 
-@pytest.mark.parametrize(("light", "heavy"), [(1.0, 3.0), (2.0, 6.0), (0.5, 1.5)])
-def test_consistent_hash_weights_set_shares(light: float, heavy: float) -> None:
-    counts = Counter(mapping(make("consistent_hash", {"w1": light, "w2": heavy}), KEYS).values())
-    assert 0.20 <= counts["w1"] / len(KEYS) <= 0.30
+BALANCE_KEYS = [f"device-{i}" for i in range(100_000)]
 
 
-def test_consistent_hash_balance() -> None:
-    workers = {f"worker-{i}": 1.0 for i in range(10)}
-    counts = Counter(mapping(make("consistent_hash", workers), KEYS).values())
-    assert len(counts) == 10
-    assert max(counts.values()) / (len(KEYS) / 10) < 1.3
+@pytest.mark.parametrize(("workers", "limit"), [(10, 1.05), (100, 1.10)])
+def test_consistent_hash_balance(workers: int, limit: float) -> None:
+    counts = Counter(mapping(make("consistent_hash", {f"worker-{i}": 1.0 for i in range(workers)}),
+                             BALANCE_KEYS).values())
+    assert len(counts) == workers
+    assert max(counts.values()) / (len(BALANCE_KEYS) / workers) <= limit
+
+
+def test_consistent_hash_adding_an_eleventh_worker_moves_a_fair_share_only_to_it() -> None:
+    ten = {f"worker-{i}": 1.0 for i in range(10)}
+    before = mapping(make("consistent_hash", ten), BALANCE_KEYS)
+    after = mapping(make("consistent_hash", {**ten, "worker-10": 1.0}), BALANCE_KEYS)
+    moved = [k for k in BALANCE_KEYS if after[k] != before[k]]
+    assert {after[k] for k in moved} == {"worker-10"}
+    assert len(moved) <= 1.1 * len(BALANCE_KEYS) / 11
+
+
+def test_consistent_hash_weights_set_shares_within_three_points() -> None:
+    weights = {"w1": 1.0, "w2": 2.0, "w3": 3.0, "w4": 4.0}
+    counts = Counter(mapping(make("consistent_hash", weights), BALANCE_KEYS).values())
+    for worker, weight in weights.items():
+        assert abs(counts[worker] / len(BALANCE_KEYS) - weight / 10) <= 0.03
+
+
+def test_preference_lists_where_a_key_would_go_next() -> None:
+    b = make("consistent_hash", {"w1": 1.0, "w2": 1.0, "w3": 2.0})
+    for key in hash_keys[:50]:
+        first, second, _ = b.preference(key)
+        assert b.pick(key) == first
+        without = {w: wt for w, wt in {"w1": 1.0, "w2": 1.0, "w3": 2.0}.items() if w != first}
+        assert make("consistent_hash", without).pick(key) == second
+
+
+# -- bounded loads ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("load_factor", [1.1, 1.25, 2.0])
+def test_bounded_loads_cap_every_worker(load_factor: float) -> None:
+    weights = {f"w{i}": 1.0 for i in range(8)} | {"heavy": 3.0}
+    b = make("consistent_hash", weights, load_factor=load_factor)
+    total = sum(weights.values())
+    for n, key in enumerate(KEYS[:5_000], start=1):
+        b.pick(key)
+        loads = Counter(b._cache.values())
+        assert all(loads[w] <= math.ceil(load_factor * n * weight / total) for w, weight in weights.items())
+
+
+def test_bounded_loads_keep_devices_where_they_are() -> None:
+    b = make("consistent_hash", {f"w{i}": 1.0 for i in range(5)}, load_factor=1.25)
+    first = mapping(b, KEYS[:2_000])
+    assert mapping(b, KEYS[:2_000]) == first  # nobody moves while the pool stays as it is
+    plain = mapping(make("consistent_hash", {f"w{i}": 1.0 for i in range(5)}), KEYS[:2_000])
+    assert sum(first[k] == plain[k] for k in first) > 0.85 * 2_000  # most devices get their first choice

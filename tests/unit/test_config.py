@@ -32,7 +32,7 @@ from mqttlb.errors import ConfigError
 
 DEFAULT_FILE = Path(__file__).parents[2] / "config" / "mqttlb.yaml"
 TELEMETRY = {"match": "devices/{device}/telemetry", "key": "device"}
-ALGORITHMS = "consistent_hash, least_connections, random, round_robin, weighted_round_robin"
+ALGORITHMS = "consistent_hash, least_connections, random, ring, round_robin, weighted_round_robin"
 
 
 def parse(data: object, base_dir: Path = Path("/nonexistent"), environ: dict[str, str] | None = None) -> Config:
@@ -71,7 +71,8 @@ def test_default_file_loads_with_the_spec_defaults() -> None:
     assert loaded.stats == StatsSettings("mqttlb/stats", 5.0)
     assert loaded.metrics == MetricsSettings(("127.0.0.1", 9108))
     assert dict(loaded.pools) == {"default": PoolSettings("default")}
-    assert dict(loaded.balancers) == {"consistent_hash": {"virtual_nodes": 160}}
+    assert dict(loaded.balancers) == {"consistent_hash": {"load_factor": None, "cache_size": 262144},
+                                      "ring": {"virtual_nodes": 160}}
 
     telemetry, logs = loaded.routes
     assert (telemetry.name, telemetry.match.mqtt, str(telemetry.key)) == ("telemetry", "devices/+/telemetry", "device")
@@ -438,6 +439,12 @@ def test_router_window() -> None:
         "router.max_held: must be at most router.max_inflight (20), got 21")
 
 
+def test_pool_slow_start() -> None:
+    assert parse(with_routes(pools={"gpu": {"slow_start": "30s"}})).pools["gpu"].slow_start == 30.0
+    assert parse(with_routes()).pools["default"].slow_start == 0.0
+    assert problem(with_routes(pools={"gpu": {"slow_start": "soon"}})).startswith("pools.gpu.slow_start: must be a duration")
+
+
 def test_pools() -> None:
     data = with_routes({**TELEMETRY, "pool": "gpu"}, pools={"cpu": {"workers": {"w1": {"weight": 3}}}})
     pools = parse(data).pools
@@ -461,11 +468,11 @@ def test_pool_problems(pools: dict[object, object], expected: str) -> None:
 
 
 def test_balancer_options_are_checked_by_the_balancers() -> None:
-    loaded = parse(with_routes(balancers={"consistent_hash": {"virtual_nodes": 500}, "random": None}))
-    assert dict(loaded.balancers) == {"consistent_hash": {"virtual_nodes": 500}, "random": {}}
-    assert problems(with_routes(balancers={"consistent_hash": {"virtual_nodes": 0}, "roundrobin": {},
+    loaded = parse(with_routes(balancers={"ring": {"virtual_nodes": 500}, "random": None}))
+    assert dict(loaded.balancers) == {"ring": {"virtual_nodes": 500}, "random": {}}
+    assert problems(with_routes(balancers={"ring": {"virtual_nodes": 0}, "roundrobin": {},
                                            "round_robin": {"rng": 1}})) == [
-        "balancers.consistent_hash: virtual_nodes: must be an integer from 1 to 10000, got 0",
+        "balancers.ring: virtual_nodes: must be an integer from 1 to 10000, got 0",
         f"balancers.roundrobin: unknown algorithm 'roundrobin'; expected one of {ALGORITHMS}",
         "balancers.round_robin: unknown option 'rng'",
     ]

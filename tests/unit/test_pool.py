@@ -9,11 +9,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mqttlb.config import PoolSettings, WorkerOverride
 from mqttlb.errors import BadHeartbeat, RemoteInputError
 from mqttlb.pool import MAX_HEARTBEAT_BYTES, Fleet, Health, Heartbeat, WorkerState, WorkerView
 
 properties = settings(derandomize=True, max_examples=150, deadline=None)
 TIMEOUT, EXPIRE = 6.0, 60.0
+
+
+def pool(name: str, slow_start: float = 0.0, **weights: float) -> PoolSettings:
+    return PoolSettings(name, {w: WorkerOverride(weight) for w, weight in weights.items()}, slow_start)
 
 
 def hb(worker: str = "w1", /, **fields: Any) -> Heartbeat:
@@ -287,7 +292,7 @@ def test_moving_a_down_worker_changes_nothing_healthy() -> None:
 
 
 def test_static_weight_overrides() -> None:
-    fleet = Fleet(TIMEOUT, EXPIRE, weights={"default": {"w1": 3.0}, "gpu": {"w2": 5.0}})
+    fleet = Fleet(TIMEOUT, EXPIRE, pools={"default": pool("default", w1=3.0), "gpu": pool("gpu", w2=5.0)})
     fleet.apply(hb("w1", weight=1), 0)
     fleet.apply(hb("w2", weight=2), 0)  # the override is for pool gpu, not default
     assert fleet.healthy("default") == {"w1": 3.0, "w2": 2.0}
@@ -339,3 +344,44 @@ def test_healthy_set_follows_the_rule(steps: list[tuple[str, str | None, str, fl
             if state is None or p in {pool, *changed}:
                 assert set(fleet.healthy(p)) == expected
             assert (p in changed) == (dict(fleet.healthy(p)) != before[p])
+
+
+# -- slow start ----------------------------------------------------------------------------------
+
+
+def test_slow_start_ramps_a_new_worker_from_a_tenth_to_its_full_weight() -> None:
+    fleet = Fleet(TIMEOUT, EXPIRE, pools={"default": pool("default", slow_start=27.0)})
+    fleet.apply(hb("w1", weight=2), 0)
+    seen = []
+    for now in range(0, 31, 3):
+        fleet.apply(hb("w1", weight=2), now)  # heartbeats keep coming: they do not restart the ramp
+        fleet.tick(now)
+        seen.append(fleet.healthy("default")["w1"])
+    assert seen == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6, 1.8, 2.0, 2.0])
+
+
+def test_slow_start_changes_the_pool_in_steps_only() -> None:
+    fleet = Fleet(60.0, 600.0, pools={"default": pool("default", slow_start=9.0)})
+    fleet.apply(hb("w1"), 0)
+    changes = [now / 10 for now in range(1, 120) if fleet.tick(now / 10)]
+    assert changes == pytest.approx([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0])  # 20% ... 100%
+
+
+def test_a_returning_worker_ramps_again_and_the_others_do_not() -> None:
+    fleet = Fleet(60.0, 600.0, pools={"default": pool("default", slow_start=10.0)})
+    fleet.apply(hb("w1"), 0)
+    fleet.apply(hb("w2"), 0)
+    fleet.tick(20)
+    assert fleet.healthy("default") == {"w1": 1.0, "w2": 1.0}
+    fleet.apply(hb("w1", state="down"), 21)
+    fleet.apply(hb("w1"), 22)
+    fleet.tick(22)
+    assert fleet.healthy("default") == {"w1": 0.1, "w2": 1.0}
+    fleet.tick(32)
+    assert fleet.healthy("default") == {"w1": 1.0, "w2": 1.0}
+
+
+def test_without_slow_start_the_weight_is_whole_at_once() -> None:
+    fleet = Fleet(TIMEOUT, EXPIRE, pools={"default": pool("default")})
+    fleet.apply(hb("w1", weight=3), 0)
+    assert fleet.healthy("default") == {"w1": 3.0}

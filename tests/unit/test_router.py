@@ -36,8 +36,7 @@ def make_config(**overrides: Any) -> Config:
 
 def make_router(**overrides: Any) -> Router[int]:
     config = make_config(**overrides)
-    weights = {name: {w: o.weight for w, o in pool.workers.items()} for name, pool in config.pools.items()}
-    fleet = Fleet(config.heartbeat.timeout, config.heartbeat.expire, weights)
+    fleet = Fleet(config.heartbeat.timeout, config.heartbeat.expire, config.pools)
     return Router(config, fleet, random.Random(1))
 
 
@@ -421,6 +420,10 @@ def test_a_draining_worker_gets_no_new_traffic() -> None:
     after = workers_of(router, DEVICES, now=1)
     assert "w1" not in after.values()
     assert all(after[t] == w for t, w in before.items() if w != "w1")  # only w1's devices move
+    without_w1 = make_router()
+    for w in ("w2", "w3"):
+        beat(without_w1, w, 0)
+    assert after == workers_of(without_w1, DEVICES)  # where they would go if w1 were gone
     assert "w1" not in {forward(router, "devices/d1/logs/x").worker for _ in range(10)}
     assert "w1" not in {forward(router, "events/e", f'{{"meta": {{"id": "k{i}"}}}}'.encode()).worker
                         for i in range(50)}
@@ -498,3 +501,16 @@ def test_good_heartbeats_are_not_counted_as_bad() -> None:
     router.heartbeat("w1", b"", 1)
     beat(router, "w1", 2, state="draining", interval=2, ts=1.7e9, extra=[1])
     assert router.bad_heartbeats == 0
+
+
+def test_slow_start_brings_a_new_worker_its_devices_gradually() -> None:
+    router = make_router(pools={"default": {"slow_start": "9s"}}, heartbeat={"timeout": "1m", "expire": "5m"})
+    beat(router, "w1", 0)
+    router.tick(20)
+    beat(router, "w2", 20)
+    shares = []
+    for now in (20, 23, 26, 29):
+        router.tick(now)
+        shares.append(sum(w == "w2" for w in workers_of(router, DEVICES, now).values()) / len(DEVICES))
+    assert shares[0] < shares[1] < shares[2] < shares[3]
+    assert shares[0] < 0.15 and 0.4 < shares[3] < 0.6  # a tenth of w1's weight, then all of it

@@ -1,0 +1,72 @@
+"""What every balancer shares: the interface the router calls, and option checking.
+
+A balancer knows nothing of heartbeats, clocks or the broker. The pool decides
+which workers are healthy and hands the balancer a snapshot of them with their
+weights through ``update()``, only when that snapshot changes; the balancer may
+do real work there. ``pick()`` runs once per message and is cheap.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from typing import ClassVar, Mapping
+
+from mqttlb.errors import MqttlbError
+
+
+class BadOption(MqttlbError, ValueError):
+    """An algorithm option that is unknown, of the wrong type or out of range."""
+
+
+class Balancer(abc.ABC):
+    """Picks a worker among the healthy ones the pool last reported."""
+
+    name: ClassVar[str]
+    needs_key: ClassVar[bool] = False
+
+    @abc.abstractmethod
+    def update(self, workers: Mapping[str, float]) -> None:
+        """Replace the healthy workers with ``workers``: id -> weight (> 0)."""
+
+    @abc.abstractmethod
+    def pick(self, key: str | None) -> str | None:
+        """The worker for a message with routing ``key``; None when there is none."""
+
+    def report_load(self, worker: str, inflight: int) -> None:
+        """``worker`` reported ``inflight`` unfinished messages. Ignored by default."""
+
+
+def checked(workers: Mapping[str, float]) -> dict[str, float]:
+    """``workers`` in sorted id order, refusing weights that are not finite and > 0."""
+    for worker, weight in workers.items():
+        if not (0.0 < weight < math.inf):
+            raise ValueError(f"worker {worker!r}: weight must be a finite number > 0, got {weight!r}")
+    return {worker: float(workers[worker]) for worker in sorted(workers)}
+
+
+def reject_unknown(algorithm: str, options: Mapping[str, object], known: tuple[str, ...],
+                   hints: Mapping[str, str] | None = None) -> None:
+    for option in options:
+        if option not in known:
+            if hints and option in hints:
+                raise BadOption(f"{option}: {hints[option]}")
+            expected = f"expected one of {', '.join(known)}" if known else f"{algorithm} takes no options"
+            raise BadOption(f"unknown option {option!r}; {expected}")
+
+
+def int_option(options: Mapping[str, object], name: str, default: int, low: int, high: int) -> int:
+    value = options.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise BadOption(f"{name}: must be an integer from {low} to {high}, got {value!r}")
+    return value
+
+
+def float_option(options: Mapping[str, object], name: str, low: float, high: float) -> float | None:
+    """An optional number in [low, high]; None when absent or null."""
+    value = options.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise BadOption(f"{name}: must be a number from {low:g} to {high:g}, got {value!r}")
+    return float(value)
