@@ -449,3 +449,13 @@ def test_bounded_loads_keep_devices_where_they_are() -> None:
     assert mapping(b, KEYS[:2_000]) == first  # nobody moves while the pool stays as it is
     plain = mapping(make("consistent_hash", {f"w{i}": 1.0 for i in range(5)}), KEYS[:2_000])
     assert sum(first[k] == plain[k] for k in first) > 0.85 * 2_000  # most devices get their first choice
+
+
+@settings(derandomize=True, max_examples=25, deadline=None)
+@given(weights=st.lists(st.sampled_from([0.5, 1.0, 2.0, 3.0, 4.0, 7.5]), min_size=2, max_size=6))
+def test_consistent_hash_shares_follow_any_weights(weights: list[float]) -> None:
+    workers = {f"w{i}": weight for i, weight in enumerate(weights)}
+    keys = KEYS[:10_000]
+    counts = Counter(mapping(make("consistent_hash", workers), keys).values())
+    total = sum(weights)
+    assert all(abs(counts[w] / len(keys) - weight / total) <= 0.03 for w, weight in workers.items())
