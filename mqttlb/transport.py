@@ -30,11 +30,12 @@ import ssl
 import time
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Generic, Protocol, TypeVar, cast
 
 import paho.mqtt.client as paho
+import paho.mqtt.properties as paho_properties
 from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
+from paho.mqtt.properties import MalformedPacket, Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
@@ -43,11 +44,91 @@ from .errors import TransportError
 
 log = logging.getLogger("mqttlb.transport")
 
+MAX_RECEIVE = 65535
+"""MQTT 5's Receive Maximum when the broker names none."""
+
+READ_BATCH = 32
+"""Packets read from a link before what they caused is sent: a bigger batch saves system calls, a smaller one
+keeps a message from waiting behind many others (32 packets take about a millisecond)."""
+
 SYNC_TOPIC = "mqttlb/router/sync"
 """Unsubscribed right after the heartbeat subscription: its UNSUBACK marks the end of the retained heartbeats."""
 
-_KEPT_PROPERTIES = ("UserProperty", "ContentType", "MessageExpiryInterval", "PayloadFormatIndicator",
-                    "ResponseTopic", "CorrelationData")
+
+
+def _read_utf(buffer: bytes, maxlen: int) -> tuple[str, int]:
+    """paho's ``readUTF`` without its refusal of U+FEFF.
+
+    MQTT 5 (1.5.4) says a U+FEFF must not be skipped or stripped, not that it is
+    malformed, and Mosquitto passes it on. paho-mqtt 2.x refuses it and drops
+    the connection; the broker then delivers the same message again on the next
+    one, for ever: one device's user property would stop the router, and a
+    topic carried in ``mqttlb-topic`` would stop a worker. Every client in
+    mqttlb (router, ``mqttlb.Worker``, tools) imports this module, so this
+    replacement covers them all.
+    """
+    if maxlen < 2:
+        raise MalformedPacket("Not enough data to read string length")
+    length = int.from_bytes(buffer[:2], "big")
+    if length > maxlen - 2:
+        raise MalformedPacket("Length delimited string too long")
+    try:
+        text = bytes(buffer[2:2 + length]).decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise MalformedPacket(f"invalid UTF-8: {error}") from None
+    if "\x00" in text:
+        raise MalformedPacket("[MQTT-1.5.4-2] Null found in UTF-8 data")
+    return text, length + 2  # surrogates cannot come out of a strict UTF-8 decode
+
+
+paho_properties.readUTF = _read_utf  # type: ignore[assignment]
+
+
+@dataclass(frozen=True, slots=True)
+class _Encoded:
+    """PUBLISH properties encoded once by us: paho only ever calls ``pack()`` on the object publish() gets,
+    and building paho's own Properties cost more than the rest of a forward."""
+
+    data: bytes
+
+    def pack(self) -> bytes:
+        return self.data
+
+
+def _utf8(text: str) -> bytes:
+    data = text.encode("utf-8")
+    return len(data).to_bytes(2, "big") + data
+
+
+def _variable_int(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _encoded(inbound: Properties | None, user: list[tuple[str, str]]) -> Properties:
+    """The properties of the device's message worth keeping, and ``user`` after its own user properties."""
+    parts: list[bytes] = []
+    if inbound is not None:
+        kept = inbound.__dict__  # paho keeps each property it received as an attribute
+        if "PayloadFormatIndicator" in kept:
+            parts.append(b"\x01" + bytes([kept["PayloadFormatIndicator"]]))
+        if "MessageExpiryInterval" in kept:
+            parts.append(b"\x02" + kept["MessageExpiryInterval"].to_bytes(4, "big"))
+        if "ContentType" in kept:
+            parts.append(b"\x03" + _utf8(kept["ContentType"]))
+        if "ResponseTopic" in kept:
+            parts.append(b"\x08" + _utf8(kept["ResponseTopic"]))
+        if "CorrelationData" in kept:
+            parts.append(b"\x09" + len(kept["CorrelationData"]).to_bytes(2, "big") + kept["CorrelationData"])
+        user = list(kept.get("UserProperty", ())) + user
+    for name, value in user:
+        parts.append(b"\x26" + _utf8(name) + _utf8(value))
+    body = b"".join(parts)
+    return cast(Properties, _Encoded(_variable_int(len(body)) + body))
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +152,7 @@ class Outcome(Enum):
 
     ACKED = "acked"        # the broker has it
     REFUSED = "refused"    # the broker or the client library refused it: sending again will not help
-    LOST = "lost"          # a QoS 0 publish that went down with its connection
+    LOST = "lost"          # a QoS 0 publish made while its connection was down
 
 
 Done = Callable[[Outcome], None]
@@ -87,6 +168,82 @@ def _backoff(attempt: int) -> float:
     return float(min(30.0, 0.25 * 2 ** min(attempt, 7)))
 
 
+class _BatchingClient(paho.Client):
+    """paho's client with its socket I/O batched, for the router's two links.
+
+    paho reads a packet with at least three ``recv`` calls and writes each
+    packet with a ``send`` of its own; the router moves thousands of small
+    packets a second. All of paho's socket I/O goes through two private
+    methods, ``_sock_recv`` and ``_sock_send`` (paho-mqtt 2.0 to 2.2, the
+    versions pyproject allows): here reads are served from one large ``recv``,
+    and writes collect until ``flush_output`` sends them in one call.
+    Acknowledgements of QoS 1 publishes come through ``_do_on_publish``. The
+    tests of the transport run through this class, so a paho release that
+    changes those methods fails them rather than the router.
+    """
+
+    READ_SIZE = 65536
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._inbox = b""
+        self._inbox_at = 0
+        self._outbox = bytearray()
+        self.on_acknowledged: Callable[[int, bool], None] | None = None
+        """Called with (mid, refused) when the broker answers a QoS 1 publish. Unlike paho's on_publish it
+        costs nothing for QoS 0 publishes, for which paho builds a reason code and properties each time."""
+
+    def _do_on_publish(self, mid: int, reason_code: ReasonCode, properties: Properties) -> paho.MQTTErrorCode:
+        rc = super()._do_on_publish(mid, reason_code, properties)
+        if self.on_acknowledged is not None:
+            self.on_acknowledged(mid, reason_code.is_failure)
+        return rc
+
+    def buffered_input(self) -> bool:
+        """Bytes were read from the socket that paho has not taken yet."""
+        return self._inbox_at < len(self._inbox)
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        if self._inbox_at >= len(self._inbox):
+            data = super()._sock_recv(self.READ_SIZE)  # BlockingIOError when there is nothing
+            if not data:
+                return data  # the broker closed the connection
+            self._inbox, self._inbox_at = data, 0
+        chunk = self._inbox[self._inbox_at:self._inbox_at + bufsize]
+        self._inbox_at += len(chunk)
+        return chunk
+
+    def _sock_send(self, buf: bytes | bytearray) -> int:
+        self._outbox += buf
+        return len(buf)
+
+    def want_write(self) -> bool:
+        return bool(self._outbox) or super().want_write()
+
+    def flush_output(self) -> None:
+        """Send what collected, as much as the socket takes now."""
+        if not self._outbox or self._sock is None:
+            return
+        try:
+            sent = self._sock.send(self._outbox)
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return
+        except OSError:  # the connection broke: the next read tells paho, which reconnects
+            self._outbox.clear()
+            return
+        del self._outbox[:sent]
+
+    def _sock_close(self) -> None:
+        if self._sock is not None and self._outbox:  # a DISCONNECT paho wrote just before closing, say
+            try:
+                self._sock.send(self._outbox)
+            except OSError:
+                pass
+        self._outbox.clear()
+        self._inbox, self._inbox_at = b"", 0
+        super()._sock_close()
+
+
 def _has_data(sock: Any) -> bool:
     """Whether a read would find something now (TLS may hold decrypted bytes the kernel no longer has)."""
     if isinstance(sock, ssl.SSLSocket) and sock.pending():
@@ -95,18 +252,21 @@ def _has_data(sock: Any) -> bool:
     return bool(readable)
 
 
-class _Link:
+PahoClient = TypeVar("PahoClient", bound=paho.Client)
+
+
+class _Link(Generic[PahoClient]):
     """One paho client, connected and reconnected by the transport's loop."""
 
     def __init__(self, broker: BrokerSettings, client_id: str, persistent: bool, manual_ack: bool,
-                 max_inflight: int) -> None:
+                 max_inflight: int, client_class: type[PahoClient]) -> None:
         self.name = client_id
         self.broker = broker
         self.persistent = persistent
         self.protocol = paho.MQTTv5 if broker.protocol == "5" else paho.MQTTv311
-        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id,
-                                  clean_session=None if self.protocol == paho.MQTTv5 else not persistent,
-                                  protocol=self.protocol, manual_ack=manual_ack)
+        self.client = client_class(paho.CallbackAPIVersion.VERSION2, client_id=client_id,
+                                   clean_session=None if self.protocol == paho.MQTTv5 else not persistent,
+                                   protocol=self.protocol, manual_ack=manual_ack)
         self.client.max_inflight_messages_set(max_inflight)
         self.receive_maximum = max_inflight if manual_ack else None
         self.client.max_queued_messages_set(0)
@@ -145,12 +305,22 @@ class _Link:
         try:
             self.prepare()
             self.client.reconnect()
+            self.no_delay()
         except (OSError, ssl.SSLError) as error:
             log.warning("%s: cannot connect to %s:%d: %s (next try in %.1fs)", self.name, self.broker.host,
                         self.broker.port, error, self.next_attempt - now)
 
     def socket(self) -> Any:
         return self.client.socket()
+
+    def no_delay(self) -> None:
+        """Turn Nagle's algorithm off: paho leaves it on, and a small packet would wait for the last one's ACK."""
+        sock: Any = self.client.socket()
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:  # not TCP (a test double) or already closed: nothing to tune
+                pass
 
 
 class Transport:
@@ -162,10 +332,10 @@ class Transport:
         self._heartbeat_filter = heartbeat_filter
         self._routes = routes
         self._routing = _Link(broker, broker.client_id, persistent=True, manual_ack=True,
-                              max_inflight=max_inflight)
+                              max_inflight=max_inflight, client_class=_BatchingClient)
         self._fleet = _Link(broker, broker.client_id + "-fleet", persistent=False, manual_ack=False,
-                            max_inflight=max_inflight)
-        self._pending: dict[int, tuple[Done, int]] = {}
+                            max_inflight=max_inflight, client_class=_BatchingClient)
+        self._pending: dict[int, Done] = {}
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -175,11 +345,16 @@ class Transport:
         self._wire(self._routing, self._on_routing_connect, self._on_routing_message)
         self._wire(self._fleet, self._on_fleet_connect, self._on_heartbeat)
         self._fleet.client.on_unsubscribe = self._on_fleet_unsubscribe
+        self._fleet.client.on_acknowledged = self._on_acknowledged
+        # What is in flight is bounded by the service's window (publish_window). paho's own limit would
+        # scan every message it holds on each PUBACK (_update_inflight), a cost that grows with the window.
+        self._fleet.client.max_inflight_messages_set(0)
+        self.publish_window = MAX_RECEIVE
+        """The most QoS 1 publishes the broker takes unacknowledged (its MQTT 5 Receive Maximum)."""
 
     def _wire(self, link: _Link, on_connect: Callable[..., None], on_message: Callable[..., None]) -> None:
         link.client.on_connect = on_connect
         link.client.on_message = on_message
-        link.client.on_publish = self._on_publish if link is self._fleet else None
         link.client.on_disconnect = lambda client, userdata, flags, reason, properties: \
             self._on_disconnect(link, reason)
 
@@ -229,11 +404,12 @@ class Transport:
         writers = [link.socket() for link in links if link.client.want_write()]
         waits = [link.next_attempt - now for link in (self._fleet, self._routing)
                  if link.enabled and link.socket() is None]
-        timeout = max(0.0, min([timeout, *waits]))
+        buffered = [link for link in links if link.client.buffered_input() and (link is self._fleet or routing_room)]
+        timeout = 0.0 if buffered else max(0.0, min([timeout, *waits]))
         try:
-            readable, writable, _ = select.select(readers, writers, [], timeout)
+            readable, _, _ = select.select(readers, writers, [], timeout)
         except (OSError, ValueError):  # a socket closed under us: the next turn reconnects
-            readable, writable = [], []
+            readable = []
         if self._wake_r in readable:
             try:
                 while self._wake_r.recv(4096):
@@ -242,35 +418,39 @@ class Transport:
                 pass
         for link in links:
             sock = link.socket()
-            if sock is not None and sock in readable:
-                if link is self._routing:
-                    self._read_routing(sock, routing_room)
-                else:
-                    link.client.loop_read()
-            if link.socket() is not None and link.client.want_write():
-                link.client.loop_write()
+            if sock is not None and (sock in readable or link in buffered):
+                self._read(link, sock, min(routing_room, READ_BATCH) if link is self._routing else READ_BATCH)
             if link.socket() is not None:
                 link.client.loop_misc()
-        del writable
+        self.flush()
 
-    def _read_routing(self, sock: Any, limit: int) -> None:
-        """Up to ``limit`` packets, while there are any (paho's loop_read takes one at a time here)."""
-        self._routing_read = time.monotonic()
-        for _ in range(limit):
-            self._routing.client.loop_read()
-            if self._routing.socket() is not sock or not _has_data(sock):
+    def _read(self, link: _Link[_BatchingClient], sock: Any, limit: int) -> None:
+        """Packets while there are any, up to ``limit`` (paho's loop_read may take just one)."""
+        if link is self._routing:
+            self._routing_read = time.monotonic()
+        client, count = link.client, 0
+        while True:
+            client.loop_read()
+            count += 1
+            if count >= limit or link.socket() is not sock:
+                return
+            if not client.buffered_input() and not _has_data(sock):
                 return
 
     def flush(self) -> None:
-        """Write what callbacks queued, without waiting for the sockets."""
+        """Send what paho and the callbacks queued, without waiting for the sockets."""
         for link in (self._routing, self._fleet):
-            if link.socket() is not None and link.client.want_write():
-                link.client.loop_write()
+            if link.socket() is not None:
+                if link.client.want_write():
+                    link.client.loop_write()
+                link.client.flush_output()
 
     def publish(self, topic: str, payload: bytes, qos: int, properties: Properties | None, done: Done) -> None:
         """Publish on the fleet link; ``done`` runs once with the outcome.
 
-        A QoS 1 publish made while the link is down goes out when it is back (paho keeps it).
+        A QoS 1 publish made while the link is down goes out when it is back (paho keeps it). A QoS 0
+        one is done as soon as paho has it (ACKED) or has refused it for want of a connection (LOST):
+        nothing more will be heard of it.
         """
         try:
             info = self._fleet.client.publish(topic, payload, qos, retain=False, properties=properties)
@@ -278,10 +458,10 @@ class Transport:
             log.error("publish to %r refused by the client library: %s", topic[:200], error)
             done(Outcome.REFUSED)
             return
-        if qos == 0 and info.rc != paho.MQTT_ERR_SUCCESS:
-            done(Outcome.LOST)
+        if qos == 0:
+            done(Outcome.ACKED if info.rc == paho.MQTT_ERR_SUCCESS else Outcome.LOST)
             return
-        self._pending[info.mid] = (done, qos)
+        self._pending[info.mid] = done
 
     def announce(self, topic: str, payload: bytes) -> None:
         """Publish retained, fire-and-forget (stats): the next one takes its place anyway."""
@@ -294,32 +474,17 @@ class Transport:
             self._routing.client.ack(receipt.mid, receipt.qos)
 
     def forward_properties(self, receipt: Receipt, route: str, key: str | None, topic: str) -> Properties | None:
-        """MQTT 5 properties of a forward: ours plus the inbound message's own."""
+        """MQTT 5 properties of a forward: the inbound message's own, then ours."""
         if not self._fleet.mqtt5:
             return None
-        properties = Properties(PacketTypes.PUBLISH)
-        inbound = receipt.properties
-        user: list[tuple[str, str]] = []
-        if inbound is not None:
-            for name in _KEPT_PROPERTIES:
-                if hasattr(inbound, name):
-                    if name == "UserProperty":
-                        user.extend(getattr(inbound, name))
-                    else:
-                        setattr(properties, name, getattr(inbound, name))
-        user.append(("mqttlb-route", route))
-        if key is not None:
-            user.append(("mqttlb-key", key))
-        user.append(("mqttlb-topic", topic))
-        setattr(properties, "UserProperty", user)  # paho sets MQTT 5 properties as dynamic attributes
-        return properties
+        ours = [("mqttlb-route", route)] + ([("mqttlb-key", key)] if key is not None else []) + [("mqttlb-topic", topic)]
+        return _encoded(receipt.properties, ours)
 
     def dead_letter_properties(self, receipt: Receipt, reason: str, detail: str, topic: str) -> Properties | None:
-        properties = self.forward_properties(receipt, "", None, topic)
-        if properties is not None:
-            user = [p for p in getattr(properties, "UserProperty") if p[0] != "mqttlb-route"]
-            setattr(properties, "UserProperty", user + [("mqttlb-reason", f"{reason}: {detail}"[:1024])])
-        return properties
+        """MQTT 5 properties of a dead letter: the inbound message's own, the original topic and the reason."""
+        if not self._fleet.mqtt5:
+            return None
+        return _encoded(receipt.properties, [("mqttlb-topic", topic), ("mqttlb-reason", f"{reason}: {detail}"[:1024])])
 
     def close(self) -> None:
         """Disconnect both links cleanly (the persistent session stays at the broker)."""
@@ -339,6 +504,7 @@ class Transport:
             log.error("%s: broker refused the connection: %s", self._fleet.name, reason)
             return
         self._connected(self._fleet)
+        self.publish_window = getattr(properties, "ReceiveMaximum", MAX_RECEIVE) if self._fleet.mqtt5 else MAX_RECEIVE
         client.subscribe(self._heartbeat_filter, qos=0)
         _, self._sync_mid = client.unsubscribe(SYNC_TOPIC)
 
@@ -372,14 +538,13 @@ class Transport:
         if not link.connected:
             return
         link.connected = False
+        if not link.enabled:  # close() asked for it: nothing to reconnect or count
+            log.info("%s: disconnected", link.name)
+            return
         self.reconnects += 1
         log.warning("%s: disconnected (%s); reconnecting", link.name, reason)
         link.next_attempt = time.monotonic() + _backoff(0)
-        if link is self._fleet:
-            # QoS 0 publishes queued in paho are gone with the socket; QoS 1 ones are resent by paho.
-            for mid in [m for m, (_, qos) in self._pending.items() if qos == 0]:
-                self._pending.pop(mid)[0](Outcome.LOST)
-        else:
+        if link is self._routing:  # QoS 1 publishes on the fleet link are sent again by paho
             self._handler.on_routing_connected(False)
 
     def _on_routing_message(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
@@ -399,11 +564,10 @@ class Transport:
             return
         self._handler.on_heartbeat(topic, bytes(message.payload))
 
-    def _on_publish(self, client: paho.Client, userdata: object, mid: int, reason: ReasonCode,
-                    properties: Properties) -> None:
-        entry = self._pending.pop(mid, None)
-        if entry is not None:
-            entry[0](Outcome.REFUSED if reason.is_failure else Outcome.ACKED)
+    def _on_acknowledged(self, mid: int, refused: bool) -> None:
+        done = self._pending.pop(mid, None)
+        if done is not None:
+            done(Outcome.REFUSED if refused else Outcome.ACKED)
 
 
 # -- a plain client for workers, the simulator and tools ------------------------------
@@ -433,7 +597,8 @@ class Client:
                  manual_ack: bool = False, will: tuple[str, bytes] | None = None,
                  on_message: Callable[[Inbound], None] | None = None,
                  on_connect: Callable[[], None] | None = None) -> None:
-        self._link = _Link(broker, client_id, persistent=persistent, manual_ack=manual_ack, max_inflight=1000)
+        self._link = _Link(broker, client_id, persistent=persistent, manual_ack=manual_ack, max_inflight=1000,
+                           client_class=paho.Client)
         self.client = self._link.client
         self._subscriptions: dict[str, int] = {}
         self._on_message = on_message
@@ -484,6 +649,7 @@ class Client:
         if reason.is_failure:
             log.error("%s: broker refused the connection: %s", self._link.name, reason)
             return
+        self._link.no_delay()
         for topic_filter, qos in self._subscriptions.items():
             client.subscribe(topic_filter, qos)
         if self._on_connect is not None:

@@ -227,3 +227,14 @@ def test_router_reconnects_and_resubscribes_after_a_broker_restart(broker, make_
     publish_fleet(device, devices=5, per_device=2)
     wait_for(lambda: len(workers[0].messages()) == 10, timeout=15, what="routing after the broker restart")
     assert router.process.poll() is None
+
+
+def test_qos_0_routes_keep_flowing_past_the_window(make_router, clients):
+    """A QoS 0 forward is settled as soon as it is written: the window never fills with them."""
+    routes = [{"name": "logs", "match": "devices/+/logs/#", "algorithm": "round_robin", "qos": 0}]
+    make_router(routes=routes, router={"max_inflight": 20})
+    worker = clients(TestWorker, "w1")
+    device = clients(Client, "device")
+    for n in range(300):
+        device.publish(f"devices/d{n % 7}/logs/app", b"%d" % n, qos=0)
+    wait_for(lambda: len(worker.messages()) == 300, what="all 300 QoS 0 messages")
