@@ -2,7 +2,9 @@
 
 It is started from our own ``mosquitto/dev.conf`` (with the port, data
 directory and log rewritten), never the system broker on 1883, and stopped,
-killed or restarted on request so tests can inject real broker faults.
+killed or restarted on request so tests can inject real broker faults. The
+security tests start ``mosquitto/production.conf`` the same way: every listener
+gets a free loopback port, and named lines (paths, options) are replaced.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Mapping
 
 INSTALL_HINT = "Mosquitto is not installed: run 'apt-get install mosquitto mosquitto-clients' (as root), then try again"
+_LISTENER = re.compile(r"(?m)^listener[ \t]+\d+([ \t]+\S+)?")
 
 
 def mosquitto_dir() -> Path:
@@ -56,10 +60,16 @@ def wait_listening(host: str, port: int, timeout: float) -> None:
 class PrivateBroker:
     """One Mosquitto process; use as a context manager."""
 
-    def __init__(self, conf: Path | None = None, port: int | None = None, workdir: Path | None = None) -> None:
+    def __init__(self, conf: Path | None = None, port: int | None = None, workdir: Path | None = None,
+                 edits: Mapping[str, str] | None = None) -> None:
         self.host = "127.0.0.1"
         self.port = port or free_port()
         self._source = conf or mosquitto_dir() / "dev.conf"
+        self._edits = dict(edits or {})
+        """Whole lines of the config file and what replaces each."""
+        listeners = len(_LISTENER.findall(self._source.read_text()))
+        self.ports = (self.port, *(free_port() for _ in range(listeners - 1)))
+        """One port per ``listener`` line of the config, in order: ``port`` is the first."""
         self._own_workdir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="mqttlb-broker-"))
         self.conf = self.workdir / "mosquitto.conf"
@@ -67,8 +77,13 @@ class PrivateBroker:
         self.process: subprocess.Popen[bytes] | None = None
 
     def _write_conf(self) -> None:
-        text = self._source.read_text()
-        text = re.sub(r"(?m)^listener\s+\d+(\s+\S+)?", f"listener {self.port} {self.host}", text, count=1)
+        lines = self._source.read_text().splitlines()
+        for old, new in self._edits.items():
+            if old not in lines:
+                raise ValueError(f"{self._source}: no line {old!r} to replace")
+            lines = [new if line == old else line for line in lines]
+        ports = iter(self.ports)
+        text = _LISTENER.sub(lambda _: f"listener {next(ports)} {self.host}", "\n".join(lines) + "\n")
         text = re.sub(r"(?m)^(persistence_location|log_dest|pid_file|user)\b.*\n", "", text)
         data = self.workdir / "data"
         data.mkdir(exist_ok=True)
@@ -80,7 +95,8 @@ class PrivateBroker:
         self.process = subprocess.Popen([find_mosquitto(), "-c", str(self.conf)],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
-            wait_listening(self.host, self.port, timeout)
+            for port in self.ports:
+                wait_listening(self.host, port, timeout)
         except TimeoutError:
             self.stop()
             raise RuntimeError(f"mosquitto did not start: {self.log()}") from None

@@ -308,7 +308,7 @@ def _password(section: _Section, base_dir: Path, environ: Mapping[str, str]) -> 
         return section.get("password_file", lambda value: _read_secret(_file_in(base_dir)(value)), None)
     if given == ["password_env"]:
         return section.get("password_env", lambda value: _from_environ(_text(value), environ), None)
-    return section.get("password", _optional(_string), None)
+    return section.get("password", _optional(_secret), None)
 
 
 def _read_secret(path: str) -> str:
@@ -562,6 +562,13 @@ def _optional(convert: Callable[[object], T]) -> Callable[[object], T | None]:
     def optional(value: object) -> T | None:
         return None if value is None else convert(value)
     return optional
+
+
+def _secret(value: object) -> str:
+    """A password: checked like any string, but never shown in a message, which may end up in a log."""
+    if not isinstance(value, str):
+        raise ValueError(f"must be a string (the value is a secret: not shown)")
+    return value
 
 
 def _string(value: object) -> str:

@@ -273,7 +273,7 @@ class Worker:
         if info is not None and wait:
             if info.rc == 0:  # else the connection went between the check and the publish
                 info.wait_for_publish(wait)
-            if not info.is_published():
+            if info.rc != 0 or not info.is_published():  # is_published raises when the publish never went out
                 log.warning("worker %s: the broker did not acknowledge the %s heartbeat", self.worker_id, state)
 
     def _publish_heartbeat(self) -> Any:

@@ -379,7 +379,7 @@ def test_password_file_is_relative_to_the_config_file(tmp_path: Path) -> None:
     ({"username": "u", "password_env": "MISSING"}, "broker.password_env: environment variable MISSING is not set"),
     ({"username": "u", "password_file": "nope"}, "broker.password_file: no such file: {tmp}/nope"),
     ({"password": "p"}, "broker.password: needs broker.username as well"),
-    ({"username": "u", "password": 5}, "broker.password: must be a string, got 5"),
+    ({"username": "u", "password": 5}, "broker.password: must be a string (the value is a secret: not shown)"),
 ])
 def test_password_problems(tmp_path: Path, broker: dict[str, object], expected: str) -> None:
     assert problem(with_routes(broker=broker), base_dir=tmp_path) == expected.format(tmp=tmp_path)
@@ -437,6 +437,12 @@ def test_router_window() -> None:
         "router.max_held: must be an integer from 1 to 65535, got True"]
     assert problem(with_routes(router={"max_inflight": 20, "max_held": 21})) == (
         "router.max_held: must be at most router.max_inflight (20), got 21")
+
+
+def test_a_mistyped_password_is_not_shown() -> None:
+    message = problem(with_routes(broker={"username": "r", "password": 123456789}))
+    assert "123456789" not in message
+    assert message == "broker.password: must be a string (the value is a secret: not shown)"
 
 
 def test_pool_slow_start() -> None:
