@@ -3,7 +3,8 @@
 The transport hands messages and heartbeats in; the pure ``Router`` answers
 with actions; this module turns them into publishes and acknowledges each
 inbound message only once the broker has acknowledged what became of it. It
-also owns the clock, the signals, the counters and the stats topic.
+also owns the clock, the signals, the counters, the stats topic and the
+metrics endpoint, which it hands a fresh snapshot every tick.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ import orjson
 from .config import Config
 from .errors import BadHeartbeat
 from .logs import RateLimited
+from .metrics import MetricsServer
 from .pool import Departure, Fleet, Health
 from .router import Action, DeadLetter, Forward, Message, Router
-from .stats import Counters, Inbound, snapshot
+from .stats import Counters, Inbound, Moment, snapshot
 from .transport import Outcome, Receipt, Subscription, Transport
 
 log = logging.getLogger("mqttlb.router")
@@ -62,10 +64,19 @@ class Service:
         self._unsettled = 0
         """Inbound messages taken in and not yet settled (acknowledged, or left to the broker to send again)."""
         self._peak = 0
+        self._metrics: MetricsServer | None = None
 
     # -- the loop ---------------------------------------------------------------
 
     def run(self) -> int:
+        listen = self.config.metrics.listen
+        if listen is not None:
+            try:
+                self._metrics = MetricsServer(listen, {route.pool for route in self.config.routes})
+            except OSError as error:
+                log.error("metrics.listen %s:%d: %s", *listen, error)
+                return 1
+            log.info("serving /metrics and /healthz on http://%s:%d", *self._metrics.address)
         self._install_signals()
         self.transport.start()
         log.info("router started: %d routes, broker %s:%d", len(self.config.routes),
@@ -75,15 +86,13 @@ class Service:
         return self._shutdown()
 
     def _turn(self) -> None:
-        room = self.config.router.max_inflight - self._unsettled
+        room = min(self.config.router.max_inflight, self.transport.publish_window) - self._unsettled
         self.transport.poll(max(0.0, self._next_tick - self.clock()), room)
         now = self.clock()
         if now >= self._next_tick:  # timeouts and hold deadlines, not once per read burst
             self._next_tick = now + TICK
             self._execute(self.router.tick(now))
-            if now >= self._next_stats:
-                self._next_stats = now + self.config.stats.interval
-                self._publish_stats(now)
+            self._report(now, announce=now >= self._next_stats)
         self.transport.flush()
 
     def stop(self) -> None:
@@ -92,10 +101,14 @@ class Service:
     def _shutdown(self) -> int:
         """Finish in-flight forwards, then disconnect; what was not taken stays at the broker."""
         log.info("stopping: waiting for %d forwards", self.transport.pending)
+        self._report(self.clock(), announce=False)  # /healthz says so while they finish
         give_up = self.clock() + SHUTDOWN_GRACE
         while self.transport.pending and self.transport.connected and self.clock() < give_up:
             self.transport.poll(0.05, room=0)
+        self._report(self.clock(), announce=True)  # the final counts stay on the stats topic
         self.transport.close()
+        if self._metrics is not None:
+            self._metrics.close()
         log.info("stopped")
         return 0
 
@@ -140,15 +153,24 @@ class Service:
 
     def stats(self, now: float) -> dict[str, object]:
         """The stats topic's figures as of ``now``."""
+        moment = Moment(ts=time.time(), now=now, uptime=now - self._started, connected=self.transport.connected,
+                        stopping=self._stopping)
         inbound = Inbound(unacked=self._unsettled, held=self.router.held, peak=self._peak,
                           max_inflight=self.config.router.max_inflight)
-        return snapshot(router=self.config.broker.client_id, ts=time.time(), uptime=now - self._started,
-                        connected=self.transport.routing_connected, inbound=inbound, counters=self.counters,
-                        pools=self.config.pools, workers=self.router.fleet.views(now),
-                        reconnects=self.transport.reconnects)
+        return snapshot(router=self.config.broker.client_id, moment=moment, inbound=inbound,
+                        counters=self.counters, pools=self.config.pools, workers=self.router.fleet.views(now),
+                        reconnects=self.transport.reconnects, awaiting_ack=self.transport.pending)
 
-    def _publish_stats(self, now: float) -> None:
-        self.transport.announce(self.config.stats.topic, orjson.dumps(self.stats(now)))
+    def _report(self, now: float, *, announce: bool) -> None:
+        """A fresh snapshot for the metrics endpoint, and for the stats topic when ``announce``."""
+        if self._metrics is None and not announce:
+            return
+        figures = self.stats(now)
+        if self._metrics is not None:
+            self._metrics.publish(figures)
+        if announce:
+            self._next_stats = now + self.config.stats.interval
+            self.transport.announce(self.config.stats.topic, orjson.dumps(figures))
 
     # -- actions ------------------------------------------------------------------
 
@@ -183,6 +205,7 @@ class Service:
                 return
             if outcome is Outcome.ACKED:
                 self.counters.forwarded[(action.route, action.worker)] += 1
+                self.counters.forward_seconds.observe(self.clock() - message.arrived)
             self._settle(message.ref)  # a QoS 0 forward lost with its connection: the route asked for no more
 
         self.transport.publish(action.topic, message.payload, action.qos, properties, done)

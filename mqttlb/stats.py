@@ -1,17 +1,45 @@
 """What the router has done and what it holds, as counters and as the JSON of the stats topic.
 
 The service counts; ``snapshot`` turns the counts and the fleet's view into
-plain data, so the stats topic, ``mqttlb status`` and the tests read one
-shape. Nothing here touches the network or the clock.
+plain data, so the stats topic, ``/metrics``, ``mqttlb status`` and the tests
+read one shape. Nothing here touches the network or the clock.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from .pool import Health, WorkerView
+
+FORWARD_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+"""Upper bounds, in seconds, of the forward latency buckets: loopback forwards take about a millisecond,
+messages held for a worker up to ``dead_letter.hold``."""
+
+
+@dataclass(slots=True)
+class Histogram:
+    """Observations counted into buckets, as Prometheus histograms count them (cheap: one bisect)."""
+
+    bounds: tuple[float, ...] = FORWARD_BUCKETS
+    counts: list[int] = field(default_factory=lambda: [0] * (len(FORWARD_BUCKETS) + 1))
+    """Per bucket, not cumulative; the last one is above every bound."""
+    sum: float = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def figures(self) -> dict[str, Any]:
+        """Count, sum and cumulative buckets keyed by their upper bound ("+Inf" last), for JSON."""
+        buckets: dict[str, int] = {}
+        running = 0
+        for bound, count in zip((*map(repr, self.bounds), "+Inf"), self.counts):
+            running += count
+            buckets[bound] = running
+        return {"count": running, "sum": round(self.sum, 6), "buckets": buckets}
 
 
 @dataclass(slots=True)
@@ -24,6 +52,8 @@ class Counters:
     """(route, reason) -> dead letters the broker acknowledged."""
     stranded: Counter[tuple[str, str]] = field(default_factory=Counter)
     """(pool, worker) -> messages a worker held, by its last report, when it went down or silent."""
+    forward_seconds: Histogram = field(default_factory=Histogram)
+    """From a message's arrival at the router to the broker's acknowledgement of its forward."""
     refused: int = 0
     """Forwards the broker refused (they went to the dead letters instead)."""
     dropped: int = 0
@@ -44,8 +74,22 @@ class Inbound:
     max_inflight: int
 
 
-def snapshot(*, router: str, ts: float, uptime: float, connected: bool, inbound: Inbound, counters: Counters,
-             pools: Iterable[str], workers: Iterable[WorkerView], reconnects: int) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class Moment:
+    """When a snapshot is taken, and what state the router is in then."""
+
+    ts: float
+    """Unix time."""
+    now: float
+    """The router's clock, against which workers' ``last_seen`` is measured."""
+    uptime: float
+    connected: bool
+    """Both connections are up: messages come in, and their forwards go out."""
+    stopping: bool = False
+
+
+def snapshot(*, router: str, moment: Moment, inbound: Inbound, counters: Counters, pools: Iterable[str],
+             workers: Iterable[WorkerView], reconnects: int, awaiting_ack: int) -> dict[str, Any]:
     """The stats topic's payload (before JSON encoding); ``pools`` are the configured ones."""
     per_worker: Counter[str] = Counter()
     forwarded: dict[str, dict[str, int]] = {}
@@ -55,7 +99,11 @@ def snapshot(*, router: str, ts: float, uptime: float, connected: bool, inbound:
     dead_letters: dict[str, dict[str, int]] = {}
     for (route, reason), count in sorted(counters.dead_letters.items()):
         dead_letters.setdefault(route, {})[reason] = count
-    stranded = Counter({worker: count for (_, worker), count in counters.stranded.items()})
+    stranded: dict[str, dict[str, int]] = {}
+    stranded_by_worker: Counter[str] = Counter()
+    for (pool, worker), count in sorted(counters.stranded.items()):
+        stranded.setdefault(pool, {})[worker] = count
+        stranded_by_worker[worker] += count
     total = per_worker.total()
     states: dict[str, dict[str, int]] = {pool: {health.value: 0 for health in Health} for pool in pools}
     listed: dict[str, dict[str, Any]] = {}
@@ -63,15 +111,19 @@ def snapshot(*, router: str, ts: float, uptime: float, connected: bool, inbound:
         states.setdefault(view.pool, {health.value: 0 for health in Health})[view.health.value] += 1
         listed[view.worker] = {
             "pool": view.pool, "state": view.health.value, "weight": view.weight, "inflight": view.inflight,
+            "heartbeat_age": round(max(0.0, moment.now - view.last_seen), 3),
             "forwarded": per_worker[view.worker],
             "share": round(per_worker[view.worker] / total, 4) if total else 0.0,
-            "stranded": stranded[view.worker],
+            "stranded": stranded_by_worker[view.worker],
         }
     return {
-        "router": router, "ts": round(ts, 3), "uptime": round(uptime, 3), "connected": connected,
+        "router": router, "ts": round(moment.ts, 3), "uptime": round(moment.uptime, 3),
+        "connected": moment.connected, "stopping": moment.stopping,
         "inbound": {"unacked": inbound.unacked, "held": inbound.held, "peak": inbound.peak,
                     "max_inflight": inbound.max_inflight},
+        "awaiting_ack": awaiting_ack,
         "workers": listed, "pools": states, "forwarded": forwarded, "dead_letters": dead_letters,
+        "stranded": stranded, "forward_seconds": counters.forward_seconds.figures(),
         "refused": counters.refused, "dropped": counters.dropped, "bad_heartbeats": counters.bad_heartbeats,
         "reconnects": reconnects,
     }

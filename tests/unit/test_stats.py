@@ -5,7 +5,9 @@ from __future__ import annotations
 import orjson
 
 from mqttlb.pool import Health, WorkerView
-from mqttlb.stats import Counters, Inbound, snapshot
+from mqttlb.stats import FORWARD_BUCKETS, Counters, Histogram, Inbound, Moment, snapshot
+
+MOMENT = Moment(ts=100.12345, now=50.0, uptime=5.0, connected=True)
 
 
 def test_snapshot_carries_the_counters_per_route_and_worker() -> None:
@@ -13,24 +15,44 @@ def test_snapshot_carries_the_counters_per_route_and_worker() -> None:
     counters.forwarded.update({("telemetry", "w1"): 30, ("logs", "w1"): 10, ("telemetry", "w2"): 60})
     counters.dead_letters.update({("telemetry", "bad_key"): 2, ("none", "no_route"): 1})
     counters.stranded[("default", "w2")] += 7
-    workers = [WorkerView("w1", "default", Health.UP, 1.0, 3, 0.0),
-               WorkerView("w2", "default", Health.DOWN, 2.0, 0, 0.0)]
-    stats = snapshot(router="r", ts=100.12345, uptime=5.0, connected=True,
-                     inbound=Inbound(unacked=12, held=4, peak=20, max_inflight=1000), counters=counters,
-                     pools=["default", "gpu"], workers=workers, reconnects=1)
+    workers = [WorkerView("w1", "default", Health.UP, 1.0, 3, 49.5),
+               WorkerView("w2", "default", Health.DOWN, 2.0, 0, 40.0)]
+    stats = snapshot(router="r", moment=MOMENT, inbound=Inbound(unacked=12, held=4, peak=20, max_inflight=1000),
+                     counters=counters, pools=["default", "gpu"], workers=workers, reconnects=1, awaiting_ack=8)
     assert stats["inbound"] == {"unacked": 12, "held": 4, "peak": 20, "max_inflight": 1000}
+    assert stats["awaiting_ack"] == 8
     assert stats["forwarded"] == {"logs": {"w1": 10}, "telemetry": {"w1": 30, "w2": 60}}
     assert stats["dead_letters"] == {"none": {"no_route": 1}, "telemetry": {"bad_key": 2}}
+    assert stats["stranded"] == {"default": {"w2": 7}}
     assert stats["workers"]["w1"] == {"pool": "default", "state": "up", "weight": 1.0, "inflight": 3,
-                                      "forwarded": 40, "share": 0.4, "stranded": 0}
+                                      "heartbeat_age": 0.5, "forwarded": 40, "share": 0.4, "stranded": 0}
     assert stats["workers"]["w2"]["stranded"] == 7 and stats["workers"]["w2"]["state"] == "down"
+    assert stats["workers"]["w2"]["heartbeat_age"] == 10.0
     assert stats["pools"] == {"default": {"up": 1, "draining": 0, "down": 1, "timeout": 0},
                               "gpu": {"up": 0, "draining": 0, "down": 0, "timeout": 0}}
-    assert stats["ts"] == 100.123 and stats["connected"] is True
+    assert stats["ts"] == 100.123 and stats["connected"] is True and stats["stopping"] is False
     orjson.dumps(stats)  # it is what goes on the wire
 
 
 def test_snapshot_of_a_router_that_has_done_nothing() -> None:
-    stats = snapshot(router="r", ts=0.0, uptime=0.0, connected=False, inbound=Inbound(0, 0, 0, 10),
-                     counters=Counters(), pools=["default"], workers=[], reconnects=0)
+    stats = snapshot(router="r", moment=Moment(0.0, 0.0, 0.0, connected=False, stopping=True),
+                     inbound=Inbound(0, 0, 0, 10), counters=Counters(), pools=["default"], workers=[],
+                     reconnects=0, awaiting_ack=0)
     assert stats["workers"] == {} and stats["forwarded"] == {} and stats["connected"] is False
+    assert stats["stopping"] is True
+    assert stats["forward_seconds"]["count"] == 0 and stats["forward_seconds"]["buckets"]["+Inf"] == 0
+
+
+def test_histogram_buckets_are_cumulative_and_bounds_inclusive() -> None:
+    histogram = Histogram()
+    for seconds in (0.0001, 0.001, 0.0011, 0.2, 100.0):
+        histogram.observe(seconds)
+    figures = histogram.figures()
+    assert figures["count"] == 5 and abs(figures["sum"] - 100.2022) < 1e-9
+    buckets = figures["buckets"]
+    assert list(buckets) == [*map(repr, FORWARD_BUCKETS), "+Inf"]
+    assert buckets["0.0005"] == 1
+    assert buckets["0.001"] == 2          # 0.001 is in the bucket whose upper bound it is
+    assert buckets["0.0025"] == 3
+    assert buckets["0.25"] == 4 and buckets["30.0"] == 4
+    assert buckets["+Inf"] == 5

@@ -1,0 +1,223 @@
+"""``/metrics`` (Prometheus text format) and ``/healthz`` over HTTP, on threads of their own.
+
+Why a module apart: the routing core knows nothing of HTTP or prometheus-client.
+The router thread never waits for a scrape. Every tick it hands over its latest
+stats snapshot (``publish``: one reference swapped, the snapshot never changed
+after), and the HTTP threads turn that snapshot into metric families
+(``families``) or a health verdict (``health``). The two threads share nothing
+else, so there is no lock, and the figures are the stats topic's, by
+construction.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator, Mapping
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.types import StartResponse, WSGIEnvironment
+
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector, make_wsgi_app
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.exposition import ThreadingWSGIServer
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+from .pool import Health
+
+STALLED = 10.0
+"""Seconds without a snapshot from the routing loop (it publishes one every tick) before /healthz fails."""
+
+Figures = Mapping[str, Any]
+"""A snapshot as ``stats.snapshot`` makes it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    healthy: bool
+    reason: str
+
+
+def health(figures: Figures | None, age: float, pools: Iterable[str]) -> Verdict:
+    """Healthy while connected, not stopping, its loop alive, and every pool in ``pools`` with a healthy worker.
+
+    ``age`` is how long ago the routing loop published ``figures``.
+    """
+    if figures is None:
+        return Verdict(False, "starting")
+    if figures["stopping"]:
+        return Verdict(False, "stopping")
+    problems = []
+    if age > STALLED:
+        problems.append(f"the routing loop has not reported for {age:.0f}s")
+    if not figures["connected"]:
+        problems.append("not connected to the broker")
+    empty = [pool for pool in sorted(pools) if not figures["pools"].get(pool, {}).get(Health.UP.value)]
+    if empty:
+        problems.append("no healthy worker in pool " + ", ".join(empty))
+    return Verdict(not problems, "; ".join(problems) or "ok")
+
+
+Family = type[CounterMetricFamily] | type[GaugeMetricFamily]
+
+_SCALARS: tuple[tuple[Family, str, str, tuple[str, ...]], ...] = (
+    (GaugeMetricFamily, "mqttlb_connected", "1 while both connections to the broker are up", ("connected",)),
+    (GaugeMetricFamily, "mqttlb_held_messages", "Inbound messages waiting for a healthy worker",
+     ("inbound", "held")),
+    (GaugeMetricFamily, "mqttlb_inbound_unacked", "Inbound messages taken and not yet acknowledged",
+     ("inbound", "unacked")),
+    (GaugeMetricFamily, "mqttlb_inbound_unacked_peak", "The most inbound messages unacknowledged at once",
+     ("inbound", "peak")),
+    (GaugeMetricFamily, "mqttlb_inbound_unacked_max", "router.max_inflight: the bound on unacknowledged",
+     ("inbound", "max_inflight")),
+    (GaugeMetricFamily, "mqttlb_forwards_in_flight", "Forwards and dead letters sent and not yet acknowledged "
+     "by the broker", ("awaiting_ack",)),
+    (CounterMetricFamily, "mqttlb_reconnects_total", "Connections to the broker lost", ("reconnects",)),
+    (CounterMetricFamily, "mqttlb_bad_heartbeats_total", "Heartbeats rejected as malformed", ("bad_heartbeats",)),
+    (CounterMetricFamily, "mqttlb_forwards_refused_total", "Forwards the broker refused (dead-lettered instead)",
+     ("refused",)),
+    (CounterMetricFamily, "mqttlb_lost_total", "Messages lost: the broker refused their dead letter too",
+     ("dropped",)),
+)
+"""Single figures: kind, name, help, and where the snapshot has the value."""
+
+_NESTED: tuple[tuple[Family, str, str, tuple[str, str], str], ...] = (
+    (CounterMetricFamily, "mqttlb_forwarded_total", "Forwards the broker acknowledged", ("route", "worker"),
+     "forwarded"),
+    (CounterMetricFamily, "mqttlb_dead_letters_total", "Dead letters the broker acknowledged", ("route", "reason"),
+     "dead_letters"),
+    (GaugeMetricFamily, "mqttlb_workers", "Workers known, by pool and state", ("pool", "state"), "pools"),
+    (CounterMetricFamily, "mqttlb_stranded_messages_total", "Messages a worker held, by its last report, when it "
+     "went down or silent: they wait in its session", ("pool", "worker"), "stranded"),
+)
+"""Figures by two labels: kind, name, help, the labels, and the snapshot's ``{outer: {inner: value}}``."""
+
+
+def families(figures: Figures) -> list[Metric]:
+    """The metric families of one snapshot."""
+    return [
+        *(_nested(kind(name, doc, labels=labels), figures[key]) for kind, name, doc, labels, key in _NESTED),
+        _latency(figures["forward_seconds"]),
+        *(kind(name, doc, value=float(_dig(figures, path))) for kind, name, doc, path in _SCALARS),
+        *_per_worker(figures["workers"]),
+    ]
+
+
+def _dig(figures: Figures, path: tuple[str, ...]) -> Any:
+    for key in path:
+        figures = figures[key]
+    return figures
+
+
+def _nested(family: CounterMetricFamily | GaugeMetricFamily,
+            values: Mapping[str, Mapping[str, float]]) -> Metric:
+    for outer, inner in values.items():
+        for label, value in inner.items():
+            family.add_metric([outer, label], value)
+    return family
+
+
+def _latency(figures: Figures) -> Metric:
+    buckets = [(floatToGoString(float(bound)), count) for bound, count in figures["buckets"].items()]
+    return HistogramMetricFamily("mqttlb_forward_seconds", "From a message's arrival at the router to the "
+                                 "broker's acknowledgement of its forward", buckets=buckets,
+                                 sum_value=figures["sum"])
+
+
+def _per_worker(workers: Mapping[str, Figures]) -> list[Metric]:
+    labels = ["pool", "worker"]
+    state = GaugeMetricFamily("mqttlb_worker_state", "1 for the state the router sees a worker in, else 0",
+                              labels=[*labels, "state"])
+    weight = GaugeMetricFamily("mqttlb_worker_weight", "The weight balancers use (static, heartbeat, "
+                               "slow start)", labels=labels)
+    inflight = GaugeMetricFamily("mqttlb_worker_inflight", "Messages the worker holds, by its last heartbeat",
+                                 labels=labels)
+    age = GaugeMetricFamily("mqttlb_worker_heartbeat_age_seconds", "Seconds since the worker's last heartbeat",
+                            labels=labels)
+    for worker, seen in workers.items():
+        names = [seen["pool"], worker]
+        for health in Health:
+            state.add_metric([*names, health.value], int(seen["state"] == health.value))
+        weight.add_metric(names, seen["weight"])
+        inflight.add_metric(names, seen["inflight"])
+        age.add_metric(names, seen["heartbeat_age"])
+    return [state, weight, inflight, age]
+
+
+class _SnapshotCollector(Collector):
+    def __init__(self, server: MetricsServer) -> None:
+        self._server = server
+
+    def collect(self) -> Iterator[Metric]:
+        figures = self._server.latest()
+        if figures is not None:
+            yield from families(figures)
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Nothing: a scrape every few seconds would flood the log."""
+
+
+def _server_class(host: str) -> type[WSGIServer]:
+    family = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+
+    class Server(ThreadingWSGIServer):
+        address_family = family
+
+    return Server
+
+
+class MetricsServer:
+    """Serves ``/metrics`` and ``/healthz`` from the latest published snapshot, on daemon threads."""
+
+    def __init__(self, listen: tuple[str, int], pools: Iterable[str]) -> None:
+        """Bind ``listen`` (port 0: any free port; raises OSError) and serve; ``pools`` are those routes use."""
+        self._pools = frozenset(pools)
+        self._published: tuple[float, Figures] | None = None
+        registry = CollectorRegistry()
+        registry.register(_SnapshotCollector(self))
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        self._prometheus = make_wsgi_app(registry)
+        host, port = listen
+        self._server = make_server(host, port, self._app, server_class=_server_class(host), handler_class=_Quiet)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="mqttlb-metrics", daemon=True)
+        self._thread.start()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    def publish(self, figures: Figures) -> None:
+        """From the router thread: the snapshot to serve from now on. It must not be changed afterwards."""
+        self._published = (time.monotonic(), figures)
+
+    def latest(self) -> Figures | None:
+        published = self._published
+        return None if published is None else published[1]
+
+    def health(self) -> Verdict:
+        published = self._published
+        if published is None:
+            return health(None, 0.0, self._pools)
+        return health(published[1], time.monotonic() - published[0], self._pools)
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _app(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/metrics":
+            return self._prometheus(environ, start_response)
+        if path == "/healthz":
+            verdict = self.health()
+            start_response("200 OK" if verdict.healthy else "503 Service Unavailable",
+                           [("Content-Type", "text/plain; charset=utf-8")])
+            return [verdict.reason.encode() + b"\n"]
+        start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+        return [b"not found: mqttlb serves /metrics and /healthz\n"]

@@ -1,0 +1,305 @@
+"""``mqttlb status``: the pools and their workers as the router sees them, as a table or as JSON.
+
+Why: to see at a glance, without Prometheus, which workers are up, how the
+traffic is shared and whether messages pile up. It reads the router's retained
+stats topic (state, weight, in-flight, messages and share of every worker the
+router knows) and the workers' heartbeats, which add the workers the router
+does not list (when it is down, say) and fresher heartbeat ages. Rates come
+from two snapshots in a row, so ``--once`` waits for the next one, at most
+``stats.interval``. ``board`` and ``render`` are pure; ``Watch`` is the broker side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import queue
+import secrets
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, TextIO
+
+import orjson
+
+from .config import Config
+from .errors import BadHeartbeat, TransportError
+from .pool import Health, Heartbeat, WorkerState
+from .transport import Client, Inbound
+
+REFRESH = 1.0
+"""Seconds between two redraws of the live table."""
+GRACE = 1.0
+"""Seconds past ``stats.interval`` to wait for a snapshot."""
+STALE = 3
+"""Stats older than this many intervals mean the router has stopped publishing them."""
+CLEAR = "\x1b[H\x1b[2J"
+
+Figures = Mapping[str, Any]
+
+
+FIELDS = frozenset({"router", "ts", "uptime", "connected", "stopping", "inbound", "awaiting_ack", "workers", "pools",
+                    "forwarded", "dead_letters", "refused", "dropped", "bad_heartbeats", "reconnects"})
+"""What a stats snapshot has, at least, for ``status`` to read it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Sighting:
+    beat: Heartbeat
+    received: float | None
+    """Our monotonic clock when it arrived live; None for a retained one, whose age is unknown."""
+
+
+def board(latest: Figures | None, previous: Figures | None, sightings: Mapping[str, Sighting],
+          pools: Iterable[str], *, interval: float, wall: float, now: float) -> dict[str, Any]:
+    """What ``status`` shows, as JSON-ready data: the router's figures, and every pool with its workers.
+
+    ``latest`` and ``previous`` are the last two stats snapshots; ``wall`` is the unix time (to age the
+    snapshot), ``now`` the monotonic clock (to age the heartbeats seen arriving).
+    """
+    figures = latest or {}
+    age = max(0.0, wall - figures["ts"]) if latest is not None else 0.0
+    elapsed = _elapsed(latest, previous)
+    rows: dict[str, dict[str, Any]] = {}
+    for worker, seen in figures.get("workers", {}).items():
+        before = previous["workers"].get(worker, {}) if previous is not None else {}
+        rows[worker] = {
+            "pool": seen["pool"], "state": seen["state"], "weight": seen["weight"], "inflight": seen["inflight"],
+            "heartbeat_age": _fresher(seen["heartbeat_age"] + age, sightings.get(worker), now),
+            "messages": seen["forwarded"], "share": seen["share"],
+            "rate": _rate(seen["forwarded"], before.get("forwarded", 0), elapsed), "stranded": seen["stranded"],
+            "source": "router",
+        }
+    for worker, sighting in sightings.items():
+        beat = sighting.beat
+        if worker not in rows and beat.state is not WorkerState.DOWN:  # a forgotten will is no news
+            rows[worker] = {
+                "pool": beat.pool, "state": beat.state.value, "weight": beat.weight, "inflight": beat.inflight,
+                "heartbeat_age": _fresher(None, sighting, now), "messages": None, "share": None, "rate": None,
+                "stranded": None, "source": "heartbeat",
+            }
+    grouped: dict[str, dict[str, Any]] = {pool: {} for pool in sorted({*pools, *figures.get("pools", {})})}
+    for worker, row in sorted(rows.items()):
+        grouped.setdefault(row.pop("pool"), {})[worker] = row
+    return {
+        "router": _router(figures, previous, elapsed, age, interval) if latest is not None else None,
+        "pools": {pool: {**{health.value: sum(r["state"] == health.value for r in workers.values())
+                            for health in Health}, "workers": workers}
+                  for pool, workers in grouped.items()},
+    }
+
+
+def _router(figures: Figures, previous: Figures | None, elapsed: float | None, age: float,
+            interval: float) -> dict[str, Any]:
+    forwarded = _total(figures["forwarded"])
+    before = _total(previous["forwarded"]) if previous is not None else 0
+    return {
+        "id": figures["router"], "connected": figures["connected"], "stopping": figures["stopping"],
+        "uptime": figures["uptime"], "stats_age": round(age, 3), "stale": age > STALE * interval,
+        "inbound": figures["inbound"], "forwards_in_flight": figures["awaiting_ack"],
+        "forwarded": forwarded, "rate": _rate(forwarded, before, elapsed),
+        "dead_letters": figures["dead_letters"], "refused": figures["refused"], "lost": figures["dropped"],
+        "bad_heartbeats": figures["bad_heartbeats"], "reconnects": figures["reconnects"],
+    }
+
+
+def _total(forwarded: Mapping[str, Mapping[str, int]]) -> int:
+    return sum(sum(per_worker.values()) for per_worker in forwarded.values())
+
+
+def _elapsed(latest: Figures | None, previous: Figures | None) -> float | None:
+    """Seconds between two snapshots of one router run, or None when they cannot be compared."""
+    if latest is None or previous is None:
+        return None
+    if latest["router"] != previous["router"] or latest["uptime"] <= previous["uptime"]:
+        return None  # another router, or a restart: its counts began again
+    return float(latest["uptime"] - previous["uptime"])
+
+
+def _rate(count: int, before: int, elapsed: float | None) -> float | None:
+    return None if elapsed is None or count < before else round((count - before) / elapsed, 1)
+
+
+def _fresher(age: float | None, sighting: Sighting | None, now: float) -> float | None:
+    """The heartbeat age from the router's stats, or from a heartbeat we saw arrive, whichever is younger."""
+    if sighting is not None and sighting.received is not None:
+        seen = now - sighting.received
+        age = seen if age is None else min(age, seen)
+    return None if age is None else round(age, 1)
+
+
+# -- the table ----------------------------------------------------------------------------------
+
+COLUMNS = ("WORKER", "STATE", "WEIGHT", "INFLIGHT", "HEARTBEAT", "MESSAGES", "SHARE", "RATE/S", "STRANDED")
+
+
+def render(view: Mapping[str, Any], stats_topic: str) -> list[str]:
+    """The board as lines of text: a headline, the router's figures, then a table per pool."""
+    router = view["router"]
+    lines = _headline(router, stats_topic)
+    for pool, figures in view["pools"].items():
+        counts = ", ".join(f"{figures[h.value]} {h.value}" for h in Health if figures[h.value])
+        lines += ["", f"pool {pool}: {counts or 'no workers'}"]
+        if figures["workers"]:
+            lines += _aligned([COLUMNS, *(_cells(worker, row) for worker, row in figures["workers"].items())])
+    return lines
+
+
+def _headline(router: Mapping[str, Any] | None, stats_topic: str) -> list[str]:
+    if router is None:
+        return [f"no stats from a router on {stats_topic}: the workers below are known by their heartbeats only"]
+    if router["stopping"]:
+        state = f"stopped {_duration(router['stats_age'])} ago"
+    elif router["stale"]:
+        state = f"silent for {_duration(router['stats_age'])}: is it running?"
+    else:
+        state = f"{'connected' if router['connected'] else 'NOT CONNECTED'}, up {_duration(router['uptime'])}"
+    inbound = router["inbound"]
+    rate = "" if router["rate"] is None else f", {router['rate']:.1f} msg/s"
+    dead = [f"{route}/{reason} {count}" for route, reasons in router["dead_letters"].items()
+            for reason, count in reasons.items()]
+    return [
+        f"router {router['id']}: {state}",
+        f"  forwarded {router['forwarded']}{rate}; inbound {inbound['unacked']} unacked of "
+        f"{inbound['max_inflight']} (peak {inbound['peak']}), {inbound['held']} held; "
+        f"{router['forwards_in_flight']} forwards in flight",
+        f"  dead letters: {', '.join(dead) or 'none'}; refused {router['refused']}, lost {router['lost']}, "
+        f"bad heartbeats {router['bad_heartbeats']}, reconnects {router['reconnects']}",
+    ]
+
+
+def _cells(worker: str, row: Mapping[str, Any]) -> tuple[str, ...]:
+    def shown(value: float | None, fmt: str, unit: str = "") -> str:
+        return "-" if value is None else format(value, fmt) + unit
+
+    return (worker, row["state"], f"{row['weight']:g}", str(row["inflight"]),
+            shown(row["heartbeat_age"], ".1f", "s"), shown(row["messages"], "d"), shown(row["share"], ".1%"),
+            shown(row["rate"], ".1f"), shown(row["stranded"], "d"))
+
+
+def _aligned(rows: list[tuple[str, ...]]) -> list[str]:
+    """Text columns flush left (the first two), numbers flush right."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  " + "  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in
+                             enumerate(zip(row, widths))).rstrip() for row in rows]
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+# -- the broker side ------------------------------------------------------------------------------
+
+
+class Watch:
+    """The stats topic and the heartbeats, handed from the network thread to ours through a queue."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.latest: Figures | None = None
+        self.previous: Figures | None = None
+        self.sightings: dict[str, Sighting] = {}
+        self._inbox: queue.Queue[Inbound] = queue.Queue()
+        self._client = Client(config.broker, f"mqttlb-status-{os.getpid()}-{secrets.token_hex(3)}",
+                              on_message=self._inbox.put)
+
+    def start(self) -> Watch:
+        """Connect (raises TransportError); heartbeats first, so their retained ones arrive before the stats."""
+        self._client.start()
+        self._client.subscribe(self.config.heartbeat.topic, 0)
+        self._client.subscribe(self.config.stats.topic, 0)
+        return self
+
+    def stop(self) -> None:
+        self._client.stop()
+
+    def take(self, timeout: float) -> bool:
+        """Take in what arrives within ``timeout``, returning at the first new snapshot: whether one came."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                message = self._inbox.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                return False
+            if message.topic == self.config.stats.topic:
+                if self._stats(message):
+                    return True
+            else:
+                self._heartbeat(message)
+
+    def board(self) -> dict[str, Any]:
+        return board(self.latest, self.previous, self.sightings, self.config.pools,
+                     interval=self.config.stats.interval, wall=time.time(), now=time.monotonic())
+
+    def _stats(self, message: Inbound) -> bool:
+        try:
+            figures = orjson.loads(message.payload)
+        except orjson.JSONDecodeError:
+            return False
+        if not isinstance(figures, dict) or not FIELDS <= figures.keys():
+            return False  # not a snapshot of this version's router
+        self.previous, self.latest = self.latest, figures
+        return True
+
+    def _heartbeat(self, message: Inbound) -> None:
+        worker = message.topic.split("/")[self.config.heartbeat.worker_level]
+        try:
+            beat = Heartbeat.parse(worker, message.payload)
+        except BadHeartbeat:
+            return  # the router logs and counts those
+        self.sightings[worker] = Sighting(beat, None if message.retain else time.monotonic())
+
+
+def main(args: argparse.Namespace, config: Config) -> int:
+    """``mqttlb status``: exit 0; with ``--once``, 1 when no router has reported lately."""
+    try:
+        watch = Watch(config).start()
+    except TransportError as error:
+        print(f"status: {error}", file=sys.stderr)
+        return 1
+    try:
+        return _once(watch, args.json) if args.once else _live(watch, args.json, sys.stdout)
+    finally:
+        watch.stop()
+
+
+def _once(watch: Watch, as_json: bool) -> int:
+    wait = watch.config.stats.interval + GRACE
+    watch.take(wait)  # the retained snapshot comes at once; without one, wait for the next
+    view = watch.board()
+    router = view["router"]
+    if router is not None and not router["stale"] and not router["stopping"]:
+        watch.take(wait)  # a second snapshot, for the rates
+        view = watch.board()
+        router = view["router"]
+    print(orjson.dumps(view, option=orjson.OPT_INDENT_2).decode() if as_json
+          else "\n".join(render(view, watch.config.stats.topic)))
+    if router is None:
+        print(f"status: no stats on {watch.config.stats.topic} within {wait:g}s: is the router running?",
+              file=sys.stderr)
+    return 0 if router is not None and not router["stale"] and not router["stopping"] else 1
+
+
+def _live(watch: Watch, as_json: bool, out: TextIO) -> int:
+    """Redraw in place on a terminal; elsewhere print a new table (or JSON line) per snapshot."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    in_place = out.isatty() and not as_json
+    while not stop.is_set():
+        fresh = watch.take(REFRESH)
+        if as_json and fresh:
+            out.write(orjson.dumps(watch.board()).decode() + "\n")
+        elif in_place:
+            out.write(CLEAR + "\n".join(render(watch.board(), watch.config.stats.topic)) + "\n")
+        elif fresh:
+            out.write("\n".join(render(watch.board(), watch.config.stats.topic)) + "\n\n")
+        out.flush()
+    return 0

@@ -1,0 +1,118 @@
+"""The Prometheus families and the health verdict made from a stats snapshot, without HTTP."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
+
+from mqttlb.metrics import STALLED, families, health
+from mqttlb.pool import Health, WorkerView
+from mqttlb.stats import Counters, Inbound, Moment, snapshot
+
+
+def figures(*, connected: bool = True, stopping: bool = False, workers: list[WorkerView] | None = None,
+            pools: tuple[str, ...] = ("default",)) -> dict[str, Any]:
+    counters = Counters()
+    counters.forwarded.update({("telemetry", "w1"): 30, ("telemetry", "w2"): 60, ("logs", "w1"): 10})
+    counters.dead_letters[("telemetry", "bad_key")] = 2
+    counters.stranded[("default", "w2")] = 7
+    counters.bad_heartbeats, counters.refused, counters.dropped = 3, 1, 0
+    for seconds in (0.0004, 0.002, 0.002, 4.0):
+        counters.forward_seconds.observe(seconds)
+    if workers is None:
+        workers = [WorkerView("w1", "default", Health.UP, 2.0, 5, 99.0),
+                   WorkerView("w2", "default", Health.DOWN, 1.0, 0, 90.0)]
+    return snapshot(router="r", moment=Moment(1.0, 100.0, 10.0, connected, stopping),
+                    inbound=Inbound(unacked=12, held=4, peak=20, max_inflight=1000), counters=counters,
+                    pools=pools, workers=workers, reconnects=2, awaiting_ack=8)
+
+
+class _Fixed(Collector):
+    def __init__(self, snapshot: dict[str, Any]) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterator[Any]:
+        return iter(families(self._snapshot))
+
+
+def scrape(snapshot: dict[str, Any]) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The exposition text, parsed back: (sample name, sorted labels) -> value."""
+    registry = CollectorRegistry()
+    registry.register(_Fixed(snapshot))
+    text = generate_latest(registry).decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_the_spec_metrics_carry_the_snapshot() -> None:
+    got = scrape(figures())
+    assert got[("mqttlb_forwarded_total", (("route", "telemetry"), ("worker", "w2")))] == 60
+    assert got[("mqttlb_forwarded_total", (("route", "logs"), ("worker", "w1")))] == 10
+    assert got[("mqttlb_dead_letters_total", (("reason", "bad_key"), ("route", "telemetry")))] == 2
+    assert got[("mqttlb_workers", (("pool", "default"), ("state", "up")))] == 1
+    assert got[("mqttlb_workers", (("pool", "default"), ("state", "down")))] == 1
+    assert got[("mqttlb_workers", (("pool", "default"), ("state", "timeout")))] == 0
+    assert got[("mqttlb_connected", ())] == 1
+
+
+def test_forward_seconds_is_a_histogram_with_cumulative_buckets() -> None:
+    got = scrape(figures())
+    assert got[("mqttlb_forward_seconds_bucket", (("le", "0.0005"),))] == 1
+    assert got[("mqttlb_forward_seconds_bucket", (("le", "0.0025"),))] == 3
+    assert got[("mqttlb_forward_seconds_bucket", (("le", "5.0"),))] == 4
+    assert got[("mqttlb_forward_seconds_bucket", (("le", "+Inf"),))] == 4
+    assert got[("mqttlb_forward_seconds_count", ())] == 4
+    assert abs(got[("mqttlb_forward_seconds_sum", ())] - 4.0044) < 1e-9
+
+
+def test_what_an_operator_needs_to_see_a_problem_coming() -> None:
+    got = scrape(figures())
+    w1 = (("pool", "default"), ("worker", "w1"))
+    assert got[("mqttlb_worker_inflight", w1)] == 5
+    assert got[("mqttlb_worker_weight", w1)] == 2.0
+    assert got[("mqttlb_worker_heartbeat_age_seconds", w1)] == 1.0
+    assert got[("mqttlb_worker_state", (("pool", "default"), ("state", "up"), ("worker", "w1")))] == 1
+    assert got[("mqttlb_worker_state", (("pool", "default"), ("state", "draining"), ("worker", "w1")))] == 0
+    assert got[("mqttlb_worker_state", (("pool", "default"), ("state", "down"), ("worker", "w2")))] == 1
+    assert got[("mqttlb_stranded_messages_total", (("pool", "default"), ("worker", "w2")))] == 7
+    assert got[("mqttlb_held_messages", ())] == 4
+    assert got[("mqttlb_inbound_unacked", ())] == 12
+    assert got[("mqttlb_inbound_unacked_peak", ())] == 20
+    assert got[("mqttlb_inbound_unacked_max", ())] == 1000
+    assert got[("mqttlb_forwards_in_flight", ())] == 8
+    assert got[("mqttlb_reconnects_total", ())] == 2
+    assert got[("mqttlb_bad_heartbeats_total", ())] == 3
+    assert got[("mqttlb_forwards_refused_total", ())] == 1
+    assert got[("mqttlb_lost_total", ())] == 0
+
+
+def test_healthy_when_connected_and_every_routed_pool_has_a_healthy_worker() -> None:
+    verdict = health(figures(), 0.1, ["default"])
+    assert verdict.healthy and verdict.reason == "ok"
+
+
+def test_a_pool_no_route_uses_does_not_count() -> None:
+    assert health(figures(pools=("default", "spare")), 0.1, ["default"]).healthy
+
+
+def test_a_routed_pool_without_a_healthy_worker_is_named() -> None:
+    draining = [WorkerView("w1", "default", Health.DRAINING, 1.0, 0, 99.0)]
+    verdict = health(figures(workers=draining, pools=("default", "gpu")), 0.1, ["default", "gpu"])
+    assert not verdict.healthy
+    assert verdict.reason == "no healthy worker in pool default, gpu"
+
+
+def test_every_problem_is_given() -> None:
+    verdict = health(figures(connected=False, workers=[]), STALLED + 1, ["default"])
+    assert not verdict.healthy
+    assert verdict.reason == ("the routing loop has not reported for 11s; not connected to the broker; "
+                              "no healthy worker in pool default")
+
+
+def test_starting_and_stopping_are_unhealthy() -> None:
+    assert health(None, 0.0, ["default"]).reason == "starting"
+    verdict = health(figures(stopping=True), 0.1, ["default"])
+    assert not verdict.healthy and verdict.reason == "stopping"

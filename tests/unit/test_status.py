@@ -1,0 +1,76 @@
+"""What ``mqttlb status`` makes of the stats topic and the heartbeats, without a broker."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mqttlb.pool import Health, Heartbeat, WorkerState, WorkerView
+from mqttlb.stats import Counters, Inbound, Moment, snapshot
+from mqttlb.status import Sighting, board, render
+
+
+def stats(ts: float, uptime: float, forwarded: dict[str, int], router: str = "r") -> dict[str, Any]:
+    counters = Counters()
+    counters.forwarded.update({("telemetry", worker): count for worker, count in forwarded.items()})
+    workers = [WorkerView(worker, "default", Health.UP, 1.0, 2, 99.0) for worker in forwarded]
+    return snapshot(router=router, moment=Moment(ts, 100.0, uptime, connected=True), inbound=Inbound(3, 0, 9, 1000),
+                    counters=counters, pools=["default", "gpu"], workers=workers, reconnects=0, awaiting_ack=1)
+
+
+def view(latest: dict[str, Any] | None, previous: dict[str, Any] | None = None,
+         sightings: dict[str, Sighting] | None = None, wall: float = 1000.5, now: float = 50.0) -> dict[str, Any]:
+    return board(latest, previous, sightings or {}, ["default"], interval=5.0, wall=wall, now=now)
+
+
+def test_rates_come_from_two_snapshots_of_one_router() -> None:
+    shown = view(stats(1000.0, 20.0, {"w1": 300, "w2": 100}), stats(995.0, 15.0, {"w1": 100, "w2": 100}))
+    assert shown["router"]["forwarded"] == 400 and shown["router"]["rate"] == 40.0
+    workers = shown["pools"]["default"]["workers"]
+    assert (workers["w1"]["rate"], workers["w2"]["rate"]) == (40.0, 0.0)
+    assert (workers["w1"]["share"], workers["w1"]["messages"]) == (0.75, 300)
+
+
+def test_no_rate_from_one_snapshot_or_across_a_restart_or_another_router() -> None:
+    latest = stats(1000.0, 20.0, {"w1": 300})
+    assert view(latest)["router"]["rate"] is None
+    assert view(latest, stats(995.0, 30.0, {"w1": 900}))["router"]["rate"] is None  # restarted: uptime went back
+    assert view(latest, stats(995.0, 15.0, {"w1": 100}, router="other"))["router"]["rate"] is None
+
+
+def test_heartbeat_age_grows_with_the_snapshot_unless_a_fresher_heartbeat_was_seen() -> None:
+    latest = stats(1000.0, 20.0, {"w1": 1, "w2": 1})  # the router saw both 1.0 s before its snapshot
+    beat = Sighting(Heartbeat("w2"), received=49.8)
+    workers = view(latest, sightings={"w2": beat}, wall=1002.0, now=50.0)["pools"]["default"]["workers"]
+    assert workers["w1"]["heartbeat_age"] == 3.0
+    assert workers["w2"]["heartbeat_age"] == 0.2
+
+
+def test_heartbeats_add_the_workers_the_router_does_not_list_but_not_forgotten_wills() -> None:
+    sightings = {"w7": Sighting(Heartbeat("w7", pool="edge", weight=3.0), received=None),
+                 "old": Sighting(Heartbeat("old", state=WorkerState.DOWN), received=None)}
+    shown = view(None, sightings=sightings)
+    assert shown["router"] is None
+    assert shown["pools"]["default"] == {"up": 0, "draining": 0, "down": 0, "timeout": 0, "workers": {}}
+    row = shown["pools"]["edge"]["workers"]["w7"]
+    assert row == {"state": "up", "weight": 3.0, "inflight": 0, "heartbeat_age": None, "messages": None,
+                   "share": None, "rate": None, "stranded": None, "source": "heartbeat"}
+
+
+def test_stale_stats_are_flagged() -> None:
+    assert view(stats(1000.0, 20.0, {}), wall=1014.0)["router"]["stale"] is False
+    assert view(stats(1000.0, 20.0, {}), wall=1016.0)["router"]["stale"] is True
+
+
+def test_the_table_has_a_headline_and_a_row_per_worker() -> None:
+    shown = view(stats(1000.0, 125.0, {"w1": 300, "w2": 100}), stats(995.0, 120.0, {"w1": 100, "w2": 100}))
+    lines = render(shown, "mqttlb/stats")
+    assert lines[0] == "router r: connected, up 2m05s"
+    assert lines[1] == "  forwarded 400, 40.0 msg/s; inbound 3 unacked of 1000 (peak 9), 0 held; 1 forwards in flight"
+    assert lines[2].startswith("  dead letters: none;")
+    assert "pool default: 2 up" in lines and "pool gpu: no workers" in lines
+    assert lines[lines.index("pool default: 2 up") + 2].split() == ["w1", "up", "1", "2", "1.5s", "300", "75.0%",
+                                                                    "40.0", "0"]
+
+
+def test_the_table_says_when_there_is_no_router() -> None:
+    assert render(view(None), "mqttlb/stats")[0].startswith("no stats from a router on mqttlb/stats")
