@@ -45,9 +45,27 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("--rate", type=float, default=100.0, help="messages per second, whole fleet")
     simulate.add_argument("--duration", type=float, default=None, help="seconds (default: until interrupted)")
     simulate.add_argument("--qos", type=int, choices=[0, 1], default=1)
+    status = command("status", "the live pools from the router's stats topic: workers, state, weight, share, rate")
+    status.add_argument("--once", action="store_true", help="print one snapshot and exit (1: no router reporting)")
+    status.add_argument("--json", action="store_true", help="JSON instead of a table")
+    credentials = command("credentials", "create or update Mosquitto's password and ACL files for the router, "
+                          "workers, monitors and devices; new passwords are printed once")
+    credentials.add_argument("--password-file", required=True, help="Mosquitto's password_file")
+    credentials.add_argument("--acl-file", required=True, help="Mosquitto's acl_file")
+    credentials.add_argument("--router", action="store_true", help="the router, as broker.username of the config")
+    for role, what in (("worker", "a worker id (user mqttlb-worker-ID)"), ("device", "a device id (its user name)"),
+                       ("monitor", "a user that reads dead letters, stats and heartbeats"), ("remove", "a user")):
+        credentials.add_argument(f"--{role}", action="append", default=[], metavar="NAME", help=f"{what}; repeatable")
+    credentials.add_argument("--secrets", metavar="FILE", help="take the passwords from lines user:password")
+    credentials.add_argument("--device-topic", action="append", metavar="PATTERN",
+                             help="what devices may write, %%u standing for the id (default devices/%%u/#)")
     command("demo", "the whole system on this machine, with a worker failure and a summary", config=False)
-    bench = command("bench", "measure mqttlb side by side with the alternatives", config=False)
-    measures = bench.add_subparsers(dest="measure", required=True, metavar="MEASURE")
+    bench = command("bench", "throughput and latency beside a plain relay and the broker alone (or: bench balance)",
+                    config=False)
+    bench.add_argument("--messages", type=int, default=100_000, help="messages per burst (default 100000)")
+    bench.add_argument("--json", action="store_true", help="figures as JSON")
+    bench.set_defaults(measure="throughput")
+    measures = bench.add_subparsers(dest="measure", required=False, metavar="MEASURE")
     balance = measures.add_parser("balance", help="the hashing algorithms beside uhashring: balance, movement, "
                                   "weights, speed", description="the hashing algorithms beside uhashring")
     balance.add_argument("--keys", type=int, default=100_000, help="device ids to hash (default 100000)")
@@ -62,12 +80,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         from . import demo
 
         return demo.main(args)
-    if args.command == "bench":
+    if args.command == "bench" and args.measure == "balance":
         from . import bench_balance
 
         return bench_balance.main(args)
+    if args.command == "bench":
+        from . import bench_throughput
+
+        return bench_throughput.main(args)
     try:
-        config = config_module.load(args.config)
+        if args.command == "credentials":  # the router's own password and TLS files may not exist yet
+            from .credentials import load_config
+
+            config = load_config(args.config)
+        else:
+            config = config_module.load(args.config)
     except ConfigError as error:
         for problem in error.problems:
             print(problem if problem.startswith(args.config) else f"{args.config}: {problem}", file=sys.stderr)
@@ -83,6 +110,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from . import simulate
 
         return simulate.main(args, config)
+    if args.command == "status":
+        from . import status
+
+        return status.main(args, config)
+    if args.command == "credentials":
+        from . import credentials
+
+        return credentials.main(args, config)
     from .service import Service
 
     return Service(config).run()

@@ -1,0 +1,285 @@
+"""``mqttlb bench``: throughput and latency of mqttlb beside a plain paho relay and the broker alone.
+
+Everything runs against one private Mosquitto on this machine, driven by the
+C clients: ``mosquitto_pub -l`` publishes JSON lines to ``bench/in`` and two
+``mosquitto_sub`` stand in for the workers, stamping each arrival (``%U``).
+
+- *relay*: ``mqttlb.bench_relay``, the ten-minute paho relay;
+- *mqttlb*: ``mqttlb run`` with a consistent-hash route on ``payload.device``,
+  health, dead letters, stats and metrics on, acknowledging at QoS 1 only
+  after the forward is acknowledged;
+- *shared*: no router hop; the two subscribers share ``bench/in`` through the
+  broker's ``$share`` group, the ceiling any router is measured against.
+
+For each, at QoS 0 and 1: the peak rate (a burst of ``--messages`` as fast as
+the publisher can), then latency at half that rate (publish time in the
+payload to arrival), CPU seconds per 100,000 messages of the middle process,
+and its memory at the start and the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO, Any, Callable, Iterator
+
+import orjson
+import paho.mqtt.client as paho
+import yaml
+
+from .broker import PrivateBroker
+
+WORKERS = ("w0", "w1")
+DEVICES = 1000
+SYSTEMS = ("mqttlb", "relay", "shared")
+"""mqttlb first: half its peak is the rate at which every system's latency is measured."""
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    system: str
+    qos: int
+    sent: int
+    delivered: int
+    msgs_per_second: float
+    latency_rate: float
+    p50_ms: float
+    p99_ms: float
+    cpu_seconds_per_100k: float | None
+    rss_start_mib: float | None
+    rss_end_mib: float | None
+
+
+def payload(n: int, sent_ns: int = 0) -> bytes:
+    return orjson.dumps({"device": f"d{n % DEVICES}", "seq": n, "ts": sent_ns})
+
+
+class Subscribers:
+    """Two ``mosquitto_sub`` processes, one per worker (or both in the shared group), writing ``%U %p`` lines."""
+
+    def __init__(self, broker: PrivateBroker, system: str, qos: int, workdir: Path) -> None:
+        self.files = [workdir / f"{system}-{qos}-{w}.out" for w in WORKERS]
+        topics = ["$share/bench/bench/in" if system == "shared" else f"mqttlb/workers/{w}/in/#" for w in WORKERS]
+        self.processes = [
+            subprocess.Popen(["mosquitto_sub", "-h", broker.host, "-p", str(broker.port), "-q", str(qos), "-V", "5",
+                              "--nodelay", "-F", "%U %p", "-t", topic], stdout=path.open("wb"),
+                             stderr=subprocess.DEVNULL)
+            for topic, path in zip(topics, self.files)
+        ]
+
+    def lines(self) -> Iterator[bytes]:
+        for path in self.files:
+            with path.open("rb") as out:
+                yield from (line for line in out if line.endswith(b"}\n"))
+
+    def count(self) -> int:
+        return sum(path.read_bytes().count(b"\n") for path in self.files)
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.terminate()
+            process.wait(10)
+
+
+def arrivals(lines: Iterator[bytes]) -> list[tuple[float, dict[str, int]]]:
+    found = []
+    for line in lines:
+        stamp, _, body = line.partition(b" ")
+        found.append((float(stamp), orjson.loads(body)))
+    return found
+
+
+class Middle:
+    """The process between publisher and subscribers (none for ``shared``): started, measured, stopped."""
+
+    def __init__(self, broker: PrivateBroker, system: str, qos: int, workdir: Path) -> None:
+        self.process: subprocess.Popen[bytes] | None = None
+        if system == "relay":
+            command = [sys.executable, "-m", "mqttlb.bench_relay", broker.host, str(broker.port), str(qos), *WORKERS]
+        elif system == "mqttlb":
+            config = workdir / "mqttlb.yaml"
+            config.write_text(yaml.safe_dump(router_config(broker, qos)))
+            command = [sys.executable, "-m", "mqttlb", "run", "-c", str(config), "--log-level", "warning"]
+        else:
+            return
+        self.log = workdir / f"{system}-{qos}.log"
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=self.log.open("wb"))
+
+    def cpu_seconds(self) -> float | None:
+        if self.process is None:
+            return None
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+    def rss_mib(self) -> float | None:
+        if self.process is None:
+            return None
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return None
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(15)
+
+
+def router_config(broker: PrivateBroker, qos: int) -> dict[str, object]:
+    return {
+        "broker": {"host": broker.host, "port": broker.port, "client_id": f"bench-mqttlb-{qos}"},
+        "heartbeat": {"timeout": "1h", "expire": "2h"},
+        "metrics": {"listen": "127.0.0.1:0"},
+        "routes": [{"name": "bench", "match": "bench/in", "key": "payload.device", "algorithm": "consistent_hash",
+                    "qos": qos}],
+    }
+
+
+def announce_workers(broker: PrivateBroker) -> None:
+    for worker in WORKERS:
+        subprocess.run(["mosquitto_pub", "-h", broker.host, "-p", str(broker.port), "-q", "1", "-r",
+                        "-t", f"mqttlb/workers/{worker}/heartbeat", "-m",
+                        orjson.dumps({"worker": worker, "state": "up"}).decode()], check=True)
+
+
+def publisher(broker: PrivateBroker, qos: int, stdin: int | IO[bytes]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(["mosquitto_pub", "-h", broker.host, "-p", str(broker.port), "-q", str(qos), "-V", "5",
+                             "--nodelay", "-t", "bench/in", "-l"], stdin=stdin, stderr=subprocess.DEVNULL)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def warm_up(broker: PrivateBroker, qos: int, subscribers: Subscribers) -> None:
+    """Until a message goes all the way through (the middle process is subscribed and knows the workers)."""
+    probe = publisher(broker, qos, subprocess.PIPE)
+    assert probe.stdin is not None
+    n = 0
+    while subscribers.count() == 0 and n < 600:
+        probe.stdin.write(payload(n) + b"\n")
+        probe.stdin.flush()
+        n += 1
+        time.sleep(0.05)
+    probe.stdin.close()
+    probe.wait(10)
+    wait_until(lambda: subscribers.count() >= n, 10)
+
+
+def peak(broker: PrivateBroker, qos: int, messages: int, subscribers: Subscribers, workdir: Path) -> tuple[int, float]:
+    """Publish a burst as fast as the publisher can; (delivered, msg/s from first publish to last arrival)."""
+    before = subscribers.count()
+    burst = workdir / "burst.jsonl"
+    burst.write_bytes(b"".join(payload(n) + b"\n" for n in range(messages)))
+    start = time.time()
+    with burst.open("rb") as lines:
+        publisher(broker, qos, lines).wait()
+    wait_until(lambda: subscribers.count() - before >= messages, 60)
+    time.sleep(0.5)  # stragglers at QoS 0 are not waited for beyond this
+    delivered = subscribers.count() - before
+    last = max(stamp for stamp, _ in arrivals(subscribers.lines()))
+    return delivered, delivered / (last - start)
+
+
+def paced(broker: PrivateBroker, qos: int, rate: float, seconds: float, subscribers: Subscribers) -> list[float]:
+    """Publish at ``rate`` for ``seconds`` with the send time in each payload; the latencies, in ms.
+
+    A paho client publishes here, one message at a time on time: ``mosquitto_pub -l`` does not read
+    its socket while lines keep coming, so at QoS 1 it would hold messages back itself.
+    """
+    before = subscribers.count()
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="bench-paced", protocol=paho.MQTTv5)
+    client.max_inflight_messages_set(0)
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    try:
+        wait_until(client.is_connected, 10)
+        sock: Any = client.socket()
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        start, n, first = time.monotonic(), 0, 10_000_000
+        while (elapsed := time.monotonic() - start) < seconds:
+            while n < int(elapsed * rate):
+                client.publish("bench/in", payload(first + n, time.time_ns()), qos)
+                n += 1
+            time.sleep(0.0002)
+        wait_until(lambda: subscribers.count() - before >= n, 30)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return [(stamp - body["ts"] / 1e9) * 1000 for stamp, body in arrivals(subscribers.lines())
+            if body["seq"] >= first and body["ts"]]
+
+
+def run_one(broker: PrivateBroker, system: str, qos: int, messages: int, workdir: Path,
+            latency_rate: float | None) -> Result:
+    """One system at one QoS; latency at ``latency_rate``, or half its own peak when None."""
+    subscribers = Subscribers(broker, system, qos, workdir)
+    middle = Middle(broker, system, qos, workdir)
+    try:
+        warm_up(broker, qos, subscribers)
+        rss_start = middle.rss_mib()
+        cpu_before = middle.cpu_seconds()
+        delivered, rate = peak(broker, qos, messages, subscribers, workdir)
+        cpu_after = middle.cpu_seconds()
+        latency_rate = latency_rate or rate / 2
+        latencies = sorted(paced(broker, qos, latency_rate, 3.0, subscribers))
+        cpu = None if cpu_before is None or cpu_after is None else (cpu_after - cpu_before) / delivered * 100_000
+        return Result(system, qos, messages, delivered, rate, latency_rate, statistics.median(latencies),
+                      latencies[int(len(latencies) * 0.99)], cpu, rss_start, middle.rss_mib())
+    finally:
+        middle.stop()
+        subscribers.stop()
+
+
+def run(messages: int, systems: tuple[str, ...] = SYSTEMS, qos_levels: tuple[int, ...] = (0, 1)) -> list[Result]:
+    results = []
+    with tempfile.TemporaryDirectory(prefix="mqttlb-bench-") as tmp, PrivateBroker(workdir=Path(tmp)) as broker:
+        announce_workers(broker)
+        for qos in qos_levels:
+            latency_rate = None
+            for system in systems:
+                print(f"bench: {system}, QoS {qos} ...", file=sys.stderr, flush=True)
+                results.append(run_one(broker, system, qos, messages, Path(tmp), latency_rate))
+                latency_rate = latency_rate or results[-1].latency_rate
+    return results
+
+
+def table(results: list[Result]) -> str:
+    relay = {r.qos: r.msgs_per_second for r in results if r.system == "relay"}
+    lines = [f"{os.cpu_count()} cores; {results[0].sent:,} messages per burst; latency at half mqttlb's peak, "
+             "for every system",
+             "",
+             f"{'system':8} {'QoS':>3} {'msg/s':>9} {'x relay':>8} {'at msg/s':>9} {'p50 ms':>7} {'p99 ms':>7} "
+             f"{'CPU s/100k':>10} {'RSS MiB':>13} {'delivered':>10}"]
+    for r in results:
+        ratio = f"{r.msgs_per_second / relay[r.qos]:.2f}" if r.qos in relay else "-"
+        cpu = f"{r.cpu_seconds_per_100k:.2f}" if r.cpu_seconds_per_100k is not None else "-"
+        rss = f"{r.rss_start_mib:.0f} -> {r.rss_end_mib:.0f}" if r.rss_start_mib and r.rss_end_mib else "-"
+        lines.append(f"{r.system:8} {r.qos:>3} {r.msgs_per_second:>9,.0f} {ratio:>8} {r.latency_rate:>9,.0f} "
+                     f"{r.p50_ms:>7.2f} {r.p99_ms:>7.2f} {cpu:>10} {rss:>13} {r.delivered:>10,}")
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> int:
+    results = run(args.messages)
+    if args.json:
+        print(orjson.dumps({"cores": os.cpu_count(), "results": [asdict(r) for r in results]},
+                           option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(table(results))
+    return 0
