@@ -114,6 +114,8 @@ class PoolSettings:
     workers: Mapping[str, WorkerOverride] = field(default_factory=_no_workers)
     slow_start: float = 0.0
     """Seconds over which a new or returning worker's weight ramps from 10% to 100%; 0 is off."""
+    allow: tuple[str, ...] = ()
+    """Patterns (``*``, ``?``, ``[...]``) of the worker ids the pool accepts; empty: any."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,12 +351,21 @@ def _pools(data: object, problems: list[str]) -> dict[str, PoolSettings]:
     """The pools the file lists, after ``default``."""
     pools = {DEFAULT_POOL: PoolSettings(DEFAULT_POOL)}
     for name, settings in _named(data, "pools", "pool", problems, _level_problem):
-        section = _Section(settings, f"pools.{name}", ("workers", "slow_start"), problems)
+        section = _Section(settings, f"pools.{name}", ("workers", "slow_start", "allow"), problems)
         overrides = _named(section.raw("workers"), section.path("workers"), "worker", problems, _level_problem)
         workers = {worker: _worker(_Section(override, f"{section.path('workers')}.{worker}", ("weight",), problems))
                    for worker, override in overrides}
-        pools[name] = PoolSettings(name, MappingProxyType(workers), **section.read(slow_start=parse_duration))
+        pools[name] = PoolSettings(name, MappingProxyType(workers),
+                                   **section.read(slow_start=parse_duration, allow=_patterns))
     return pools
+
+
+def _patterns(value: object) -> tuple[str, ...]:
+    items = value if isinstance(value, list) else [value]
+    if not items or not all(isinstance(item, str) and item for item in items):
+        raise ValueError(f"must be a worker id pattern or a list of them, such as [\"w*\", \"gpu-?\"], "
+                         f"got {_shown(value)}")
+    return tuple(str(item) for item in items)
 
 
 def _worker(section: _Section) -> WorkerOverride:

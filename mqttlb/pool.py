@@ -9,8 +9,9 @@ tested without sleeping.
 
 from __future__ import annotations
 
+import fnmatch
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Mapping
 
@@ -43,6 +44,8 @@ class Health(StrEnum):
 class Heartbeat:
     worker: str
     pool: str = DEFAULT_POOL
+    pool_named: bool = field(default=True, compare=False)
+    """False when the payload named no pool, as a will (``{"worker": id, "state": "down"}``) does."""
     state: WorkerState = WorkerState.UP
     weight: float = 1.0
     inflight: int = 0
@@ -54,7 +57,7 @@ class Heartbeat:
         if problem is not None:
             raise BadHeartbeat(f"worker id in topic: {problem}")
         if not payload:
-            return cls(worker=worker, state=WorkerState.DOWN)  # a cleared retained heartbeat
+            return cls(worker=worker, state=WorkerState.DOWN, pool_named=False)  # a cleared retained heartbeat
         if len(payload) > MAX_HEARTBEAT_BYTES:
             raise BadHeartbeat(f"heartbeat over {MAX_HEARTBEAT_BYTES} bytes")
         try:
@@ -79,7 +82,8 @@ class Heartbeat:
         inflight = body.get("inflight", 0)
         if not isinstance(inflight, int) or isinstance(inflight, bool) or inflight < 0:
             raise BadHeartbeat(f"inflight must be an integer >= 0, got {inflight!r}")
-        return cls(worker=worker, pool=pool, state=state, weight=float(weight), inflight=inflight)
+        return cls(worker=worker, pool=pool, state=state, weight=float(weight), inflight=inflight,
+                   pool_named="pool" in body)
 
 
 def _is_number(value: object) -> bool:
@@ -140,9 +144,20 @@ class Fleet:
         self._healthy: dict[str, dict[str, float]] = {}
         self._departures: list[Departure] = []
 
+    def check_allowed(self, beat: Heartbeat) -> None:
+        """Raise BadHeartbeat when the pool the heartbeat names does not allow its worker id (``allow``)."""
+        pool = self._pools.get(beat.pool)
+        if beat.state is WorkerState.DOWN and not beat.pool_named:
+            return  # a will: it takes nobody into a pool
+        if pool is not None and pool.allow and not any(fnmatch.fnmatchcase(beat.worker, p) for p in pool.allow):
+            raise BadHeartbeat(f"worker {beat.worker!r} is not allowed in pool {beat.pool!r} "
+                               f"(pools.{beat.pool}.allow)")
+
     def apply(self, beat: Heartbeat, now: float) -> set[str]:
         """Take a heartbeat in; returns the pools whose healthy set changed."""
         old = self._records.get(beat.worker)
+        if old is not None and not beat.pool_named and beat.state is not WorkerState.UP:
+            beat = replace(beat, pool=old.beat.pool)  # a will names no pool: the worker stays where it was
         record = _Record(beat, now)
         record.health = self._health(record, now)
         record.up_since = old.up_since if old is not None and old.health is Health.UP else now

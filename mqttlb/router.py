@@ -203,6 +203,7 @@ class Router(Generic[Ref]):
         """Take a heartbeat in; may release held messages. Raises BadHeartbeat."""
         try:
             beat = Heartbeat.parse(worker, payload)
+            self.fleet.check_allowed(beat)
         except BadHeartbeat:
             self.bad_heartbeats += 1
             raise

@@ -445,6 +445,14 @@ def test_a_mistyped_password_is_not_shown() -> None:
     assert message == "broker.password: must be a string (the value is a secret: not shown)"
 
 
+def test_pool_allow() -> None:
+    assert parse(with_routes(pools={"gpu": {"allow": ["gpu-*", "w?"]}})).pools["gpu"].allow == ("gpu-*", "w?")
+    assert parse(with_routes(pools={"gpu": {"allow": "gpu-*"}})).pools["gpu"].allow == ("gpu-*",)
+    assert parse(with_routes()).pools["default"].allow == ()
+    assert problem(with_routes(pools={"gpu": {"allow": [3]}})) == (
+        'pools.gpu.allow: must be a worker id pattern or a list of them, such as ["w*", "gpu-?"], got [3]')
+
+
 def test_pool_slow_start() -> None:
     assert parse(with_routes(pools={"gpu": {"slow_start": "30s"}})).pools["gpu"].slow_start == 30.0
     assert parse(with_routes()).pools["default"].slow_start == 0.0

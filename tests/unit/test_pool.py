@@ -385,3 +385,13 @@ def test_without_slow_start_the_weight_is_whole_at_once() -> None:
     fleet = Fleet(TIMEOUT, EXPIRE, pools={"default": pool("default")})
     fleet.apply(hb("w1", weight=3), 0)
     assert fleet.healthy("default") == {"w1": 3.0}
+
+
+def test_a_will_keeps_the_worker_in_its_pool() -> None:
+    fleet = Fleet(TIMEOUT, EXPIRE)
+    fleet.apply(hb("w1", pool="edge"), 0)
+    fleet.apply(Heartbeat.parse("w1", orjson.dumps({"worker": "w1", "state": "down"})), 1)
+    assert [(v.worker, v.pool, v.health) for v in fleet.views(1)] == [("w1", "edge", Health.DOWN)]
+    fleet.apply(Heartbeat.parse("w1", b""), 2)  # a cleared retained heartbeat
+    assert [v.pool for v in fleet.views(2)] == ["edge"]
+    assert fleet.take_departures()[0].pool == "edge"

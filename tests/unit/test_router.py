@@ -514,3 +514,15 @@ def test_slow_start_brings_a_new_worker_its_devices_gradually() -> None:
         shares.append(sum(w == "w2" for w in workers_of(router, DEVICES, now).values()) / len(DEVICES))
     assert shares[0] < shares[1] < shares[2] < shares[3]
     assert shares[0] < 0.15 and 0.4 < shares[3] < 0.6  # a tenth of w1's weight, then all of it
+
+
+def test_a_pool_admits_only_the_worker_ids_it_allows() -> None:
+    router = make_router(pools={"default": {"allow": ["w*"]}})
+    with pytest.raises(BadHeartbeat, match="not allowed in pool 'default'"):
+        beat(router, "intruder", 0)
+    assert router.bad_heartbeats == 1
+    assert router.route(msg("devices/d1/telemetry", ref=1)) == []  # still no worker: held
+    assert refs(beat(router, "w1", 1)) == [1]
+    assert beat(router, "intruder", 2, state="down", pool="gpu") == []  # gpu allows anyone
+    router.heartbeat("w1", orjson.dumps({"worker": "w1", "state": "down"}), 3)  # a will is never refused
+    assert router.fleet.healthy("default") == {}
