@@ -192,6 +192,10 @@ class MetricsServer:
         host, port = self._server.server_address[:2]
         return str(host), int(port)
 
+    def set_pools(self, pools: Iterable[str]) -> None:
+        """The pools /healthz checks, after a reload (one reference swapped: no lock)."""
+        self._pools = frozenset(pools)
+
     def publish(self, figures: Figures) -> None:
         """From the router thread: the snapshot to serve from now on. It must not be changed afterwards."""
         self._published = (time.monotonic(), figures)

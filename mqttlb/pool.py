@@ -144,6 +144,12 @@ class Fleet:
         self._healthy: dict[str, dict[str, float]] = {}
         self._departures: list[Departure] = []
 
+    def reconfigure(self, timeout: float, expire: float, pools: Mapping[str, PoolSettings], now: float) -> None:
+        """New settings from a reloaded config: every worker's record is kept, health is worked out again."""
+        self._timeout, self._expire, self._pools = timeout, expire, pools
+        self._healthy = {}
+        self._refresh({record.beat.pool for record in self._records.values()}, now)
+
     def check_allowed(self, beat: Heartbeat) -> None:
         """Raise BadHeartbeat when the pool the heartbeat names does not allow its worker id (``allow``)."""
         pool = self._pools.get(beat.pool)

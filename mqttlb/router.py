@@ -180,6 +180,13 @@ class Router(Generic[Ref]):
                                   f"no healthy worker in pool {pool!r}, and {limit} messages were waiting "
                                   f"(router.max_held) while other pools had workers", item.route.settings.name)]
 
+    def take_held(self) -> list[Message[Ref]]:
+        """Every held message, oldest first, no longer held here (a reloaded router routes them again)."""
+        items = sorted((item for held in self._held_by_pool.values() for item in held),
+                       key=lambda item: item.message.arrived)
+        self._held_by_pool = {}
+        return [item.message for item in items]
+
     def forget_held(self, belongs_to_lost_connection: Callable[[Ref], bool]) -> int:
         """Drop the held messages the broker will deliver again (their connection is gone); returns how many."""
         forgotten = 0

@@ -17,8 +17,9 @@ from typing import Callable
 
 import orjson
 
+from . import config as config_module
 from .config import Config
-from .errors import BadHeartbeat
+from .errors import BadHeartbeat, ConfigError
 from .logs import RateLimited
 from .metrics import MetricsServer
 from .pool import Departure, Fleet, Health
@@ -53,7 +54,8 @@ class Service:
         self.clock = clock
         self.counters = Counters()
         fleet = Fleet(config.heartbeat.timeout, config.heartbeat.expire, config.pools)
-        self.router: Router[Receipt] = Router(config, fleet, rng or random.Random())
+        self._rng = rng or random.Random()
+        self.router: Router[Receipt] = Router(config, fleet, self._rng)
         self.transport = Transport(config.broker, self, heartbeat_filter=config.heartbeat.topic,
                                    routes=subscriptions(config), max_inflight=config.router.max_inflight)
         self._bad_input = RateLimited(log)
@@ -65,6 +67,7 @@ class Service:
         """Inbound messages taken in and not yet settled (acknowledged, or left to the broker to send again)."""
         self._peak = 0
         self._metrics: MetricsServer | None = None
+        self._reload_requested = False
 
     # -- the loop ---------------------------------------------------------------
 
@@ -86,6 +89,9 @@ class Service:
         return self._shutdown()
 
     def _turn(self) -> None:
+        if self._reload_requested:
+            self._reload_requested = False
+            self.reload()
         room = min(self.config.router.max_inflight, self.transport.publish_window) - self._unsettled
         self.transport.poll(max(0.0, self._next_tick - self.clock()), room)
         now = self.clock()
@@ -102,9 +108,7 @@ class Service:
         """Finish in-flight forwards, then disconnect; what was not taken stays at the broker."""
         log.info("stopping: waiting for %d forwards", self.transport.pending)
         self._report(self.clock(), announce=False)  # /healthz says so while they finish
-        give_up = self.clock() + SHUTDOWN_GRACE
-        while self.transport.pending and self.transport.connected and self.clock() < give_up:
-            self.transport.poll(0.05, room=0)
+        self._drain()
         self._report(self.clock(), announce=True)  # the final counts stay on the stats topic
         self.transport.close()
         if self._metrics is not None:
@@ -115,10 +119,68 @@ class Service:
     def _install_signals(self) -> None:
         signal.signal(signal.SIGTERM, lambda *_: self.stop())
         signal.signal(signal.SIGINT, lambda *_: self.stop())
-        # Reloading is not there yet; without a handler SIGHUP would kill the router mid-forward.
-        signal.signal(signal.SIGHUP, lambda *_: log.warning("SIGHUP: reloading the config is not supported yet; "
-                                                           "restart the router to apply a new file"))
+        signal.signal(signal.SIGHUP, lambda *_: setattr(self, "_reload_requested", True))
         signal.set_wakeup_fd(self.transport.wake_fd, warn_on_full_buffer=False)
+
+    # -- reloading ------------------------------------------------------------------
+
+    def reload(self) -> None:
+        """Read the config file again and apply it; a file with problems is refused and the old config kept.
+
+        Routes, pools, algorithms and their options, dead letters, heartbeat timings and the router's
+        limits change in place: the fleet is kept, held messages are routed again by the new routes,
+        and nothing is dropped, duplicated or reconnected. A change to the broker section, the
+        heartbeat topic or the share group needs new connections: the forwards in flight are finished
+        first, as when stopping, and the broker sends again whatever was not acknowledged.
+        """
+        path = self.config.source
+        if path is None:
+            log.warning("SIGHUP: the config did not come from a file; nothing to reload")
+            return
+        try:
+            new = config_module.load(path)
+        except ConfigError as error:
+            for problem in error.problems:
+                log.error("reload refused, the running config stays: %s", problem)
+            return
+        if new.metrics != self.config.metrics:
+            log.warning("reload: metrics.listen changes only when the router restarts")
+        if (new.broker, new.heartbeat.topic) != (self.config.broker, self.config.heartbeat.topic):
+            self._reconnect(new)
+        now = self.clock()
+        self.router.fleet.reconfigure(new.heartbeat.timeout, new.heartbeat.expire, new.pools, now)
+        held = self.router.take_held()
+        self.router = Router(new, self.router.fleet, self._rng)
+        self.config = new
+        self.transport.update_routes(subscriptions(new))
+        if self._metrics is not None:
+            self._metrics.set_pools({route.pool for route in new.routes})
+        for message in held:
+            self._execute(self.router.route(message))
+        log.info("reloaded %s: %d routes, %d messages held were routed again", path, len(new.routes), len(held))
+
+    def _reconnect(self, new: Config) -> None:
+        """New connections for new broker settings, once the forwards in flight are finished."""
+        log.info("reload: the broker settings changed; finishing %d forwards, then reconnecting",
+                 self.transport.pending)
+        self._drain()
+        self.transport.close()
+        self.router.forget_held(lambda receipt: True)  # unacknowledged: the broker sends them again
+        self._unsettled = 0
+        if new.broker.client_id != self.config.broker.client_id:
+            log.warning("reload: broker.client_id changed from %s to %s: what the old session holds stays "
+                        "there until a router connects as %s", self.config.broker.client_id,
+                        new.broker.client_id, self.config.broker.client_id)
+        self.transport = Transport(new.broker, self, heartbeat_filter=new.heartbeat.topic,
+                                   routes=subscriptions(new), max_inflight=new.router.max_inflight)
+        signal.set_wakeup_fd(self.transport.wake_fd, warn_on_full_buffer=False)
+        self.transport.start()
+
+    def _drain(self) -> None:
+        """Wait for the forwards in flight to be acknowledged, taking nothing new; at most SHUTDOWN_GRACE."""
+        give_up = self.clock() + SHUTDOWN_GRACE
+        while self.transport.pending and self.transport.connected and self.clock() < give_up:
+            self.transport.poll(0.05, room=0)
 
     # -- transport events ---------------------------------------------------------
 

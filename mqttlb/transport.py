@@ -386,6 +386,26 @@ class Transport:
     def start(self) -> None:
         self._fleet.enabled = True
 
+    def update_routes(self, routes: list[Subscription]) -> None:
+        """Subscribe to the filters a reloaded config adds and unsubscribe from those it drops, now if
+        the routing link is up, else when it connects. Messages already held are not affected."""
+        added = [s for s in routes if s not in self._routes]
+        dropped = [s.filter for s in self._routes if s.filter not in {r.filter for r in routes}]
+        self._routes = routes
+        if self._routing.connected:
+            if dropped:
+                self._routing.client.unsubscribe(dropped)
+            self._subscribe(added)
+
+    def _subscribe(self, routes: list[Subscription]) -> None:
+        if not routes:
+            return
+        if self._routing.mqtt5:  # retain handling 1: retained device messages are not routed again
+            self._routing.client.subscribe([(s.filter, SubscribeOptions(qos=s.qos, retainHandling=1))
+                                            for s in routes])
+        else:
+            self._routing.client.subscribe([(s.filter, s.qos) for s in routes])
+
     def poll(self, timeout: float, room: int) -> None:
         """One turn: connect what needs it, wait for the sockets, read, write, keep alive.
 
@@ -486,13 +506,22 @@ class Transport:
             return None
         return _encoded(receipt.properties, [("mqttlb-topic", topic), ("mqttlb-reason", f"{reason}: {detail}"[:1024])])
 
-    def close(self) -> None:
-        """Disconnect both links cleanly (the persistent session stays at the broker)."""
+    def close(self, grace: float = 2.0) -> None:
+        """Send what is queued (acknowledgements above all), then disconnect both links cleanly.
+
+        Waits up to ``grace`` seconds for a socket the broker is slow to empty: an acknowledgement
+        left behind would bring its message back, as a duplicate, to the next router.
+        """
+        give_up = time.monotonic() + grace
         for link in (self._routing, self._fleet):
             link.enabled = False
+            while (sock := link.socket()) is not None and link.client.want_write() and time.monotonic() < give_up:
+                link.client.loop_write()
+                link.client.flush_output()
+                if link.client.want_write():
+                    select.select([], [sock], [], max(0.0, give_up - time.monotonic()))
             if link.socket() is not None:
                 link.client.disconnect()
-                link.client.loop_write()
         self._wake_r.close()
         self._wake_w.close()
 
@@ -522,11 +551,7 @@ class Transport:
             return
         self._connected(self._routing)
         log.info("routing link connected (session present: %s)", bool(flags.session_present))
-        if self._routes:
-            if self._routing.mqtt5:
-                client.subscribe([(s.filter, SubscribeOptions(qos=s.qos, retainHandling=1)) for s in self._routes])
-            else:
-                client.subscribe([(s.filter, s.qos) for s in self._routes])
+        self._subscribe(self._routes)
         self._handler.on_routing_connected(True)
 
     def _connected(self, link: _Link) -> None:

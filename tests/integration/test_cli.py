@@ -67,11 +67,3 @@ def test_missing_file_is_a_config_problem(tmp_path: Path) -> None:
 def test_the_default_config_is_valid() -> None:
     result = mqttlb("check")
     assert result.returncode == 0, result.stderr
-
-
-def test_sighup_does_not_kill_the_router(make_router) -> None:
-    router = make_router()
-    router.process.send_signal(1)
-    router.wait_log("SIGHUP")
-    assert router.process.poll() is None
-    assert router.stop() == 0

@@ -526,3 +526,31 @@ def test_a_pool_admits_only_the_worker_ids_it_allows() -> None:
     assert beat(router, "intruder", 2, state="down", pool="gpu") == []  # gpu allows anyone
     router.heartbeat("w1", orjson.dumps({"worker": "w1", "state": "down"}), 3)  # a will is never refused
     assert router.fleet.healthy("default") == {}
+
+
+# -- reloading -----------------------------------------------------------------------------------
+
+
+def test_a_reloaded_router_takes_over_the_fleet_and_the_held_messages() -> None:
+    old = make_router()
+    beat(old, "w1", 0)
+    beat(old, "w2", 0)
+    before = workers_of(old, DEVICES)
+    assert old.route(msg("jobs/j1", ref=1, now=1)) == []  # pool gpu has nobody yet
+    assert old.route(msg("jobs/j2", ref=2, now=2)) == []
+    config = make_config(routes=[*ROUTES[:3], {**ROUTES[3], "algorithm": "random"}])
+    old.fleet.reconfigure(config.heartbeat.timeout, config.heartbeat.expire, config.pools, 3)
+    new: Router[int] = Router(config, old.fleet, random.Random(1))
+    assert workers_of(new, DEVICES, now=3) == before  # devices keep their workers
+    held = old.take_held()
+    assert [m.ref for m in held] == [1, 2] and old.held == 0
+    assert [a for m in held for a in new.route(m)] == []  # still nobody in gpu: held again, in order
+    assert refs(beat(new, "g1", 4, pool="gpu")) == [1, 2]
+    assert not [a for a in new.tick(1 + HOLD) if not isinstance(a, Departure)]  # released: nothing dead-lettered
+
+
+def test_reconfigure_applies_a_new_timeout_at_once() -> None:
+    router = make_router()
+    beat(router, "w1", 0)
+    router.fleet.reconfigure(2.0, 60.0, router.config.pools, 3)
+    assert router.fleet.healthy("default") == {}
