@@ -33,7 +33,10 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--log-format", default="text", choices=["text", "json"])
         return sub
 
-    command("run", "run the router")
+    run = command("run", "run the router")
+    run.add_argument("--processes", type=int, default=1, metavar="N",
+                     help="run N routers in the config's share group, one per core (default 1)")
+    run.add_argument("--instance", type=int, default=None, help=argparse.SUPPRESS)
     command("check", "validate the config file")
     worker = command("worker", "run a worker that logs and counts what it gets (demos, smoke tests)")
     worker.add_argument("--id", required=True, help="worker id (one topic level)")
@@ -118,6 +121,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from . import credentials
 
         return credentials.main(args, config)
+    if args.processes > 1:
+        from . import processes
+
+        return processes.main(args, config)
     from .service import Service
 
+    if args.instance is not None:
+        from .processes import instance_config
+
+        return Service(config, adapt=lambda loaded: instance_config(loaded, args.instance)).run()
     return Service(config).run()

@@ -49,7 +49,10 @@ class Service:
     """Runs a router until asked to stop."""
 
     def __init__(self, config: Config, *, clock: Callable[[], float] = time.monotonic,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, adapt: Callable[[Config], Config] | None = None) -> None:
+        """``adapt`` is applied to the file's config, at start and on every reload (an instance's own names)."""
+        self._adapt = adapt or (lambda loaded: loaded)
+        config = self._adapt(config)
         self.config = config
         self.clock = clock
         self.counters = Counters()
@@ -138,7 +141,7 @@ class Service:
             log.warning("SIGHUP: the config did not come from a file; nothing to reload")
             return
         try:
-            new = config_module.load(path)
+            new = self._adapt(config_module.load(path))
         except ConfigError as error:
             for problem in error.problems:
                 log.error("reload refused, the running config stays: %s", problem)

@@ -146,11 +146,11 @@ class TestWorker(Client):
 class RouterProcess:
     """``mqttlb run`` as a subprocess, with its log collected."""
 
-    def __init__(self, config_path: Path) -> None:
+    def __init__(self, config_path: Path, *options: str) -> None:
         self.config_path = config_path
         self.lines: list[str] = []
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "mqttlb", "run", "-c", str(config_path), "--log-level", "debug"],
+            [sys.executable, "-m", "mqttlb", "run", "-c", str(config_path), "--log-level", "debug", *options],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()

@@ -1,0 +1,80 @@
+"""``mqttlb run --processes N``: N routers from one file, one per core, in the config's share group.
+
+One router is one thread: a machine with cores to spare runs several, and the
+broker splits the stream between them through ``router.share_group``. Every
+instance is a full router with its own client id (``<client_id>-<i>``), so its
+own persistent session, its own stats topic (``<stats.topic>/<i>``) and, when
+the metrics port is fixed, its own port (``port + i``). Consistent hashing
+depends only on the workers, so the instances agree on every device's worker;
+per-device order holds within an instance, not across them.
+
+This parent only supervises: it passes SIGTERM, SIGINT and SIGHUP on, starts
+again an instance that crashes, and exits when they all have.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from types import FrameType
+
+from .config import Config
+
+log = logging.getLogger("mqttlb.processes")
+
+RESTART_DELAY = 1.0
+EXIT_CONFIG = 2
+
+
+def instance_config(config: Config, index: int) -> Config:
+    """The config of instance ``index``: its own session, stats topic and metrics port."""
+    listen = config.metrics.listen
+    if listen is not None and listen[1] != 0:
+        listen = (listen[0], listen[1] + index)
+    return replace(config,
+                   broker=replace(config.broker, client_id=f"{config.broker.client_id}-{index}"),
+                   stats=replace(config.stats, topic=f"{config.stats.topic}/{index}"),
+                   metrics=replace(config.metrics, listen=listen))
+
+
+def main(args: argparse.Namespace, config: Config) -> int:
+    if config.router.share_group is None:
+        print(f"{args.config}: router.share_group: --processes needs a share group, so that the broker splits "
+              "the stream between the routers", file=sys.stderr)
+        return EXIT_CONFIG
+    command = [sys.executable, "-m", "mqttlb", "run", "-c", args.config, "--log-level", args.log_level,
+               "--log-format", args.log_format]
+    children = {i: subprocess.Popen([*command, "--instance", str(i)]) for i in range(args.processes)}
+    stopping: list[int] = []
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        if signum != signal.SIGHUP:
+            stopping.append(signum)
+        for child in children.values():
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    log.info("%d routers in share group %s", len(children), config.router.share_group)
+    codes: dict[int, int] = {}
+    while len(codes) < len(children):
+        for index, child in children.items():
+            code = child.poll()
+            if code is None or index in codes:
+                continue
+            if stopping or code == EXIT_CONFIG:
+                codes[index] = code
+                if not stopping:  # a config the instances refuse: stop them all
+                    forward(signal.SIGTERM, None)
+            else:
+                log.error("router %d exited with status %d; starting it again", index, code)
+                time.sleep(RESTART_DELAY)
+                children[index] = subprocess.Popen([*command, "--instance", str(index)])
+        time.sleep(0.1)
+    return max(codes.values())

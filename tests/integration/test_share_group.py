@@ -1,0 +1,65 @@
+"""Several routers in a share group split one stream, and agree on every device's worker."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+import orjson
+import pytest
+
+from .conftest import Client, RouterProcess, TestWorker, wait_for, write_config
+from .test_faults import Publisher, account
+
+pytestmark = pytest.mark.integration
+
+
+def test_two_routers_in_a_group_split_the_stream_and_agree_on_every_device(make_router, clients):
+    workers = [clients(TestWorker, f"w{i}") for i in range(3)]
+    routers = [make_router(name=name, router={"share_group": "mqttlb"}, stats={"topic": f"mqttlb/stats/{name}"})
+               for name in ("a", "b")]
+    stats = clients(Client, "stats-watch")
+    stats.subscribe("mqttlb/stats/+")
+    publisher = Publisher(clients(Client, "device"), devices=60, rate=600).start()
+    time.sleep(3.0)
+    sent = publisher.stop()
+    wait_for(lambda: account(sent, workers)[0] == 0, timeout=20, what="every message")
+    assert account(sent, workers) == (0, 0)  # nothing lost, nothing twice
+    owners: dict[str, set[str]] = defaultdict(set)
+    for worker in workers:
+        for message in worker.messages():
+            owners[orjson.loads(message.payload)["device"]].add(worker.worker_id)
+    assert len(owners) == 60 and all(len(ws) == 1 for ws in owners.values())  # the routers agree
+
+    def forwarded_by_each() -> dict[str, int]:
+        latest = {m.topic: orjson.loads(m.payload) for m in stats.messages()}
+        return {topic: sum(sum(per.values()) for per in figures["forwarded"].values())
+                for topic, figures in latest.items()}
+
+    wait_for(lambda: len(forwarded_by_each()) == 2 and sum(forwarded_by_each().values()) == len(sent),
+             timeout=15, what="both routers' final counts")
+    assert all(count > len(sent) / 5 for count in forwarded_by_each().values())  # the broker split the stream
+    assert all(router.process.poll() is None for router in routers)
+
+
+def test_run_processes_starts_routers_in_the_group_and_stops_them(tmp_path, broker, clients):
+    config = write_config(tmp_path / "many.yaml", broker, router={"share_group": "mqttlb"})
+    parent = RouterProcess(config, "--processes", "2")
+    wait_for(lambda: sum("routing link connected" in line for line in parent.lines) == 2, timeout=15,
+             what="both routers connected")
+    workers = [clients(TestWorker, f"w{i}") for i in range(2)]
+    publisher = Publisher(clients(Client, "device"), devices=30, rate=300).start()
+    time.sleep(2.0)
+    sent = publisher.stop()
+    wait_for(lambda: account(sent, workers)[0] == 0, timeout=20, what="every message")
+    assert account(sent, workers) == (0, 0)
+    assert {"mqttlb-test-many-0", "mqttlb-test-many-1"} <= set(broker.log().split())  # one session each
+    assert parent.stop() == 0
+    assert "Traceback" not in parent.log()
+
+
+def test_run_processes_needs_a_share_group(tmp_path, broker):
+    parent = RouterProcess(write_config(tmp_path / "alone.yaml", broker), "--processes", "2")
+    assert parent.process.wait(15) == 2
+    parent.stop()
+    assert "router.share_group: --processes needs a share group" in parent.log()
