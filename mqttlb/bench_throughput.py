@@ -259,6 +259,38 @@ def run(messages: int, systems: tuple[str, ...] = SYSTEMS, qos_levels: tuple[int
     return results
 
 
+def soak(seconds: float, rate: float, qos: int = 1) -> list[tuple[float, float, int]]:
+    """mqttlb alone at a steady ``rate`` for ``seconds``: (elapsed s, RSS MiB, delivered) once a minute."""
+    samples = []
+    with tempfile.TemporaryDirectory(prefix="mqttlb-soak-") as tmp, PrivateBroker(workdir=Path(tmp)) as broker:
+        announce_workers(broker)
+        subscribers = Subscribers(broker, "mqttlb", qos, Path(tmp))
+        middle = Middle(broker, "mqttlb", qos, Path(tmp))
+        feed = publisher(broker, qos, subprocess.PIPE)
+        assert feed.stdin is not None
+        try:
+            warm_up(broker, qos, subscribers)
+            start, n, next_sample = time.monotonic(), 0, 0.0
+            while (elapsed := time.monotonic() - start) < seconds:
+                due = int(elapsed * rate)
+                feed.stdin.write(b"".join(payload(i) + b"\n" for i in range(n, due)))
+                feed.stdin.flush()
+                n = max(n, due)
+                if elapsed >= next_sample:
+                    samples.append((elapsed, middle.rss_mib() or 0.0, subscribers.count()))
+                    print(f"soak: {elapsed:5.0f} s, RSS {samples[-1][1]:.1f} MiB, {samples[-1][2]:,} delivered",
+                          file=sys.stderr, flush=True)
+                    next_sample += 60.0
+                time.sleep(0.01)
+            samples.append((time.monotonic() - start, middle.rss_mib() or 0.0, subscribers.count()))
+        finally:
+            feed.stdin.close()
+            feed.wait(30)
+            middle.stop()
+            subscribers.stop()
+    return samples
+
+
 def table(results: list[Result]) -> str:
     relay = {r.qos: r.msgs_per_second for r in results if r.system == "relay"}
     lines = [f"{os.cpu_count()} cores; {results[0].sent:,} messages per burst; latency at half mqttlb's peak, "
@@ -276,6 +308,11 @@ def table(results: list[Result]) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.measure == "soak":
+        samples = soak(args.seconds, args.rate)
+        print(f"mqttlb at {args.rate:,.0f} msg/s for {args.seconds:,.0f} s: RSS {samples[0][1]:.1f} MiB at the start, "
+              f"{samples[-1][1]:.1f} MiB at the end; {samples[-1][2]:,} messages delivered")
+        return 0
     results = run(args.messages)
     if args.json:
         print(orjson.dumps({"cores": os.cpu_count(), "results": [asdict(r) for r in results]},

@@ -73,6 +73,10 @@ def _parser() -> argparse.ArgumentParser:
                                   "weights, speed", description="the hashing algorithms beside uhashring")
     balance.add_argument("--keys", type=int, default=100_000, help="device ids to hash (default 100000)")
     balance.add_argument("--json", action="store_true", help="figures as JSON")
+    soak = measures.add_parser("soak", help="mqttlb at a steady rate for a long while: its memory over time",
+                               description="mqttlb at a steady rate for a long while: its memory over time")
+    soak.add_argument("--seconds", type=float, default=600.0, help="how long (default 600)")
+    soak.add_argument("--rate", type=float, default=2000.0, help="messages per second (default 2000)")
     return parser
 
 

@@ -47,9 +47,9 @@ log = logging.getLogger("mqttlb.transport")
 MAX_RECEIVE = 65535
 """MQTT 5's Receive Maximum when the broker names none."""
 
-READ_BATCH = 32
+READ_BATCH = 16
 """Packets read from a link before what they caused is sent: a bigger batch saves system calls, a smaller one
-keeps a message from waiting behind many others (32 packets take about a millisecond)."""
+keeps a message from waiting behind many others (16 packets take a few hundred microseconds)."""
 
 SYNC_TOPIC = "mqttlb/router/sync"
 """Unsubscribed right after the heartbeat subscription: its UNSUBACK marks the end of the retained heartbeats."""
@@ -109,25 +109,28 @@ def _variable_int(value: int) -> bytes:
             return bytes(out)
 
 
-def _encoded(inbound: Properties | None, user: list[tuple[str, str]]) -> Properties:
-    """The properties of the device's message worth keeping, and ``user`` after its own user properties."""
-    parts: list[bytes] = []
-    if inbound is not None:
-        kept = inbound.__dict__  # paho keeps each property it received as an attribute
-        if "PayloadFormatIndicator" in kept:
-            parts.append(b"\x01" + bytes([kept["PayloadFormatIndicator"]]))
-        if "MessageExpiryInterval" in kept:
-            parts.append(b"\x02" + kept["MessageExpiryInterval"].to_bytes(4, "big"))
-        if "ContentType" in kept:
-            parts.append(b"\x03" + _utf8(kept["ContentType"]))
-        if "ResponseTopic" in kept:
-            parts.append(b"\x08" + _utf8(kept["ResponseTopic"]))
-        if "CorrelationData" in kept:
-            parts.append(b"\x09" + len(kept["CorrelationData"]).to_bytes(2, "big") + kept["CorrelationData"])
-        user = list(kept.get("UserProperty", ())) + user
-    for name, value in user:
-        parts.append(b"\x26" + _utf8(name) + _utf8(value))
-    body = b"".join(parts)
+def _read_variable_int(data: bytes | bytearray, at: int) -> tuple[int, int]:
+    """An MQTT variable byte integer at ``at``: (its value, where what follows it starts)."""
+    value = 0
+    for shift in range(0, 28, 7):
+        if at >= len(data):
+            break
+        byte = data[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, at
+    raise MalformedPacket("bad variable byte integer")
+
+
+def _encoded(inbound: bytes, user: list[tuple[str, str]]) -> Properties:
+    """The device's own properties as they came, then ``user``.
+
+    A PUBLISH from Mosquitto carries only properties worth passing on (payload format, expiry, content
+    type, response topic, correlation data, user properties): no topic alias or subscription identifier,
+    as the router asks for neither. So they go on untouched, never decoded.
+    """
+    body = inbound + b"".join(b"\x26" + _utf8(name) + _utf8(value) for name, value in user)
     return cast(Properties, _Encoded(_variable_int(len(body)) + body))
 
 
@@ -138,7 +141,8 @@ class Receipt:
     generation: int
     mid: int
     qos: int
-    properties: Properties | None
+    properties: bytes
+    """The message's MQTT 5 properties as they came, encoded (empty with MQTT 3.1.1)."""
 
 
 class Handler(Protocol):
@@ -192,6 +196,44 @@ class _BatchingClient(paho.Client):
         self.on_acknowledged: Callable[[int, bool], None] | None = None
         """Called with (mid, refused) when the broker answers a QoS 1 publish. Unlike paho's on_publish it
         costs nothing for QoS 0 publishes, for which paho builds a reason code and properties each time."""
+        self.on_publish_packet: Callable[[bytes, bytes, int, int, bytes], None] | None = None
+        """Called with (topic, payload, qos, mid, encoded properties) for each PUBLISH at QoS 0 or 1, in place
+        of on_message: no MQTTMessage and no Properties object are built, and the properties go on as they
+        came. With manual_ack, a QoS 1 message is acknowledged only by ack()."""
+
+    def _handle_publish(self) -> paho.MQTTErrorCode:
+        header = self._in_packet["command"]
+        qos = (header & 0x06) >> 1
+        if self.on_publish_packet is None or qos > 1:
+            return super()._handle_publish()
+        packet = self._in_packet["packet"]
+        end = 2 + int.from_bytes(packet[:2], "big")
+        topic = bytes(packet[2:end])
+        mid = 0
+        if qos:
+            mid, end = int.from_bytes(packet[end:end + 2], "big"), end + 2
+        properties = b""
+        if self._protocol == paho.MQTTv5:
+            length, start = _read_variable_int(packet, end)
+            properties, end = bytes(packet[start:start + length]), start + length
+        if end > len(packet):
+            raise MalformedPacket("PUBLISH shorter than its own lengths")
+        self.on_publish_packet(topic, bytes(packet[end:]), qos, mid, properties)
+        if qos and not self._manual_ack:
+            return self._send_puback(mid)
+        return paho.MQTT_ERR_SUCCESS
+
+    def send_publish_qos0(self, topic: bytes, payload: bytes, properties: bytes | None) -> bool:
+        """A QoS 0 PUBLISH written straight to the outgoing buffer; False when not connected.
+
+        paho's publish() would build a message-info object, encode, queue and write the packet one
+        step at a time; a QoS 0 packet needs none of paho's bookkeeping.
+        """
+        if self._sock is None or not self.is_connected():
+            return False
+        body = len(topic).to_bytes(2, "big") + topic + (properties if properties is not None else b"") + payload
+        self._outbox += b"\x30" + _variable_int(len(body)) + body
+        return True
 
     def _do_on_publish(self, mid: int, reason_code: ReasonCode, properties: Properties) -> paho.MQTTErrorCode:
         rc = super()._do_on_publish(mid, reason_code, properties)
@@ -342,8 +384,10 @@ class Transport:
         self._sync_mid: int | None = None
         self._routing_read = 0.0
         self.reconnects = 0
-        self._wire(self._routing, self._on_routing_connect, self._on_routing_message)
-        self._wire(self._fleet, self._on_fleet_connect, self._on_heartbeat)
+        self._wire(self._routing, self._on_routing_connect)
+        self._wire(self._fleet, self._on_fleet_connect)
+        self._routing.client.on_publish_packet = self._on_routing_message
+        self._fleet.client.on_message = self._on_heartbeat
         self._fleet.client.on_unsubscribe = self._on_fleet_unsubscribe
         self._fleet.client.on_acknowledged = self._on_acknowledged
         # What is in flight is bounded by the service's window (publish_window). paho's own limit would
@@ -352,9 +396,8 @@ class Transport:
         self.publish_window = MAX_RECEIVE
         """The most QoS 1 publishes the broker takes unacknowledged (its MQTT 5 Receive Maximum)."""
 
-    def _wire(self, link: _Link, on_connect: Callable[..., None], on_message: Callable[..., None]) -> None:
+    def _wire(self, link: _Link[_BatchingClient], on_connect: Callable[..., None]) -> None:
         link.client.on_connect = on_connect
-        link.client.on_message = on_message
         link.client.on_disconnect = lambda client, userdata, flags, reason, properties: \
             self._on_disconnect(link, reason)
 
@@ -469,17 +512,19 @@ class Transport:
         """Publish on the fleet link; ``done`` runs once with the outcome.
 
         A QoS 1 publish made while the link is down goes out when it is back (paho keeps it). A QoS 0
-        one is done as soon as paho has it (ACKED) or has refused it for want of a connection (LOST):
-        nothing more will be heard of it.
+        one is done as soon as it is in the outgoing buffer (ACKED), or at once when there is no
+        connection (LOST): nothing more will be heard of it.
         """
+        if qos == 0:
+            packed = properties.pack() if properties is not None else (b"\x00" if self._fleet.mqtt5 else None)
+            sent = self._fleet.client.send_publish_qos0(topic.encode("utf-8"), payload, packed)
+            done(Outcome.ACKED if sent else Outcome.LOST)
+            return
         try:
             info = self._fleet.client.publish(topic, payload, qos, retain=False, properties=properties)
         except ValueError as error:  # a topic or payload paho refuses: never let it reach the socket
             log.error("publish to %r refused by the client library: %s", topic[:200], error)
             done(Outcome.REFUSED)
-            return
-        if qos == 0:
-            done(Outcome.ACKED if info.rc == paho.MQTT_ERR_SUCCESS else Outcome.LOST)
             return
         self._pending[info.mid] = done
 
@@ -572,15 +617,14 @@ class Transport:
         if link is self._routing:  # QoS 1 publishes on the fleet link are sent again by paho
             self._handler.on_routing_connected(False)
 
-    def _on_routing_message(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
+    def _on_routing_message(self, topic: bytes, payload: bytes, qos: int, mid: int, properties: bytes) -> None:
         try:
-            topic = message.topic
+            text = topic.decode("utf-8")
         except UnicodeDecodeError:  # a broker passing invalid UTF-8: acknowledge, it cannot be routed
-            log.warning("dropping a message whose topic is not UTF-8: %r", message._topic[:200])
-            client.ack(message.mid, message.qos)
+            log.warning("dropping a message whose topic is not UTF-8: %r", topic[:200])
+            self._routing.client.ack(mid, qos)
             return
-        receipt = Receipt(self._routing.generation, message.mid, message.qos, getattr(message, "properties", None))
-        self._handler.on_message(topic, bytes(message.payload), receipt)
+        self._handler.on_message(text, payload, Receipt(self._routing.generation, mid, qos, properties))
 
     def _on_heartbeat(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
         try:
