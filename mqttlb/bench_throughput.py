@@ -304,6 +304,9 @@ def table(results: list[Result]) -> str:
         rss = f"{r.rss_start_mib:.0f} -> {r.rss_end_mib:.0f}" if r.rss_start_mib and r.rss_end_mib else "-"
         lines.append(f"{r.system:8} {r.qos:>3} {r.msgs_per_second:>9,.0f} {ratio:>8} {r.latency_rate:>9,.0f} "
                      f"{r.p50_ms:>7.2f} {r.p99_ms:>7.2f} {cpu:>10} {rss:>13} {r.delivered:>10,}")
+    if any(r.delivered < r.sent for r in results):
+        lines += ["", "Fewer delivered than sent: at QoS 0 the broker may drop under overload; at QoS 1, "
+                  "mosquitto_pub -l gave up part of the way through a 100,000-message burst here: use fewer --messages."]
     return "\n".join(lines)
 
 

@@ -65,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     command("demo", "the whole system on this machine, with a worker failure and a summary", config=False)
     bench = command("bench", "throughput and latency beside a plain relay and the broker alone (or: bench balance)",
                     config=False)
-    bench.add_argument("--messages", type=int, default=100_000, help="messages per burst (default 100000)")
+    bench.add_argument("--messages", type=int, default=50_000, help="messages per burst (default 50000)")
     bench.add_argument("--json", action="store_true", help="figures as JSON")
     bench.set_defaults(measure="throughput")
     measures = bench.add_subparsers(dest="measure", required=False, metavar="MEASURE")
