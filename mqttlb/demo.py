@@ -241,7 +241,7 @@ def render(summary: Summary, config: Config, took: float, killed_at: float) -> l
               f"moved: {len(summary.moved)} devices, all of them {VICTIM}'s: "
               f"{'yes' if summary.moved and summary.moved == summary.victim_devices else 'no'}",
               f"  the broker saw {VICTIM}'s connection drop and published its will, a heartbeat saying \"down\";",
-              f"  the router took {VICTIM} off the hash ring, so {VICTIM}'s devices went to the others.",
+              f"  the router stopped choosing {VICTIM}, so its devices went to where they score next best.",
               f"stayed: {'no' if summary.strays else 'yes'} ({summary.stayed} devices of the other workers "
               f"kept their worker throughout)",
               "  consistent hashing moves only the devices of the worker that left; the rest keep their state.",
