@@ -69,12 +69,12 @@ class Subscribers:
     def __init__(self, broker: PrivateBroker, system: str, qos: int, workdir: Path) -> None:
         self.files = [workdir / f"{system}-{qos}-{w}.out" for w in WORKERS]
         topics = ["$share/bench/bench/in" if system == "shared" else f"mqttlb/workers/{w}/in/#" for w in WORKERS]
-        self.processes = [
-            subprocess.Popen(["mosquitto_sub", "-h", broker.host, "-p", str(broker.port), "-q", str(qos), "-V", "5",
-                              "--nodelay", "-F", "%U %p", "-t", topic], stdout=path.open("wb"),
-                             stderr=subprocess.DEVNULL)
-            for topic, path in zip(topics, self.files)
-        ]
+        self.processes = []
+        for topic, path in zip(topics, self.files):
+            with path.open("wb") as out:  # the child has its own copy of the descriptor
+                self.processes.append(subprocess.Popen(
+                    ["mosquitto_sub", "-h", broker.host, "-p", str(broker.port), "-q", str(qos), "-V", "5",
+                     "--nodelay", "-F", "%U %p", "-t", topic], stdout=out, stderr=subprocess.DEVNULL))
 
     def lines(self) -> Iterator[bytes]:
         for path in self.files:
@@ -111,8 +111,7 @@ class Middle:
             command = [sys.executable, "-m", "mqttlb", "run", "-c", str(config), "--log-level", "warning"]
         else:
             return
-        self.log = workdir / f"{system}-{qos}.log"
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=self.log.open("wb"))
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL)  # its warnings show with the progress
 
     def cpu_seconds(self) -> float | None:
         if self.process is None:

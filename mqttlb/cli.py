@@ -14,10 +14,9 @@ from typing import Sequence
 
 from . import config as config_module
 from . import logs
-from .errors import ConfigError
+from .errors import EXIT_CONFIG, ConfigError
 
 DEFAULT_CONFIG = "config/mqttlb.yaml"
-EXIT_CONFIG = 2
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -578,7 +578,7 @@ def _optional(convert: Callable[[object], T]) -> Callable[[object], T | None]:
 def _secret(value: object) -> str:
     """A password: checked like any string, but never shown in a message, which may end up in a log."""
     if not isinstance(value, str):
-        raise ValueError(f"must be a string (the value is a secret: not shown)")
+        raise ValueError("must be a string (the value is a secret: not shown)")
     return value
 
 

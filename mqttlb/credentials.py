@@ -35,7 +35,7 @@ import yaml
 
 from . import config as config_module
 from .config import Config
-from .errors import ConfigError
+from .errors import EXIT_CONFIG, ConfigError
 from .topics import TopicError, TopicFilter, filters_overlap, key_problem
 from .transport import SYNC_TOPIC
 from .worker import inbox_filter
@@ -256,7 +256,7 @@ def main(args: argparse.Namespace, config: Config) -> int:
     except ConfigError as error:
         for problem in error.problems:
             print(problem, file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     for username, password in new.items():
         print(f"{username}:{password}")
     return 0

@@ -7,6 +7,9 @@ worker's doing and is dead-lettered or ignored, never fatal; a
 
 from __future__ import annotations
 
+EXIT_CONFIG = 2
+"""The exit status of every command when the operator must fix something: a config file, an argument."""
+
 
 class MqttlbError(Exception):
     """Base of every error mqttlb raises on purpose."""

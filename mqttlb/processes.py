@@ -24,11 +24,11 @@ from dataclasses import replace
 from types import FrameType
 
 from .config import Config
+from .errors import EXIT_CONFIG
 
 log = logging.getLogger("mqttlb.processes")
 
 RESTART_DELAY = 1.0
-EXIT_CONFIG = 2
 
 
 def instance_config(config: Config, index: int) -> Config:

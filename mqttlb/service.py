@@ -45,6 +45,11 @@ def subscriptions(config: Config) -> list[Subscription]:
     return [Subscription(prefix + f, q) for f, q in qos.items()]
 
 
+def _route_pools(config: Config) -> set[str]:
+    """The pools some route uses: those /healthz needs a healthy worker in."""
+    return {route.pool for route in config.routes}
+
+
 class Service:
     """Runs a router until asked to stop."""
 
@@ -59,8 +64,7 @@ class Service:
         fleet = Fleet(config.heartbeat.timeout, config.heartbeat.expire, config.pools)
         self._rng = rng or random.Random()
         self.router: Router[Receipt] = Router(config, fleet, self._rng)
-        self.transport = Transport(config.broker, self, heartbeat_filter=config.heartbeat.topic,
-                                   routes=subscriptions(config), max_inflight=config.router.max_inflight)
+        self.transport = self._transport_for(config)
         self._bad_input = RateLimited(log)
         self._stopping = False
         self._next_tick = 0.0
@@ -78,7 +82,7 @@ class Service:
         listen = self.config.metrics.listen
         if listen is not None:
             try:
-                self._metrics = MetricsServer(listen, {route.pool for route in self.config.routes})
+                self._metrics = MetricsServer(listen, _route_pools(self.config))
             except OSError as error:
                 log.error("metrics.listen %s:%d: %s", *listen, error)
                 return 1
@@ -132,9 +136,10 @@ class Service:
 
         Routes, pools, algorithms and their options, dead letters, heartbeat timings and the router's
         limits change in place: the fleet is kept, held messages are routed again by the new routes,
-        and nothing is dropped, duplicated or reconnected. A change to the broker section, the
-        heartbeat topic or the share group needs new connections: the forwards in flight are finished
-        first, as when stopping, and the broker sends again whatever was not acknowledged.
+        and nothing is dropped, duplicated or reconnected; new filters (a new share group's too) are
+        subscribed and dropped ones unsubscribed on the live connection. A change to the broker section
+        or the heartbeat topic needs new connections: the forwards in flight are finished first, as
+        when stopping, and the broker sends again whatever was not acknowledged.
         """
         path = self.config.source
         if path is None:
@@ -157,7 +162,7 @@ class Service:
         self.config = new
         self.transport.update_routes(subscriptions(new))
         if self._metrics is not None:
-            self._metrics.set_pools({route.pool for route in new.routes})
+            self._metrics.set_pools(_route_pools(new))
         for message in held:
             self._execute(self.router.route(message))
         log.info("reloaded %s: %d routes, %d messages held were routed again", path, len(new.routes), len(held))
@@ -174,10 +179,13 @@ class Service:
             log.warning("reload: broker.client_id changed from %s to %s: what the old session holds stays "
                         "there until a router connects as %s", self.config.broker.client_id,
                         new.broker.client_id, self.config.broker.client_id)
-        self.transport = Transport(new.broker, self, heartbeat_filter=new.heartbeat.topic,
-                                   routes=subscriptions(new), max_inflight=new.router.max_inflight)
+        self.transport = self._transport_for(new)
         signal.set_wakeup_fd(self.transport.wake_fd, warn_on_full_buffer=False)
         self.transport.start()
+
+    def _transport_for(self, config: Config) -> Transport:
+        return Transport(config.broker, self, heartbeat_filter=config.heartbeat.topic, routes=subscriptions(config),
+                         max_inflight=config.router.max_inflight)
 
     def _drain(self) -> None:
         """Wait for the forwards in flight to be acknowledged, taking nothing new; at most SHUTDOWN_GRACE."""
@@ -293,7 +301,6 @@ class Service:
 
         payload = message.payload if action.keep_payload else b""
         self.transport.publish(action.topic, payload, 1, properties, done)
-
 
     def _settle(self, receipt: Receipt) -> None:
         """What becomes of the message is settled: acknowledge it."""

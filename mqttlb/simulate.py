@@ -32,7 +32,7 @@ from typing import Callable, Protocol
 import orjson
 
 from .config import Config, RouteSettings
-from .errors import TransportError
+from .errors import EXIT_CONFIG, TransportError
 from .transport import Client
 
 log = logging.getLogger("mqttlb.simulate")
@@ -222,7 +222,7 @@ def main(args: argparse.Namespace, config: Config) -> int:
         simulator = Simulator(config, args.devices, args.rate, args.qos)
     except ValueError as error:
         print(f"simulate: {error}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: simulator.stop())
     tty = sys.stderr.isatty()

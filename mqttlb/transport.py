@@ -55,7 +55,6 @@ SYNC_TOPIC = "mqttlb/router/sync"
 """Unsubscribed right after the heartbeat subscription: its UNSUBACK marks the end of the retained heartbeats."""
 
 
-
 def _read_utf(buffer: bytes, maxlen: int) -> tuple[str, int]:
     """paho's ``readUTF`` without its refusal of U+FEFF.
 
@@ -375,8 +374,10 @@ class Transport:
         self._routes = routes
         self._routing = _Link(broker, broker.client_id, persistent=True, manual_ack=True,
                               max_inflight=max_inflight, client_class=_BatchingClient)
+        # What the fleet link has in flight is bounded by the service's window (see publish_window); paho's
+        # own limit (0: none) would scan every message it holds on each PUBACK, a cost growing with the window.
         self._fleet = _Link(broker, broker.client_id + "-fleet", persistent=False, manual_ack=False,
-                            max_inflight=max_inflight, client_class=_BatchingClient)
+                            max_inflight=0, client_class=_BatchingClient)
         self._pending: dict[int, Done] = {}
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -390,9 +391,6 @@ class Transport:
         self._fleet.client.on_message = self._on_heartbeat
         self._fleet.client.on_unsubscribe = self._on_fleet_unsubscribe
         self._fleet.client.on_acknowledged = self._on_acknowledged
-        # What is in flight is bounded by the service's window (publish_window). paho's own limit would
-        # scan every message it holds on each PUBACK (_update_inflight), a cost that grows with the window.
-        self._fleet.client.max_inflight_messages_set(0)
         self.publish_window = MAX_RECEIVE
         """The most QoS 1 publishes the broker takes unacknowledged (its MQTT 5 Receive Maximum)."""
 

@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable
 import orjson
 
 from .config import BrokerSettings, Config
-from .errors import TransportError
+from .errors import EXIT_CONFIG, TransportError
 from .logs import RateLimited
 from .topics import TopicTemplate, filter_matches, key_problem
 from .transport import Client, Inbound
@@ -314,7 +314,7 @@ def main(args: argparse.Namespace, config: Config) -> int:
                                     interval=args.interval)
     except ValueError as error:
         log.error("%s", error)
-        return 2
+        return EXIT_CONFIG
     log.info("worker %s: pool %s, weight %g, inbox %s", worker.worker_id, worker.pool, worker.weight,
              ", ".join(worker.inbox))
     try:
