@@ -36,7 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--processes", type=int, default=1, metavar="N",
                      help="run N routers in the config's share group, one per core (default 1)")
     run.add_argument("--instance", type=int, default=None, help=argparse.SUPPRESS)
-    command("check", "validate the config file")
+    check = command("check", "validate the config file")
+    check.add_argument("--connect", action="store_true",
+                       help="also connect to the broker with the file's settings (exit 1 with the reason if refused)")
     worker = command("worker", "run a worker that logs and counts what it gets (demos, smoke tests)")
     worker.add_argument("--id", required=True, help="worker id (one topic level)")
     worker.add_argument("--pool", default="default")
@@ -106,7 +108,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(problem if problem.startswith(args.config) else f"{args.config}: {problem}", file=sys.stderr)
         return EXIT_CONFIG
     if args.command == "check":
-        print(f"{args.config}: ok ({len(config.routes)} routes)")
+        if args.connect:
+            from .transport import probe
+
+            refused = probe(config.broker)
+            if refused is not None:
+                print(f"{args.config}: {refused}", file=sys.stderr)
+                return 1
+        connected = f"; the broker at {config.broker.host}:{config.broker.port} accepts it" if args.connect else ""
+        print(f"{args.config}: ok ({len(config.routes)} routes{connected})")
         return 0
     if args.command == "worker":
         from . import worker

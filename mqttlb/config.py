@@ -39,6 +39,7 @@ DEFAULT_FORWARD = TopicTemplate.parse("mqttlb/workers/{worker}/in/{topic}", FORW
 DEFAULT_DEAD_LETTER = TopicTemplate.parse("mqttlb/deadletter/{reason}/{topic}", DEAD_LETTER_PLACEHOLDERS)
 DEFAULT_POOL = "default"
 MAX_PACKET_BYTES = 268_435_455  # the largest MQTT packet
+MIN_PACKET_BYTES = 1024  # a smaller broker.max_packet_size would leave no room for a dead letter
 MAX_SESSION_EXPIRY = 4_294_967_295.0  # MQTT 5: a four-byte count of seconds
 TLS_PORT = 8883
 
@@ -68,6 +69,9 @@ class BrokerSettings:
     tls: TlsSettings | None = None
     keepalive: int = 30
     session_expiry: float = 3600.0
+    max_packet_size: int | None = None
+    """The broker's Maximum Packet Size, for brokers that do not say it (MQTT 3.1.1); the smaller of this
+    and what an MQTT 5 broker says applies. Forwards and dead letters over it are dead-lettered."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,7 +230,7 @@ def parse(data: object, *, base_dir: Path, environ: Mapping[str, str]) -> Config
 
 _SECTIONS = ("broker", "router", "heartbeat", "pools", "routes", "balancers", "dead_letter", "stats", "metrics")
 _BROKER_FIELDS = ("host", "port", "client_id", "protocol", "username", "password", "password_file",
-                  "password_env", "tls", "keepalive", "session_expiry")
+                  "password_env", "tls", "keepalive", "session_expiry", "max_packet_size")
 _PASSWORD_FIELDS = ("password", "password_file", "password_env")
 _ROUTE_FIELDS = ("name", "match", "key", "algorithm", "pool", "forward", "qos")
 
@@ -284,7 +288,8 @@ def _broker(section: _Section, base_dir: Path, environ: Mapping[str, str]) -> Br
         tls_section = section.section("tls", ("ca_certs", "certfile", "keyfile"))
         tls = _tls(tls_section, _optional(_file_in(base_dir)))
     values = section.read(host=_text, port=_port, client_id=_client_id, protocol=_protocol,
-                          username=_optional(_text), keepalive=_keepalive, session_expiry=_session_expiry)
+                          username=_optional(_text), keepalive=_keepalive, session_expiry=_session_expiry,
+                          max_packet_size=_optional(_packet_size))
     if tls is not None and "port" not in section.data:
         values["port"] = TLS_PORT
     password = _password(section, base_dir, environ)
@@ -641,6 +646,13 @@ def _session_expiry(value: object) -> float:
     if seconds > MAX_SESSION_EXPIRY:
         raise ValueError(f"must be at most {MAX_SESSION_EXPIRY:.0f} seconds (MQTT's limit), got {_shown(value)}")
     return seconds
+
+
+def _packet_size(value: object) -> int:
+    size = _payload_size(value)
+    if size < MIN_PACKET_BYTES:
+        raise ValueError(f"must be at least {MIN_PACKET_BYTES} bytes (room for a dead letter), got {_shown(value)}")
+    return size
 
 
 def _payload_size(value: object) -> int:

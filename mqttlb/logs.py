@@ -17,6 +17,14 @@ class RateLimited:
         self._suppressed: dict[str, int] = {}
 
     def warning(self, key: str, now: float, message: str, *args: object) -> None:
+        self._log(logging.WARNING, key, now, message, args, None)
+
+    def error(self, key: str, now: float, message: str, *args: object, exc_info: BaseException | None = None) -> None:
+        """As ``warning``, at error level and with a traceback when ``exc_info`` is given."""
+        self._log(logging.ERROR, key, now, message, args, exc_info)
+
+    def _log(self, level: int, key: str, now: float, message: str, args: tuple[object, ...],
+             exc_info: BaseException | None) -> None:
         last = self._last.get(key)
         if last is not None and now - last < self._interval:
             self._suppressed[key] = self._suppressed.get(key, 0) + 1
@@ -27,7 +35,7 @@ class RateLimited:
         suppressed = self._suppressed.pop(key, 0)
         if suppressed:
             message += f" ({suppressed} more like it suppressed)"
-        self._logger.warning(message, *args)
+        self._logger.log(level, message, *args, exc_info=exc_info)
 
 
 class _JsonFormatter(logging.Formatter):

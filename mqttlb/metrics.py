@@ -52,8 +52,11 @@ def health(figures: Figures | None, age: float, pools: Iterable[str]) -> Verdict
     problems = []
     if age > STALLED:
         problems.append(f"the routing loop has not reported for {age:.0f}s")
+    problem = figures.get("problem")
     if not figures["connected"]:
-        problems.append("not connected to the broker")
+        problems.append("not connected to the broker" + (f": {problem}" if problem else ""))
+    elif problem:  # connected, but it does not last: a session taken over
+        problems.append(problem)
     empty = [pool for pool in sorted(pools) if not figures["pools"].get(pool, {}).get(Health.UP.value)]
     if empty:
         problems.append("no healthy worker in pool " + ", ".join(empty))

@@ -9,20 +9,28 @@ passed, or sooner when held messages would take more than
 ``router.max_held`` of the broker's in-flight window while another pool could
 use it. Workers that die are reported as a ``Departure``. Heartbeats and the clock come in as calls, so all of this is tested
 without a broker and without sleeping.
+
+Every forward and dead letter is measured against the broker's limits
+(``limits``) before it is handed out: one that the broker would refuse, and
+drop the router's connection for, becomes a dead letter instead, shortened
+when even the dead letter would break a limit. A message whose routing fails
+in a way nobody foresaw (a balancer registered by a user that raises, say)
+becomes an ``internal`` dead letter carrying the error: one message never
+stops the router, nor can it stop it again after a restart.
 """
 
 from __future__ import annotations
 
 import random
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Generic, TypeVar, Union
 
 from . import balancers
 from .config import Config, RouteSettings
 from .errors import BadHeartbeat, BadKey
+from .limits import BrokerLimits, UserProperties, plain
 from .pool import Departure, Fleet, Heartbeat
-from .topics import MAX_TOPIC_BYTES
 
 Ref = TypeVar("Ref")
 """Whatever the transport needs to acknowledge an inbound message later."""
@@ -34,6 +42,8 @@ class Message(Generic[Ref]):
     payload: bytes
     ref: Ref
     arrived: float
+    properties_size: int = 0
+    """Bytes of the message's own MQTT 5 properties, which its forward carries on."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +54,8 @@ class Forward(Generic[Ref]):
     route: str
     key: str | None
     worker: str
+    user_properties: UserProperties = ()
+    """Ours, after the message's own (MQTT 5)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +66,11 @@ class DeadLetter(Generic[Ref]):
     detail: str
     route: str | None
     keep_payload: bool = True
+    user_properties: UserProperties = ()
+    keep_properties: bool = True
+    """Whether the message's own MQTT 5 properties go too (not when the dead letter had to be shortened)."""
+    error: BaseException | None = None
+    """For ``internal``: what went wrong, for the log."""
 
 
 Action = Union[Forward[Ref], DeadLetter[Ref], Departure]
@@ -66,6 +83,8 @@ class Reason:
     NO_ROUTE = "no_route"
     BAD_TOPIC = "bad_topic"
     REFUSED = "refused"
+    INTERNAL = "internal"
+    POISON = "poison"
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,9 +105,11 @@ class _Held(Generic[Ref]):
 class Router(Generic[Ref]):
     """Routes messages for one config over one fleet."""
 
-    def __init__(self, config: Config, fleet: Fleet, rng: random.Random) -> None:
+    def __init__(self, config: Config, fleet: Fleet, rng: random.Random, limits: BrokerLimits | None = None) -> None:
         self.config = config
         self.fleet = fleet
+        self.limits = limits or BrokerLimits(config.broker.protocol == "5", config.broker.max_packet_size)
+        """What the broker refuses; the service narrows it with what the broker says when it connects."""
         self.bad_heartbeats = 0
         self._routes = [
             _Route(r, balancers.create(r.algorithm, rng=rng, **config.balancers.get(r.algorithm, {})))
@@ -102,6 +123,16 @@ class Router(Generic[Ref]):
 
     def route(self, message: Message[Ref]) -> list[Action[Ref]]:
         """Decide what to do with one inbound message; [] means it is held."""
+        try:
+            return self._route(message)
+        except Exception as error:  # noqa: BLE001 - whatever it is, this message must not stop the others
+            return [self.internal(message, error)]
+
+    def internal(self, message: Message[Ref], error: BaseException) -> DeadLetter[Ref]:
+        """A dead letter for a message whose routing failed unforeseen, carrying the error for the log."""
+        return self._dead_letter(message, Reason.INTERNAL, f"{type(error).__name__}: {error}", None, error=error)
+
+    def _route(self, message: Message[Ref]) -> list[Action[Ref]]:
         found = self._match(message.topic)
         if found is None:
             return [self._dead_letter(message, Reason.NO_ROUTE, "no route matches the topic", None)]
@@ -132,6 +163,12 @@ class Router(Generic[Ref]):
 
     def _dispatch(self, item: _Held[Ref]) -> list[Action[Ref]]:
         """Forward ``item`` to a worker, or hold it when its pool has none."""
+        try:
+            return self._pick(item)
+        except Exception as error:  # noqa: BLE001 - a balancer's failure costs this message, not the router
+            return [self.internal(item.message, error)]
+
+    def _pick(self, item: _Held[Ref]) -> list[Action[Ref]]:
         message, settings, key = item.message, item.route.settings, item.key
         worker = item.route.balancer.pick(key)
         if worker is None:
@@ -143,18 +180,49 @@ class Router(Generic[Ref]):
         if key is not None:
             values["key"] = key
         topic = settings.forward.render(values)
-        if len(topic.encode("utf-8")) > MAX_TOPIC_BYTES:
-            return [self._dead_letter(message, Reason.BAD_TOPIC, "forward topic too long", settings.name)]
-        return [Forward(message, topic, settings.qos, settings.name, key, worker)]
+        problem = self.limits.topic_problem(topic)
+        if problem is not None:
+            return [self._dead_letter(message, Reason.BAD_TOPIC, f"forward to {worker!r}: {problem}", settings.name)]
+        user = (("mqttlb-route", settings.name), ("mqttlb-key", key), ("mqttlb-topic", message.topic)) \
+            if key is not None else (("mqttlb-route", settings.name), ("mqttlb-topic", message.topic))
+        if self.limits.max_packet_size is not None:
+            size = self.limits.packet_size(topic, len(message.payload), settings.qos, message.properties_size, user)
+            problem = self.limits.size_problem(size)
+            if problem is not None:
+                return [self._dead_letter(message, Reason.TOO_LARGE, f"forward to {worker!r}: {problem}",
+                                          settings.name, keep_payload=False)]
+        return [Forward(message, topic, settings.qos, settings.name, key, worker, user)]
 
     def _dead_letter(self, message: Message[Ref], reason: str, detail: str, route: str | None,
-                     keep_payload: bool = True) -> DeadLetter[Ref]:
+                     keep_payload: bool = True, error: BaseException | None = None) -> DeadLetter[Ref]:
+        """A dead letter for ``message``; shortened (no original topic in its topic, no payload, only our
+        properties) when the broker would refuse it whole, so that it can always be published."""
         template = self.config.dead_letter.topic
-        topic = template.render({"reason": reason, "topic": message.topic, "route": route or "none"})
-        encoded = topic.encode("utf-8")
-        if len(encoded) > MAX_TOPIC_BYTES:  # keep the reason; cut the original topic to fit
-            topic = encoded[:MAX_TOPIC_BYTES].decode("utf-8", "ignore")
-        return DeadLetter(message, topic, reason, detail, route, keep_payload)
+        route_name = route or "none"
+        topic = template.render({"reason": reason, "topic": message.topic, "route": route_name})
+        user = (("mqttlb-topic", message.topic), ("mqttlb-reason", plain(f"{reason}: {detail}")[:1024]))
+        payload = len(message.payload) if keep_payload else 0
+        if self._fits(topic, payload, message.properties_size, user):
+            return DeadLetter(message, topic, reason, detail, route, keep_payload, user, error=error)
+        shortened = self.minimal_dead_letter(message, reason, detail, route, error, keep_payload=keep_payload)
+        if keep_payload and not self._fits(shortened.topic, payload, 0, shortened.user_properties):
+            return replace(shortened, keep_payload=False)
+        return shortened
+
+    def _fits(self, topic: str, payload: int, inbound_properties: int, user: UserProperties) -> bool:
+        limits = self.limits
+        return limits.topic_problem(topic) is None and (limits.max_packet_size is None or limits.size_problem(
+            limits.packet_size(topic, payload, 1, inbound_properties, user)) is None)
+
+    def minimal_dead_letter(self, message: Message[Ref], reason: str, detail: str, route: str | None,
+                            error: BaseException | None = None, keep_payload: bool = False) -> DeadLetter[Ref]:
+        """A dead letter that says what the message was in as few bytes as can be: its topic holds no
+        original topic, it carries none of the message's own properties and (unless ``keep_payload``) no
+        payload, and the original topic travels (cut to 256 characters, in plain ASCII) in ``mqttlb-reason``."""
+        topic = self.config.dead_letter.topic.render({"reason": reason, "topic": "", "route": route or "none"})
+        summary = plain(f"{reason}: {detail}; topic {message.topic[:256]!r}, {len(message.payload)} bytes")
+        return DeadLetter(message, topic.rstrip("/"), reason, detail, route, keep_payload=keep_payload,
+                          user_properties=(("mqttlb-reason", summary[:1024]),), keep_properties=False, error=error)
 
     @property
     def held(self) -> int:

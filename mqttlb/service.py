@@ -13,6 +13,7 @@ import logging
 import random
 import signal
 import time
+from dataclasses import replace
 from typing import Callable
 
 import orjson
@@ -22,10 +23,11 @@ from .config import Config
 from .errors import BadHeartbeat, ConfigError
 from .logs import RateLimited
 from .metrics import MetricsServer
+from .poison import PoisonGuard
 from .pool import Departure, Fleet, Health
-from .router import Action, DeadLetter, Forward, Message, Router
+from .router import Action, DeadLetter, Forward, Message, Reason, Router
 from .stats import Counters, Inbound, Moment, snapshot
-from .transport import Outcome, Receipt, Subscription, Transport
+from .transport import Dropped, Outcome, Receipt, Subscription, Transport
 
 log = logging.getLogger("mqttlb.router")
 
@@ -75,6 +77,8 @@ class Service:
         self._peak = 0
         self._metrics: MetricsServer | None = None
         self._reload_requested = False
+        self._poison: PoisonGuard[Receipt] = PoisonGuard()
+        self._broker_max_packet_size: int | None = None
 
     # -- the loop ---------------------------------------------------------------
 
@@ -104,7 +108,12 @@ class Service:
         now = self.clock()
         if now >= self._next_tick:  # timeouts and hold deadlines, not once per read burst
             self._next_tick = now + TICK
-            self._execute(self.router.tick(now))
+            try:
+                actions = self.router.tick(now)
+            except Exception as error:  # noqa: BLE001 - logged; the next tick tries again, routing goes on
+                self._bad_input.error("tick", now, "applying heartbeat timeouts failed", exc_info=error)
+                actions = []
+            self._execute(actions)
             self._report(now, announce=now >= self._next_stats)
         self.transport.flush()
 
@@ -159,6 +168,7 @@ class Service:
         self.router.fleet.reconfigure(new.heartbeat.timeout, new.heartbeat.expire, new.pools, now)
         held = self.router.take_held()
         self.router = Router(new, self.router.fleet, self._rng)
+        self.on_publishing_connected(self._broker_max_packet_size)
         self.config = new
         self.transport.update_routes(subscriptions(new))
         if self._metrics is not None:
@@ -200,7 +210,7 @@ class Service:
             return  # not acknowledged: the broker keeps it for the next session
         self._unsettled += 1
         self._peak = max(self._peak, self._unsettled)
-        self._execute(self.router.route(Message(topic, payload, receipt, self.clock())))
+        self._execute(self.router.route(Message(topic, payload, receipt, self.clock(), len(receipt.properties))))
 
     def on_heartbeat(self, topic: str, payload: bytes) -> None:
         now = self.clock()
@@ -213,7 +223,27 @@ class Service:
             self._bad_input.warning("heartbeat:" + worker[:64], now, "ignoring heartbeat on %s: %s",
                                     topic[:200], error)
             return
+        except Exception as error:  # noqa: BLE001 - a retained heartbeat would crash every restart
+            self.counters.bad_heartbeats += 1
+            self._bad_input.error("heartbeat-internal", now, "taking in the heartbeat on %s failed; it is ignored",
+                                  topic[:200], exc_info=error)
+            return
         self._execute(actions)
+
+    def on_publishing_connected(self, max_packet_size: int | None) -> None:
+        """The broker's Maximum Packet Size (MQTT 5 CONNACK) narrows ``broker.max_packet_size``; and the stats
+        go out at once, so a router that keeps losing its connection still says why."""
+        self._broker_max_packet_size = max_packet_size
+        self._next_stats = self._next_tick = self.clock()
+        sizes = [size for size in (max_packet_size, self.config.broker.max_packet_size) if size is not None]
+        self.router.limits = replace(self.router.limits, max_packet_size=min(sizes) if sizes else None)
+
+    def on_publishes_dropped(self, dropped: list[Dropped], suspect: bool) -> None:
+        """Publishes in flight when the broker dropped the publishing connection: each is made again, but
+        the one the poison guard names, whose message is quarantined instead (see ``poison``)."""
+        culprit = self._poison.dropped([publish.receipt for publish in dropped], suspect)
+        for publish in dropped:
+            publish.done(Outcome.POISON if culprit is not None and publish.receipt == culprit else Outcome.DROPPED)
 
     def on_routing_connected(self, connected: bool) -> None:
         if not connected:  # the broker delivers them again on the next connection
@@ -227,7 +257,7 @@ class Service:
     def stats(self, now: float) -> dict[str, object]:
         """The stats topic's figures as of ``now``."""
         moment = Moment(ts=time.time(), now=now, uptime=now - self._started, connected=self.transport.connected,
-                        stopping=self._stopping)
+                        stopping=self._stopping, problem=self.transport.problem)
         inbound = Inbound(unacked=self._unsettled, held=self.router.held, peak=self._peak,
                           max_inflight=self.config.router.max_inflight)
         return snapshot(router=self.config.broker.client_id, moment=moment, inbound=inbound,
@@ -243,7 +273,9 @@ class Service:
             self._metrics.publish(figures)
         if announce:
             self._next_stats = now + self.config.stats.interval
-            self.transport.announce(self.config.stats.topic, orjson.dumps(figures))
+            if not self.transport.announce(self.config.stats.topic, orjson.dumps(figures)):
+                self._bad_input.warning("stats-size", now, "stats not published: larger than the broker's "
+                                        "maximum packet size (%s bytes)", self.transport.max_packet_size)
 
     # -- actions ------------------------------------------------------------------
 
@@ -269,9 +301,15 @@ class Service:
 
     def _forward(self, action: Forward[Receipt]) -> None:
         message = action.message
-        properties = self.transport.forward_properties(message.ref, action.route, action.key, message.topic)
+        properties = self.transport.properties(message.ref.properties, action.user_properties)
 
         def done(outcome: Outcome) -> None:
+            if outcome is Outcome.DROPPED:
+                self._forward(action)
+                return
+            if outcome is Outcome.POISON:
+                self._quarantine(message, action.route, f"forward to {action.worker!r}")
+                return
             if outcome is Outcome.REFUSED:
                 self.counters.refused += 1
                 self._dead_letter(self.router.refused(action))
@@ -281,26 +319,44 @@ class Service:
                 self.counters.forward_seconds.observe(self.clock() - message.arrived)
             self._settle(message.ref)  # a QoS 0 forward lost with its connection: the route asked for no more
 
-        self.transport.publish(action.topic, message.payload, action.qos, properties, done)
+        self.transport.publish(action.topic, message.payload, action.qos, properties, done, message.ref)
+
+    def _quarantine(self, message: Message[Receipt], route: str | None, what: str) -> None:
+        log.error("the broker dropped the connection twice while the %s of a message on %s was in flight: "
+                  "quarantined as a poison dead letter", what, message.topic[:200])
+        self._dead_letter(self.router.minimal_dead_letter(
+            message, Reason.POISON, f"the broker dropped the connection twice with the {what} in flight", route))
 
     def _dead_letter(self, action: DeadLetter[Receipt]) -> None:
         message = action.message
         route = action.route or "none"
-        self._bad_input.warning(f"dead:{route}:{action.reason}", self.clock(), "dead letter (%s) on route %s: %s",
-                                action.reason, route, action.detail)
-        properties = self.transport.dead_letter_properties(message.ref, action.reason, action.detail,
-                                                           message.topic)
+        if action.error is not None:
+            self._bad_input.error(f"internal:{route}", self.clock(), "routing a message on %s failed; it goes to "
+                                  "the dead letters: %s", message.topic[:200], action.detail, exc_info=action.error)
+        else:
+            self._bad_input.warning(f"dead:{route}:{action.reason}", self.clock(),
+                                    "dead letter (%s) on route %s: %s", action.reason, route, action.detail)
+        inbound = message.ref.properties if action.keep_properties else b""
+        properties = self.transport.properties(inbound, action.user_properties)
 
         def done(outcome: Outcome) -> None:
+            if outcome is Outcome.DROPPED:
+                self._dead_letter(action)
+                return
+            if outcome is Outcome.POISON and action.reason != Reason.POISON:
+                self._quarantine(message, action.route, f"dead letter ({action.reason})")
+                return
             if outcome is Outcome.ACKED:
                 self.counters.dead_letters[(route, action.reason)] += 1
-            else:  # dead letters go at QoS 1: nothing is LOST with a connection, paho sends it again
+            else:  # REFUSED, or POISON for a poison dead letter: nothing is sent a third time
                 self.counters.dropped += 1
-                log.error("the broker refused the dead letter for %s; the message is lost", message.topic[:200])
+                log.error("the broker %s the dead letter for %s; the message is lost",
+                          "refused" if outcome is Outcome.REFUSED else "kept dropping the connection for",
+                          message.topic[:200])
             self._settle(message.ref)
 
         payload = message.payload if action.keep_payload else b""
-        self.transport.publish(action.topic, payload, 1, properties, done)
+        self.transport.publish(action.topic, payload, 1, properties, done, message.ref)
 
     def _settle(self, receipt: Receipt) -> None:
         """What becomes of the message is settled: acknowledge it."""

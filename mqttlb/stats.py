@@ -86,6 +86,8 @@ class Moment:
     connected: bool
     """Both connections are up: messages come in, and their forwards go out."""
     stopping: bool = False
+    problem: str | None = None
+    """Why the router is not, or not steadily, connected: refused, taken over, unreachable."""
 
 
 def snapshot(*, router: str, moment: Moment, inbound: Inbound, counters: Counters, pools: Iterable[str],
@@ -118,7 +120,7 @@ def snapshot(*, router: str, moment: Moment, inbound: Inbound, counters: Counter
         }
     return {
         "router": router, "ts": round(moment.ts, 3), "uptime": round(moment.uptime, 3),
-        "connected": moment.connected, "stopping": moment.stopping,
+        "connected": moment.connected, "stopping": moment.stopping, "problem": moment.problem,
         "inbound": {"unacked": inbound.unacked, "held": inbound.held, "peak": inbound.peak,
                     "max_inflight": inbound.max_inflight},
         "awaiting_ack": awaiting_ack,

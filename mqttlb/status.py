@@ -102,6 +102,7 @@ def _router(figures: Figures, previous: Figures | None, elapsed: float | None, a
         "forwarded": forwarded, "rate": _rate(forwarded, before, elapsed),
         "dead_letters": figures["dead_letters"], "refused": figures["refused"], "lost": figures["dropped"],
         "bad_heartbeats": figures["bad_heartbeats"], "reconnects": figures["reconnects"],
+        "problem": figures.get("problem"),
     }
 
 
@@ -160,8 +161,10 @@ def _headline(router: Mapping[str, Any] | None, stats_topic: str) -> list[str]:
     rate = "" if router["rate"] is None else f", {router['rate']:.1f} msg/s"
     dead = [f"{route}/{reason} {count}" for route, reasons in router["dead_letters"].items()
             for reason, count in reasons.items()]
+    problem = [f"  problem: {router['problem']}"] if router.get("problem") and not router["stale"] else []
     return [
         f"router {router['id']}: {state}",
+        *problem,
         f"  forwarded {router['forwarded']}{rate}; inbound {inbound['unacked']} unacked of "
         f"{inbound['max_inflight']} (peak {inbound['peak']}), {inbound['held']} held; "
         f"{router['forwards_in_flight']} forwards in flight",

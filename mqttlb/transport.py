@@ -41,6 +41,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from .config import BrokerSettings
 from .errors import TransportError
+from .limits import UserProperties
 
 log = logging.getLogger("mqttlb.transport")
 
@@ -122,7 +123,7 @@ def _read_variable_int(data: bytes | bytearray, at: int) -> tuple[int, int]:
     raise MalformedPacket("bad variable byte integer")
 
 
-def _encoded(inbound: bytes, user: list[tuple[str, str]]) -> Properties:
+def _encoded(inbound: bytes, user: UserProperties) -> Properties:
     """The device's own properties as they came, then ``user``.
 
     A PUBLISH from Mosquitto carries only properties worth passing on (payload format, expiry, content
@@ -148,6 +149,8 @@ class Handler(Protocol):
     def on_message(self, topic: str, payload: bytes, receipt: Receipt) -> None: ...
     def on_heartbeat(self, topic: str, payload: bytes) -> None: ...
     def on_routing_connected(self, connected: bool) -> None: ...
+    def on_publishing_connected(self, max_packet_size: int | None) -> None: ...
+    def on_publishes_dropped(self, dropped: list[Dropped], suspect: bool) -> None: ...
 
 
 class Outcome(Enum):
@@ -156,9 +159,21 @@ class Outcome(Enum):
     ACKED = "acked"        # the broker has it
     REFUSED = "refused"    # the broker or the client library refused it: sending again will not help
     LOST = "lost"          # a QoS 0 publish made while its connection was down
+    DROPPED = "dropped"    # in flight when the broker dropped the connection: not sent, to be made again
+    POISON = "poison"      # the same, and the poison guard named it the culprit: quarantine it
 
 
 Done = Callable[[Outcome], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    """A QoS 1 publish that was in flight when the broker dropped the connection. It is not sent again by
+    itself: a publish that broke a limit of the broker would be dropped again, for ever."""
+
+    done: Done
+    receipt: Receipt | None
+    """The inbound message it was for."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +184,39 @@ class Subscription:
 
 def _backoff(attempt: int) -> float:
     return float(min(30.0, 0.25 * 2 ** min(attempt, 7)))
+
+
+SESSION_TAKEN_OVER = 0x8E
+"""MQTT 5's DISCONNECT reason when another client connected with the same client id."""
+
+QUICK_DROP = 2.0
+"""Seconds: a connection the broker drops this soon after accepting it, three times in a row, is taken over
+(MQTT 3.1.1 says no reason); one that lasts ``STABLE`` seconds clears the suspicion."""
+QUICK_DROPS = 3
+STABLE = 10.0
+MAX_TAKEOVER_BACKOFF = 60.0
+
+_REFUSAL_FIXES = {
+    0x84: "set broker.protocol to one the broker speaks (5 or 3.1.1)",
+    0x85: "broker.client_id is not acceptable to the broker: choose another",
+    0x86: "check broker.username and its password (password, password_file or password_env) against the "
+          "broker's password file",
+    0x87: "check broker.username and its password (password, password_file or password_env) against the "
+          "broker's password file, and that the broker lets this user connect with this client id",
+    0x8A: "the broker bans this client: ask its operator",
+    0x88: "the broker is unavailable: it may be starting or overloaded",
+    0x89: "the broker is busy: it may be overloaded",
+    0x9F: "the broker limits how often a client may connect: wait",
+}
+_V311_REFUSALS = {1: 0x84, 2: 0x85, 3: 0x88, 4: 0x86, 5: 0x87}
+"""MQTT 3.1.1 CONNACK return codes as their MQTT 5 counterparts."""
+
+
+def refusal(reason: ReasonCode | int, name: str) -> str:
+    """Why the broker refused a connection, and what to do about it, in one line."""
+    value = reason.value if isinstance(reason, ReasonCode) else _V311_REFUSALS.get(reason, reason)
+    fix = _REFUSAL_FIXES.get(value, "see the broker's log")
+    return f"the broker refused the connection as {name}: {reason} (0x{value:02X}); {fix}"
 
 
 class _BatchingClient(paho.Client):
@@ -321,6 +369,17 @@ class _Link(Generic[PahoClient]):
         self.attempt = 0
         self.next_attempt = 0.0
         self.enabled = False
+        self.problem: str | None = None
+        """Why the link is not connected, or keeps being dropped (for /healthz and the stats topic)."""
+        self.connected_at = 0.0
+        self.quick_drops = 0
+        self.takeovers = 0
+
+    def report(self, problem: str | None) -> None:
+        """Note the link's problem; each new one is logged once (a broker that refuses us is retried for ever)."""
+        if problem is not None and problem != self.problem:
+            log.error("%s: %s", self.name, problem)
+        self.problem = problem
 
     @property
     def mqtt5(self) -> bool:
@@ -348,8 +407,32 @@ class _Link(Generic[PahoClient]):
             self.client.reconnect()
             self.no_delay()
         except (OSError, ssl.SSLError) as error:
-            log.warning("%s: cannot connect to %s:%d: %s (next try in %.1fs)", self.name, self.broker.host,
-                        self.broker.port, error, self.next_attempt - now)
+            problem = f"cannot connect to {self.broker.host}:{self.broker.port}: {error}"
+            if problem == self.problem:
+                log.debug("%s: %s (next try in %.1fs)", self.name, problem, self.next_attempt - now)
+            self.report(problem)
+
+    def taken_over(self, reason: ReasonCode | int, now: float) -> bool:
+        """After a drop: whether another client took the session, and if so back off longer each time."""
+        said = isinstance(reason, ReasonCode) and reason.value == SESSION_TAKEN_OVER
+        self.quick_drops = self.quick_drops + 1 if now - self.connected_at < QUICK_DROP else 0
+        if not said and self.quick_drops < QUICK_DROPS:
+            return False
+        self.takeovers += 1
+        delay = min(MAX_TAKEOVER_BACKOFF, 2.0 ** self.takeovers)
+        self.next_attempt = now + delay
+        self.report(f"session taken over: another client connected with client id {self.name!r} "
+                    f"({'the broker says so' if said else f'dropped {self.quick_drops} times right after connecting'})"
+                    f". Two routers with the same broker.client_id? Give each router its own client_id (a share "
+                    f"group's members too). Backing off {delay:.0f}s before taking it back")
+        return True
+
+    def settled(self, now: float) -> None:
+        """A connection that has lasted: what made it look taken over is over."""
+        if self.connected and (self.takeovers or self.quick_drops) and now - self.connected_at >= STABLE:
+            log.info("%s: connected for %.0fs; the session is ours again", self.name, STABLE)
+            self.takeovers = self.quick_drops = 0
+            self.problem = None
 
     def socket(self) -> Any:
         return self.client.socket()
@@ -372,13 +455,13 @@ class Transport:
         self._handler = handler
         self._heartbeat_filter = heartbeat_filter
         self._routes = routes
+        self._broker = broker
         self._routing = _Link(broker, broker.client_id, persistent=True, manual_ack=True,
                               max_inflight=max_inflight, client_class=_BatchingClient)
-        # What the fleet link has in flight is bounded by the service's window (see publish_window); paho's
-        # own limit (0: none) would scan every message it holds on each PUBACK, a cost growing with the window.
-        self._fleet = _Link(broker, broker.client_id + "-fleet", persistent=False, manual_ack=False,
-                            max_inflight=0, client_class=_BatchingClient)
-        self._pending: dict[int, Done] = {}
+        self._fleet = self._new_fleet_link()
+        self._pending: dict[int, Dropped] = {}
+        """QoS 1 publishes in flight on the fleet link, in the order they were made."""
+        self._dropped: tuple[list[Dropped], bool] | None = None
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -386,13 +469,24 @@ class Transport:
         self._routing_read = 0.0
         self.reconnects = 0
         self._wire(self._routing, self._on_routing_connect)
-        self._wire(self._fleet, self._on_fleet_connect)
         self._routing.client.on_publish_packet = self._on_routing_message
-        self._fleet.client.on_message = self._on_heartbeat
-        self._fleet.client.on_unsubscribe = self._on_fleet_unsubscribe
-        self._fleet.client.on_acknowledged = self._on_acknowledged
         self.publish_window = MAX_RECEIVE
         """The most QoS 1 publishes the broker takes unacknowledged (its MQTT 5 Receive Maximum)."""
+        self.max_packet_size: int | None = None
+        """The broker's Maximum Packet Size, when its MQTT 5 CONNACK names one."""
+
+    def _new_fleet_link(self) -> _Link[_BatchingClient]:
+        """The publishing link with a client of its own: a clean session, so a new client loses nothing at the
+        broker, and it holds none of the publishes of an earlier connection, which paho would send again."""
+        # What the fleet link has in flight is bounded by the service's window (see publish_window); paho's
+        # own limit (0: none) would scan every message it holds on each PUBACK, a cost growing with the window.
+        link = _Link(self._broker, self._broker.client_id + "-fleet", persistent=False, manual_ack=False,
+                     max_inflight=0, client_class=_BatchingClient)
+        self._wire(link, self._on_fleet_connect)
+        link.client.on_message = self._on_heartbeat
+        link.client.on_unsubscribe = self._on_fleet_unsubscribe
+        link.client.on_acknowledged = self._on_acknowledged
+        return link
 
     def _wire(self, link: _Link[_BatchingClient], on_connect: Callable[..., None]) -> None:
         link.client.on_connect = on_connect
@@ -407,8 +501,9 @@ class Transport:
         return self._wake_w.fileno()
 
     @property
-    def routing_connected(self) -> bool:
-        return self._routing.connected
+    def problem(self) -> str | None:
+        """Why the router is not (or not steadily) connected: refused, taken over, unreachable; None if fine."""
+        return self._fleet.problem or self._routing.problem
 
     @property
     def connected(self) -> bool:
@@ -419,10 +514,6 @@ class Transport:
     def pending(self) -> int:
         """Publishes sent and not yet acknowledged by the broker."""
         return len(self._pending)
-
-    @property
-    def mqtt5(self) -> bool:
-        return self._routing.mqtt5
 
     def start(self) -> None:
         self._fleet.enabled = True
@@ -483,6 +574,10 @@ class Transport:
                 self._read(link, sock, min(routing_room, READ_BATCH) if link is self._routing else READ_BATCH)
             if link.socket() is not None:
                 link.client.loop_misc()
+            link.settled(now)
+        if self._dropped is not None:  # told once every link was read: was the routing link dropped too?
+            (dropped, takeover), self._dropped = self._dropped, None
+            self._handler.on_publishes_dropped(dropped, suspect=not takeover and self._routing.connected)
         self.flush()
 
     def _read(self, link: _Link[_BatchingClient], sock: Any, limit: int) -> None:
@@ -506,10 +601,12 @@ class Transport:
                     link.client.loop_write()
                 link.client.flush_output()
 
-    def publish(self, topic: str, payload: bytes, qos: int, properties: Properties | None, done: Done) -> None:
-        """Publish on the fleet link; ``done`` runs once with the outcome.
+    def publish(self, topic: str, payload: bytes, qos: int, properties: Properties | None, done: Done,
+                receipt: Receipt | None = None) -> None:
+        """Publish on the fleet link (for the inbound message ``receipt``); ``done`` runs once with the outcome.
 
-        A QoS 1 publish made while the link is down goes out when it is back (paho keeps it). A QoS 0
+        A QoS 1 publish made while the link is down goes out when it is back (paho keeps it); one in
+        flight when the broker drops the link is handed back to ``on_publishes_dropped``. A QoS 0
         one is done as soon as it is in the outgoing buffer (ACKED), or at once when there is no
         connection (LOST): nothing more will be heard of it.
         """
@@ -524,30 +621,28 @@ class Transport:
             log.error("publish to %r refused by the client library: %s", topic[:200], error)
             done(Outcome.REFUSED)
             return
-        self._pending[info.mid] = done
+        self._pending[info.mid] = Dropped(done, receipt)
 
-    def announce(self, topic: str, payload: bytes) -> None:
-        """Publish retained, fire-and-forget (stats): the next one takes its place anyway."""
-        if self._fleet.connected:
-            self._fleet.client.publish(topic, payload, 0, retain=True)
+    def announce(self, topic: str, payload: bytes) -> bool:
+        """Publish retained, fire-and-forget (stats): the next one takes its place anyway. False when the
+        broker's Maximum Packet Size would not take it (the broker would drop the connection)."""
+        if not self._fleet.connected:
+            return True
+        if self.max_packet_size is not None and 64 + len(topic.encode("utf-8")) + len(payload) > self.max_packet_size:
+            return False
+        self._fleet.client.publish(topic, payload, 0, retain=True)
+        return True
 
     def ack(self, receipt: Receipt) -> None:
         """Acknowledge an inbound message, unless its connection has gone (the broker sends it again)."""
         if receipt.qos > 0 and receipt.generation == self._routing.generation and self._routing.connected:
             self._routing.client.ack(receipt.mid, receipt.qos)
 
-    def forward_properties(self, receipt: Receipt, route: str, key: str | None, topic: str) -> Properties | None:
-        """MQTT 5 properties of a forward: the inbound message's own, then ours."""
+    def properties(self, inbound: bytes, user: UserProperties) -> Properties | None:
+        """MQTT 5 properties of a forward or dead letter: ``inbound`` (a message's own, encoded), then ``user``."""
         if not self._fleet.mqtt5:
             return None
-        ours = [("mqttlb-route", route)] + ([("mqttlb-key", key)] if key is not None else []) + [("mqttlb-topic", topic)]
-        return _encoded(receipt.properties, ours)
-
-    def dead_letter_properties(self, receipt: Receipt, reason: str, detail: str, topic: str) -> Properties | None:
-        """MQTT 5 properties of a dead letter: the inbound message's own, the original topic and the reason."""
-        if not self._fleet.mqtt5:
-            return None
-        return _encoded(receipt.properties, [("mqttlb-topic", topic), ("mqttlb-reason", f"{reason}: {detail}"[:1024])])
+        return _encoded(inbound, user)
 
     def close(self, grace: float = 2.0) -> None:
         """Send what is queued (acknowledgements above all), then disconnect both links cleanly.
@@ -573,10 +668,12 @@ class Transport:
     def _on_fleet_connect(self, client: paho.Client, userdata: object, flags: Any, reason: ReasonCode,
                           properties: Properties | None) -> None:
         if reason.is_failure:
-            log.error("%s: broker refused the connection: %s", self._fleet.name, reason)
+            self._fleet.report(refusal(reason, self._fleet.name))
             return
         self._connected(self._fleet)
         self.publish_window = getattr(properties, "ReceiveMaximum", MAX_RECEIVE) if self._fleet.mqtt5 else MAX_RECEIVE
+        self.max_packet_size = getattr(properties, "MaximumPacketSize", None) if self._fleet.mqtt5 else None
+        self._handler.on_publishing_connected(self.max_packet_size)
         client.subscribe(self._heartbeat_filter, qos=0)
         _, self._sync_mid = client.unsubscribe(SYNC_TOPIC)
 
@@ -590,7 +687,7 @@ class Transport:
     def _on_routing_connect(self, client: paho.Client, userdata: object, flags: Any, reason: ReasonCode,
                             properties: Properties | None) -> None:
         if reason.is_failure:
-            log.error("%s: broker refused the connection: %s", self._routing.name, reason)
+            self._routing.report(refusal(reason, self._routing.name))
             return
         self._connected(self._routing)
         log.info("routing link connected (session present: %s)", bool(flags.session_present))
@@ -601,6 +698,9 @@ class Transport:
         link.connected = True
         link.attempt = 0
         link.generation += 1
+        link.connected_at = time.monotonic()
+        if not link.takeovers:
+            link.report(None)
 
     def _on_disconnect(self, link: _Link, reason: ReasonCode | int) -> None:
         if not link.connected:
@@ -610,10 +710,21 @@ class Transport:
             log.info("%s: disconnected", link.name)
             return
         self.reconnects += 1
-        log.warning("%s: disconnected (%s); reconnecting", link.name, reason)
-        link.next_attempt = time.monotonic() + _backoff(0)
-        if link is self._routing:  # QoS 1 publishes on the fleet link are sent again by paho
+        now = time.monotonic()
+        link.next_attempt = now + _backoff(0)
+        takeover = link.taken_over(reason, now)
+        if not takeover:
+            log.warning("%s: disconnected (%s); reconnecting", link.name, reason)
+        if link is self._routing:
             self._handler.on_routing_connected(False)
+            return
+        # What the old client held would be sent again as it was; the service decides what to send again.
+        dropped, self._pending = list(self._pending.values()), {}
+        fresh = self._new_fleet_link()
+        fresh.enabled, fresh.next_attempt, fresh.problem = True, link.next_attempt, link.problem
+        fresh.quick_drops, fresh.takeovers, fresh.connected_at = link.quick_drops, link.takeovers, link.connected_at
+        self._fleet = fresh
+        self._dropped = (dropped, takeover)
 
     def _on_routing_message(self, topic: bytes, payload: bytes, qos: int, mid: int, properties: bytes) -> None:
         try:
@@ -632,9 +743,9 @@ class Transport:
         self._handler.on_heartbeat(topic, bytes(message.payload))
 
     def _on_acknowledged(self, mid: int, refused: bool) -> None:
-        done = self._pending.pop(mid, None)
-        if done is not None:
-            done(Outcome.REFUSED if refused else Outcome.ACKED)
+        pending = self._pending.pop(mid, None)
+        if pending is not None:
+            pending.done(Outcome.REFUSED if refused else Outcome.ACKED)
 
 
 # -- a plain client for workers, the simulator and tools ------------------------------
@@ -687,9 +798,10 @@ class Client:
         self.client.loop_start()
         deadline = time.monotonic() + timeout
         while not self.connected:
-            if time.monotonic() > deadline:
+            if link.problem is not None or time.monotonic() > deadline:
                 self.client.loop_stop()
-                raise TransportError(f"{link.name}: cannot connect to {link.broker.host}:{link.broker.port}")
+                raise TransportError(link.problem or f"cannot connect to {link.broker.host}:{link.broker.port} "
+                                     f"within {timeout:g}s")
             time.sleep(0.01)
         return self
 
@@ -714,8 +826,9 @@ class Client:
     def _connected(self, client: paho.Client, userdata: object, flags: Any, reason: ReasonCode,
                    properties: Properties | None) -> None:
         if reason.is_failure:
-            log.error("%s: broker refused the connection: %s", self._link.name, reason)
+            self._link.report(refusal(reason, self._link.name))
             return
+        self._link.report(None)
         self._link.no_delay()
         for topic_filter, qos in self._subscriptions.items():
             client.subscribe(topic_filter, qos)
@@ -729,3 +842,24 @@ class Client:
         user = tuple(getattr(properties, "UserProperty", ()) or ())
         self._on_message(Inbound(message.topic, bytes(message.payload), message.qos, bool(message.retain), message.mid,
                                  user))
+
+
+def probe(broker: BrokerSettings, timeout: float = 10.0) -> str | None:
+    """Connect once with ``broker``'s settings (as ``<client_id>-check``, so a running router keeps its session)
+    and disconnect: None if the broker accepts them, else why not."""
+    try:  # the operating system's reason, which paho would not pass on
+        socket.create_connection((broker.host, broker.port), timeout).close()
+    except OSError as error:
+        return f"cannot connect to {broker.host}:{broker.port}: {error}"
+    client = Client(broker, f"{broker.client_id}-check")
+    client.client.reconnect_delay_set(int(timeout) + 1, int(timeout) + 1)  # one try: a refusal is answered at once
+    level = log.level
+    log.setLevel(logging.CRITICAL)  # the caller says what is wrong, once
+    try:
+        client.start(timeout)
+    except TransportError as error:
+        return str(error)
+    finally:
+        log.setLevel(level)
+    client.stop()
+    return None

@@ -167,8 +167,8 @@ def test_bad_port() -> None:
 
 def test_unknown_fields_anywhere() -> None:
     assert problem(with_routes(broker={"hots": "x"})) == (
-        "broker.hots: unknown field; expected one of client_id, host, keepalive, password, password_env, "
-        "password_file, port, protocol, session_expiry, tls, username")
+        "broker.hots: unknown field; expected one of client_id, host, keepalive, max_packet_size, password, "
+        "password_env, password_file, port, protocol, session_expiry, tls, username")
     assert problem({**with_routes(), "brokers": {}}) == (
         "brokers: unknown field; expected one of balancers, broker, dead_letter, heartbeat, metrics, pools, "
         "router, routes, stats")
@@ -238,8 +238,8 @@ def test_several_problems_are_all_listed() -> None:
         "metrics": {"listen": "9108"},
     }
     assert problems(data) == [
-        "broker.hots: unknown field; expected one of client_id, host, keepalive, password, password_env, "
-        "password_file, port, protocol, session_expiry, tls, username",
+        "broker.hots: unknown field; expected one of client_id, host, keepalive, max_packet_size, password, "
+        "password_env, password_file, port, protocol, session_expiry, tls, username",
         "broker.port: must be an integer from 1 to 65535, got 'abc'",
         "heartbeat.expire: must be at least heartbeat.timeout (10s), got 5s",
         "routes[0].algorithm: consistent_hash needs a key: add key: <a capture of match> or payload.<path>, "

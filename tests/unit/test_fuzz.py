@@ -76,8 +76,13 @@ def check(action: object, sent: str, body: bytes, workers: set[str] = set(WORKER
         assert action.key is None or key_problem(action.key) is None
     else:
         assert isinstance(action, DeadLetter), action
-        assert action.reason in REASONS and action.topic.startswith(f"mqttlb/deadletter/{action.reason}/")
-        assert action.keep_payload == (action.reason != Reason.TOO_LARGE)
+        assert action.reason in REASONS
+        if action.keep_properties:  # whole: the original topic in its topic, the payload unless too large
+            assert action.topic.startswith(f"mqttlb/deadletter/{action.reason}/")
+            assert action.keep_payload == (action.reason != Reason.TOO_LARGE)
+        else:  # shortened, as the original topic would break a limit: it travels in mqttlb-reason
+            assert action.topic == f"mqttlb/deadletter/{action.reason}"
+            assert "topic " in dict(action.user_properties)["mqttlb-reason"]
     assert len(action.topic.encode("utf-8")) <= MAX_TOPIC_BYTES
     assert not publishable or topic_problem(action.topic) is None, (sent[:80], action.topic[:200])
 

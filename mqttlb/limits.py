@@ -1,0 +1,84 @@
+"""What the broker refuses, measured before the router publishes.
+
+Mosquitto drops a client whose PUBLISH breaks one of its limits, and the
+publish is sent again on the next connection: one forward that breaks a limit
+would stop every other forward for good. So each forward and dead letter is
+measured against every limit the router can know before it is published:
+
+* a topic's bytes (65,535: MQTT's own) and levels (Mosquitto 2.0 refuses more
+  than 200 separators, 201 levels: measured, it answers "Protocol error");
+* the whole packet against the broker's Maximum Packet Size: the one its
+  MQTT 5 CONNACK names, or ``broker.max_packet_size`` (the only way to know it
+  with MQTT 3.1.1), whichever is smaller;
+* UTF-8 rules: device topics were accepted by the broker already, keys are
+  checked when extracted, and the text the router adds of its own (a dead
+  letter's reason) is made plain ASCII here.
+
+What the router cannot know (another broker's limits) is left to the poison
+guard in ``poison``. Pure: sizes are computed, nothing is sent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .topics import MAX_TOPIC_BYTES
+
+MAX_TOPIC_SEPARATORS = 200
+"""Mosquitto 2.0 drops a client that publishes to a topic with more ``/`` than this."""
+
+UserProperties = tuple[tuple[str, str], ...]
+
+
+def _variable_int_size(value: int) -> int:
+    size = 1
+    while value >= 128:
+        value >>= 7
+        size += 1
+    return size
+
+
+def _text_size(text: str) -> int:
+    return 2 + len(text.encode("utf-8"))
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerLimits:
+    """The limits of the broker the router publishes to, as far as it knows them."""
+
+    mqtt5: bool = True
+    max_packet_size: int | None = None
+    """Bytes of a whole packet; None: not known (MQTT allows 268,435,455)."""
+
+    def topic_problem(self, topic: str) -> str | None:
+        """Why the broker would refuse a PUBLISH to ``topic``, or None."""
+        size = len(topic.encode("utf-8"))
+        if size > MAX_TOPIC_BYTES:
+            return f"topic of {size} bytes, over MQTT's {MAX_TOPIC_BYTES}"
+        separators = topic.count("/")
+        if separators > MAX_TOPIC_SEPARATORS:
+            return f"topic of {separators + 1} levels, over the broker's {MAX_TOPIC_SEPARATORS + 1}"
+        return None
+
+    def packet_size(self, topic: str, payload: int, qos: int, inbound_properties: int,
+                    user: UserProperties) -> int:
+        """The bytes of a PUBLISH: ``payload`` and ``inbound_properties`` are sizes, ``user`` what is added."""
+        remaining = _text_size(topic) + (2 if qos else 0) + payload
+        if self.mqtt5:
+            properties = inbound_properties + sum(1 + _text_size(name) + _text_size(value) for name, value in user)
+            remaining += _variable_int_size(properties) + properties
+        return 1 + _variable_int_size(remaining) + remaining
+
+    def size_problem(self, size: int) -> str | None:
+        """Why the broker would refuse a packet of ``size`` bytes, or None."""
+        if self.max_packet_size is not None and size > self.max_packet_size:
+            return f"{size} bytes, over the broker's maximum packet size of {self.max_packet_size}"
+        return None
+
+
+def plain(text: str) -> str:
+    """``text`` as printable ASCII, escaped where needed: safe in any broker's UTF-8 string."""
+    return text.encode("ascii", "backslashreplace").decode("ascii").translate(_CONTROLS)
+
+
+_CONTROLS = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F)}

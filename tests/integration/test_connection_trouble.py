@@ -1,0 +1,108 @@
+"""A broker that refuses the router, and two routers that take each other's session: said once, plainly, with
+the fix, in the log, /healthz, the stats topic and ``mqttlb status``; and ``mqttlb check --connect``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import orjson
+import pytest
+
+from mqttlb.broker import PrivateBroker, free_port
+from mqttlb.credentials import hash_password
+
+from .conftest import ROOT, Client, RouterProcess, TestWorker, wait_for, write_config
+from .test_metrics import endpoint, get
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def locked_broker(tmp_path: Path) -> Iterator[PrivateBroker]:
+    """dev.conf with a password file: user ``router``, password ``right``."""
+    workdir = tmp_path / "locked"
+    workdir.mkdir()
+    passwords = workdir / "passwd"
+    passwords.write_text(f"router:{hash_password('right')}\n")
+    passwords.chmod(0o600)
+    with PrivateBroker(workdir=workdir, edits={"allow_anonymous true": f"allow_anonymous false\n"
+                                                                        f"password_file {passwords}"}) as b:
+        yield b
+
+
+def check(config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "mqttlb", "check", "--connect", "-c", str(config)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+
+
+def test_check_connect_says_why_the_broker_refuses(locked_broker, tmp_path):
+    wrong = write_config(tmp_path / "wrong.yaml", locked_broker, broker={"username": "router", "password": "wrong"})
+    result = check(wrong)
+    assert result.returncode == 1, result
+    assert "refused the connection" in result.stderr and "broker.username" in result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+
+    right = write_config(tmp_path / "right.yaml", locked_broker, broker={"username": "router", "password": "right"})
+    result = check(right)
+    assert result.returncode == 0, result
+    assert "accepts it" in result.stdout
+
+    nobody = write_config(tmp_path / "nobody.yaml", locked_broker, broker={"port": free_port()})
+    result = check(nobody)
+    assert result.returncode == 1 and "cannot connect to 127.0.0.1:" in result.stderr, result
+
+
+def test_a_refusing_broker_is_retried_and_said_once(locked_broker, tmp_path):
+    config = write_config(tmp_path / "router.yaml", locked_broker, metrics={"listen": "127.0.0.1:0"},
+                          broker={"username": "router", "password": "wrong"})
+    router = RouterProcess(config)
+    try:
+        base = endpoint(router)
+        router.wait_log("refused the connection")
+        status, reason = wait_for(lambda: (found := get(base + "/healthz"))[0] == 503 and "refused" in found[1]
+                                  and found, what="/healthz saying why")
+        assert "Not authorized" in reason and "broker.username" in reason
+        wait_for(lambda: locked_broker.log().count("not authorised") >= 3, timeout=20, what="three attempts")
+        assert router.process.poll() is None  # keeps trying: password files change
+        refusals = [line for line in router.lines if "refused the connection" in line and "ERROR" in line]
+        assert len(refusals) == 1, refusals  # once per change, not once per try
+    finally:
+        router.stop()
+
+
+def test_two_routers_with_one_client_id_are_told_and_back_off(broker, tmp_path, clients):
+    clients(TestWorker, "w1")
+    status = clients(Client, "stats-watch")
+    status.subscribe("mqttlb/stats")
+    first = RouterProcess(write_config(tmp_path / "first.yaml", broker, metrics={"listen": "127.0.0.1:0"},
+                                       broker={"client_id": "twin"}, stats={"interval": "1s"}))
+    first.wait_ready()
+    second = RouterProcess(write_config(tmp_path / "second.yaml", broker, broker={"client_id": "twin"}))
+    try:
+        wait_for(lambda: any("session taken over" in line for line in first.lines + second.lines), timeout=20,
+                 what="a takeover named")
+        line = next(line for line in first.lines + second.lines if "session taken over" in line)
+        assert "ERROR" in line and "'twin" in line and "own client_id" in line
+
+        def said(figures: dict) -> bool:
+            return "session taken over" in (figures.get("problem") or "")
+        wait_for(lambda: any(said(orjson.loads(m.payload)) for m in status.messages()), timeout=20,
+                 what="the stats topic saying so")
+        if any("session taken over" in line for line in first.lines):
+            base = endpoint(first)
+            wait_for(lambda: "session taken over" in get(base + "/healthz")[1], timeout=20, what="/healthz")
+
+        # Backing off: far fewer connections than the several a second of the fight without it.
+        before = broker.log().count("New client connected from")
+        time.sleep(10)
+        during = broker.log().count("New client connected from") - before
+        assert during <= 12, during
+        assert first.process.poll() is None and second.process.poll() is None
+    finally:
+        first.stop()
+        second.stop()
