@@ -4,12 +4,19 @@ A key comes from a topic capture (``devices/{device}/telemetry``) or from a
 field of a JSON payload (``payload.meta.id``). JSON is parsed only for payload
 keys; the caller checks the payload size first. Whatever comes out is checked
 with ``topics.key_problem`` so it can never make a topic the broker rejects.
+
+A number's key is its text exactly as the payload writes it: ``12`` routes as
+``"12"``, a 20-digit ICCID as its 20 digits, ``1.50`` as ``"1.50"``. orjson
+gives integers as ``int`` up to 64 bits (their digits are their text) and the
+rest as ``float``, which has lost digits; for those the payload is read again
+with every number quoted, so orjson hands back the text itself.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Any, Mapping
 
 import orjson
 
@@ -17,6 +24,9 @@ from .errors import BadKey
 from .topics import key_problem
 
 PAYLOAD_PREFIX = "payload."
+
+_STRING_OR_NUMBER = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|(-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)')
+"""A JSON string (group 1 unset) or number (group 1), as they follow each other in a valid document."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +64,18 @@ class KeySpec:
         return key
 
     def _from_payload(self, payload: bytes) -> str:
+        value = self._walk(payload)
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int) and not isinstance(value, bool) and value != 0:
+            return str(value)  # the digits as written ("-0" is the one int written otherwise)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            literal = self._walk(_STRING_OR_NUMBER.sub(_quote_number, payload))
+            assert isinstance(literal, str)
+            return literal
+        raise BadKey(f"{self}: field is {type(value).__name__}, not a string or number")
+
+    def _walk(self, payload: bytes) -> Any:
         try:
             value = orjson.loads(payload)
         except orjson.JSONDecodeError as error:
@@ -64,8 +86,8 @@ class KeySpec:
             if part not in value:
                 raise BadKey(f"{self}: field absent")
             value = value[part]
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise BadKey(f"{self}: field is {type(value).__name__}, not a string or number")
+        return value
+
+
+def _quote_number(token: re.Match[bytes]) -> bytes:
+    return token[0] if token[1] is None else b'"' + token[1] + b'"'

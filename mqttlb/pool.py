@@ -23,6 +23,8 @@ from .topics import key_problem
 
 MAX_HEARTBEAT_BYTES = 16384
 DEFAULT_POOL = "default"
+_SMALLEST_WEIGHT = math.ulp(0.0)
+"""5e-324, the smallest float > 0: any weight > 0 is valid, and the balancers cope with all of them."""
 
 
 class WorkerState(StrEnum):
@@ -232,7 +234,9 @@ class Fleet:
         if elapsed >= pool.slow_start:
             return weight
         steps = self.SLOW_START_STEPS
-        return weight * (1 + math.floor((steps - 1) * elapsed / pool.slow_start)) / steps
+        fraction = (1 + math.floor((steps - 1) * elapsed / pool.slow_start)) / steps
+        # The fraction is at most 1, so no weight overflows; the smallest weights must not ramp to 0.
+        return max(weight * fraction, _SMALLEST_WEIGHT)
 
     def _refresh(self, pools: set[str], now: float) -> set[str]:
         changed = set()

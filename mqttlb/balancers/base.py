@@ -4,6 +4,14 @@ A balancer knows nothing of heartbeats, clocks or the broker. The pool decides
 which workers are healthy and hands the balancer a snapshot of them with their
 weights through ``update()``, only when that snapshot changes; the balancer may
 do real work there. ``pick()`` runs once per message and is cheap.
+
+A heartbeat may announce any finite weight > 0, from 5e-324 to 1.8e308, and the
+algorithms that divide the load by weight add weights up, divide by them and
+compare their quotients. ``relative()`` is where they all get weights that can
+do that: multiplied by the one power of two that puts the largest in [0.5, 1)
+(exact, so every ratio and every comparison is as with the weights given, and
+no sum can overflow), with anything below ``MIN_RELATIVE_WEIGHT`` of the
+largest raised to it (so none is denormal or zero).
 """
 
 from __future__ import annotations
@@ -13,6 +21,10 @@ import math
 from typing import ClassVar, Mapping
 
 from mqttlb.errors import MqttlbError
+
+
+MIN_RELATIVE_WEIGHT = 1e-12
+"""The smallest share of the largest weight a worker is given: a weight below it counts as this much."""
 
 
 class BadOption(MqttlbError, ValueError):
@@ -43,6 +55,20 @@ def checked(workers: Mapping[str, float]) -> dict[str, float]:
         if not (0.0 < weight < math.inf):
             raise ValueError(f"worker {worker!r}: weight must be a finite number > 0, got {weight!r}")
     return {worker: float(workers[worker]) for worker in sorted(workers)}
+
+
+def relative(workers: Mapping[str, float]) -> dict[str, float]:
+    """``checked(workers)`` scaled so the largest weight is in [0.5, 1) and none is below ``MIN_RELATIVE_WEIGHT`` of it.
+
+    The scale is a power of two, so a weight's scaled value is exact (a ratio of
+    two weights is unchanged) unless it is raised to the floor.
+    """
+    weights = checked(workers)
+    if not weights:
+        return weights
+    largest, exponent = math.frexp(max(weights.values()))
+    floor = largest * MIN_RELATIVE_WEIGHT
+    return {worker: max(math.ldexp(weight, -exponent), floor) for worker, weight in weights.items()}
 
 
 def reject_unknown(algorithm: str, options: Mapping[str, object], known: tuple[str, ...],

@@ -38,7 +38,7 @@ import math
 import random
 from typing import ClassVar, Mapping
 
-from .base import BadOption, Balancer, checked, float_option, int_option, reject_unknown
+from .base import BadOption, Balancer, checked, float_option, int_option, reject_unknown, relative
 
 _MASK = (1 << 64) - 1
 _TWO_64 = float(1 << 64)
@@ -84,7 +84,7 @@ class ConsistentHash(Balancer):
         self._load: dict[str, int] = {}
 
     def update(self, workers: Mapping[str, float]) -> None:
-        weights = checked(workers)
+        weights = relative(workers)
         if weights == self._workers:
             return  # the same pool: every cached pick still holds
         self._workers = weights

@@ -11,7 +11,7 @@ import bisect
 import random
 from typing import ClassVar, Mapping
 
-from .base import Balancer, checked, reject_unknown
+from .base import Balancer, checked, reject_unknown, relative
 
 
 class RoundRobin(Balancer):
@@ -66,7 +66,7 @@ class WeightedRoundRobin(Balancer):
         self._total = 0.0
 
     def update(self, workers: Mapping[str, float]) -> None:
-        weights = checked(workers)
+        weights = relative(workers)
         old = dict(zip(self._workers, self._credit))
         credit = [old.get(worker, 0.0) for worker in weights]
         # Keep the credits summing to zero, as they do between updates.
@@ -147,7 +147,7 @@ class WeightedRandom(Balancer):
         self._cumulative: tuple[float, ...] = ()
 
     def update(self, workers: Mapping[str, float]) -> None:
-        weights = checked(workers)
+        weights = relative(workers)
         self._workers = tuple(weights)
         cumulative: list[float] = []
         total = 0.0

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from mqttlb import balancers
 from mqttlb.balancers import BadOption, Balancer, UnknownAlgorithm, create, names, needs_key, register
+from mqttlb.balancers.base import MIN_RELATIVE_WEIGHT, relative
 
 ALL = ("consistent_hash", "least_connections", "random", "ring", "round_robin", "weighted_round_robin")
 HASHING = ("consistent_hash", "ring")
@@ -459,3 +460,109 @@ def test_consistent_hash_shares_follow_any_weights(weights: list[float]) -> None
     counts = Counter(mapping(make("consistent_hash", workers), keys).values())
     total = sum(weights)
     assert all(abs(counts[w] / len(keys) - weight / total) <= 0.03 for w, weight in workers.items())
+
+
+# -- any weight a heartbeat may announce ----------------------------------------------
+
+BIGGEST = 1.7976931348623157e308
+any_weight = st.floats(min_value=5e-324, max_value=BIGGEST, allow_nan=False, allow_infinity=False,
+                       allow_subnormal=True)
+EXTREMES = (5e-324, 1e-323, 2.2250738585072014e-308, 1e-300, 1.0, 1e300, 1e308, BIGGEST)
+VARIANTS = [(name, {}) for name in ALL] + [("consistent_hash", {"load_factor": 1.25})]
+def exponents(low: int, high: int) -> st.SearchStrategy[int]:
+    """Powers of two from ``low`` to ``high``, the ends (denormals, near overflow) often."""
+    return st.one_of(st.sampled_from([low, low + 2, high - 2, high]), st.integers(low, high))
+
+
+wide = settings(derandomize=True, max_examples=25, deadline=None)  # a ring of huge weights has 16,000 points each
+
+
+@pytest.mark.parametrize(("name", "options"), VARIANTS)
+@wide
+@given(weights=st.lists(st.one_of(any_weight, st.sampled_from(EXTREMES)), min_size=1, max_size=8))
+def test_any_weights_never_break_a_balancer(name: str, options: dict[str, object], weights: list[float]) -> None:
+    workers = {f"w{i}": weight for i, weight in enumerate(weights)}
+    b = make(name, workers, **options)
+    assert set(picks(b, 50, "device-1")) <= set(workers)
+    assert set(mapping(b, KEYS[:50]).values()) <= set(workers)
+
+
+def test_every_registered_algorithm_is_checked_against_any_weights() -> None:
+    assert {name for name, _ in VARIANTS} == set(names())
+
+
+def shares(name: str, workers: Mapping[str, float], count: int = 4_000) -> dict[str, float]:
+    b = make(name, workers)
+    chosen = picks(b, count) if not needs_key(name) else list(mapping(b, KEYS[:count]).values())
+    counts = Counter(chosen)
+    return {worker: counts[worker] / count for worker in workers}
+
+
+WEIGHTED = ("consistent_hash", "random", "weighted_round_robin")
+
+
+@pytest.mark.parametrize("name", WEIGHTED)
+@pytest.mark.parametrize(("workers", "expected"), [
+    ({"a": 1e308, "b": 1e308}, {"a": 0.5, "b": 0.5}),  # their sum overflows
+    ({"a": BIGGEST, "b": BIGGEST, "c": BIGGEST}, {"a": 1 / 3, "b": 1 / 3, "c": 1 / 3}),
+    ({"a": 1e308, "b": 1e308, "c": 1.0}, {"a": 0.5, "b": 0.5, "c": 0.0}),
+    ({"a": 5e-324, "b": 5e-324}, {"a": 0.5, "b": 0.5}),  # the smallest denormal
+    ({"a": 5e-324, "b": 1e-323}, {"a": 1 / 3, "b": 2 / 3}),  # 1 and 2 times it
+    ({"a": 1e-300, "b": 3e-300}, {"a": 0.25, "b": 0.75}),
+    ({"a": BIGGEST, "b": 5e-324}, {"a": 1.0, "b": 0.0}),
+])
+def test_shares_follow_extreme_weights(name: str, workers: dict[str, float], expected: dict[str, float]) -> None:
+    assert shares(name, workers) == pytest.approx(expected, abs=0.03)
+
+
+@properties
+@given(ratios=st.lists(st.integers(1, 12), min_size=1, max_size=6), exponent=exponents(-1074, 1019))
+def test_weighted_round_robin_counts_are_exact_at_any_scale(ratios: list[int], exponent: int) -> None:
+    """Weights ratio * 2**exponent, denormal to nearly the largest float, rotate exactly as the ratios do."""
+    b = make("weighted_round_robin", {f"w{i}": math.ldexp(r, exponent) for i, r in enumerate(ratios)})
+    assert Counter(picks(b, sum(ratios))) == {f"w{i}": r for i, r in enumerate(ratios)}
+
+
+@properties
+@given(exponent=exponents(-1074, 1021))
+def test_random_shares_hold_at_any_scale(exponent: int) -> None:
+    assert shares("random", {"a": math.ldexp(1, exponent), "b": math.ldexp(3, exponent)}) == \
+        pytest.approx({"a": 0.25, "b": 0.75}, abs=0.03)
+
+
+@settings(derandomize=True, max_examples=30, deadline=None)
+@given(pool=pools(), exponent=exponents(-1021, 1021))  # the weights stay exact: normal floats
+def test_consistent_hash_mapping_depends_on_weight_ratios_only(pool: tuple[dict[str, float], str, float],
+                                                              exponent: int) -> None:
+    """Scaling every weight by one power of two, to the smallest normal floats or the largest, moves no key.
+
+    With the properties above at ordinary weights, this gives minimal movement
+    and independence of join order at any scale.
+    """
+    workers, _, _ = pool
+    scaled = {w: math.ldexp(weight, exponent) for w, weight in workers.items()}
+    assert all(0 < weight < math.inf for weight in scaled.values())
+    assert mapping(make("consistent_hash", scaled), hash_keys) == mapping(make("consistent_hash", workers), hash_keys)
+
+
+@pytest.mark.parametrize("name", HASHING)
+@wide
+@given(workers=st.dictionaries(st.sampled_from("abcdef"), any_weight, min_size=1), newcomer=any_weight)
+def test_hashing_adding_any_weight_moves_keys_only_to_the_newcomer(name: str, workers: dict[str, float],
+                                                                  newcomer: float) -> None:
+    """A newcomer of any weight takes keys only for itself, while no weight is under the floor."""
+    everyone = {**workers, "x": newcomer}
+    if name == "consistent_hash" and min(everyone.values()) < max(everyone.values()) * MIN_RELATIVE_WEIGHT * 2:
+        return  # a floored weight counts as a share of the largest, which the newcomer may change
+    before = mapping(make(name, workers), hash_keys)
+    after = mapping(make(name, everyone), hash_keys)
+    assert {after[k] for k in hash_keys if after[k] != before[k]} <= {"x"}
+
+
+def test_relative_weights_scale_by_a_power_of_two_with_a_floor() -> None:
+    assert relative({"b": 1.0, "a": 3.0}) == {"a": 0.75, "b": 0.25}
+    assert relative({"a": 1e308, "b": 1e308}) == dict.fromkeys("ab", math.ldexp(1e308, -1024))
+    largest = relative({"a": 1e308, "b": 1.0, "c": 5e-324})["a"]
+    assert relative({"a": 1e308, "b": 1.0, "c": 5e-324}) == {"a": largest, "b": largest * MIN_RELATIVE_WEIGHT,
+                                                             "c": largest * MIN_RELATIVE_WEIGHT}
+    assert relative({}) == {}

@@ -137,7 +137,7 @@ def test_extract_nested_path_refuses(payload: bytes) -> None:
     (b'{"id": "\\ud800"}', None),  # a lone surrogate escape: refused whichever way
     (b'{"id": "\\ufdd0"}', "forbidden"),
     (b'{"id": ""}', "empty"),
-    (b'{"id": 1e300}', "forbidden"),  # str() gives 1e+300
+    (b'{"id": 1e+300}', "forbidden character U\\+002B"),  # as the string "1e+300": no + in a topic level
 ])
 def test_extract_from_payload_refuses(payload: bytes, why: str | None) -> None:
     with pytest.raises(BadKey, match=why):
@@ -185,7 +185,51 @@ def test_any_json_gives_a_usable_key_or_bad_key(value: object) -> None:
         return
     assert key_problem(key) is None
     assert isinstance(value, (str, int, float)) and not isinstance(value, bool)
-    assert key == (value if isinstance(value, str) else str(value))
+    assert key == (value if isinstance(value, str) else orjson.dumps(value).decode())  # a number: as written
+
+
+# -- numbers: the key is the number's text ----------------------------------------------
+
+
+@pytest.mark.parametrize(("number", "key"), [
+    (b"18446744073709551615", "18446744073709551615"),  # 2**64 - 1: the last that orjson gives as an int
+    (b"18446744073709551616", "18446744073709551616"),  # 2**64: a float to orjson
+    (b"89882600000012345678", "89882600000012345678"),  # a 20-digit ICCID
+    (b"-9223372036854775809", "-9223372036854775809"),  # one under the smallest int64
+    (b"-12", "-12"),
+    (b"123456789012345678901234567890123456789", "123456789012345678901234567890123456789"),
+    (b"1.50", "1.50"),
+    (b"1e3", "1e3"),
+    (b"1E3", "1E3"),
+    (b"1e-3", "1e-3"),
+    (b"1e300", "1e300"),
+    (b"10.0", "10.0"),
+    (b"-0", "-0"),
+    (b"-0.0", "-0.0"),
+])
+def test_a_number_key_is_its_text_as_written(number: bytes, key: str) -> None:
+    assert ID.extract({}, b'{"id": ' + number + b"}") == key
+    assert ID.extract({}, b'{"id": "' + number + b'"}') == key  # the same as the digits in a string
+
+
+@properties
+@given(st.integers(-(10**255) + 1, 10**256 - 1) | st.integers())
+def test_any_integer_key_is_its_decimal_digits(number: int) -> None:
+    assert ID.extract({}, f'{{"id": {number}}}'.encode()) == str(number)
+
+
+def test_the_number_is_found_among_strings_and_numbers_that_look_alike() -> None:
+    payload = (b'{"note": "say \\"12345678901234567890\\", 1e5", "id": 5, '
+               b'"meta": {"id": 1.0, "device": {"n": [2e22], "id": 98765432109876543210}}}')
+    assert NESTED.extract({}, payload) == "98765432109876543210"
+    assert KeySpec.parse("payload.meta.id", ()).extract({}, payload) == "1.0"
+
+
+def test_a_big_number_beside_the_deepest_nesting_orjson_takes() -> None:
+    """orjson reads 1,024 levels; the second reading is orjson too, so it takes the same (stdlib json would not)."""
+    deep = b"[" * 1023 + b"]" * 1023
+    assert orjson.loads(deep) is not None
+    assert ID.extract({}, b'{"deep": ' + deep + b', "id": 12345678901234567890123}') == "12345678901234567890123"
 
 
 @properties

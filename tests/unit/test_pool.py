@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mqttlb.balancers import create
 from mqttlb.config import PoolSettings, WorkerOverride
 from mqttlb.errors import BadHeartbeat, RemoteInputError
 from mqttlb.pool import MAX_HEARTBEAT_BYTES, Fleet, Health, Heartbeat, WorkerState, WorkerView
@@ -379,6 +380,21 @@ def test_a_returning_worker_ramps_again_and_the_others_do_not() -> None:
     assert fleet.healthy("default") == {"w1": 0.1, "w2": 1.0}
     fleet.tick(32)
     assert fleet.healthy("default") == {"w1": 1.0, "w2": 1.0}
+
+
+@pytest.mark.parametrize("weight", [5e-324, 1e-320, 1e300, 1e308, 1.7976931348623157e308])
+def test_slow_start_ramps_any_weight_to_a_valid_one(weight: float) -> None:
+    """No step of the ramp overflows to infinity or underflows to 0, which balancers refuse."""
+    fleet = Fleet(60.0, 600.0, pools={"default": pool("default", slow_start=9.0)})
+    fleet.apply(hb("w1", weight=weight), 0)
+    balancer = create("random")
+    for now in range(11):
+        fleet.tick(now)
+        ramped = fleet.healthy("default")["w1"]
+        assert 0 < ramped <= weight
+        assert ramped == pytest.approx(weight * (min(now + 1, 10) / 10)) or weight < 1e-300  # denormals: coarse
+        balancer.update(fleet.healthy("default"))
+    assert ramped == weight
 
 
 def test_without_slow_start_the_weight_is_whole_at_once() -> None:
