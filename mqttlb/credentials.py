@@ -6,6 +6,12 @@ monitor get a ``user`` block naming exactly the topics they use, derived from
 the router's config file: a pattern would let any device write a worker's
 heartbeat, and with it join a pool and receive other devices' traffic.
 
+Mosquitto has no ACL on client ids: a client that connects with a client id in
+use drops the connection that had it, and takes its session, whoever it logs in
+as. On the devices' listener a device's client id is its user name
+(``use_username_as_clientid``), so the defence is here: no device may be named
+as a client id the router family uses, or will use (see ``reserved_problem``).
+
 The password file is written in Mosquitto 2.0's own format (``$7$``,
 PBKDF2-SHA512, as ``mosquitto_passwd`` writes it), keeping the users it already
 has. The ACL file is written whole, from the identities it already lists
@@ -27,6 +33,7 @@ import secrets
 import stat
 import sys
 import tempfile
+from collections.abc import Collection
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
@@ -45,7 +52,8 @@ log = logging.getLogger("mqttlb.credentials")
 WORKER_PREFIX = "mqttlb-worker-"
 """A worker's user name is its client id: ``mqttlb-worker-<id>``."""
 RESERVED_PREFIX = "mqttlb-"
-"""Device ids may not start with it: on the devices' listener a client id is the user name, and ours start so."""
+"""Device ids may not start with it: the workers' and the tools' client ids do (``mqttlb-worker-w1``)."""
+_INSTANCE = re.compile(r"^-(\d+)(-fleet)?$")
 DEFAULT_DEVICE_TOPIC = "devices/%u/#"
 HASH_ITERATIONS = 101  # mosquitto_passwd's; generated passwords carry 192 random bits, so more buys nothing
 SALT_BYTES = 12
@@ -79,6 +87,35 @@ def hash_password(password: str, salt: bytes | None = None) -> str:
     return f"$7${HASH_ITERATIONS}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
 
 
+def reserved_problem(name: str, client_id: str, worker_ids: Collection[str]) -> str | None:
+    """Why no device may be called ``name`` (a client id the router, a worker or a tool uses), or None.
+
+    ``client_id`` is the router's. The router keeps it and every ``<client_id>-...`` for its connections:
+    ``-fleet`` (heartbeats), ``-<i>`` and ``-<i>-fleet`` under ``run --processes``, and those to come.
+    Workers and tools connect as ``mqttlb-...``; a worker's bare id is kept too, for a worker written on
+    plain paho that uses it as its client id.
+    """
+    if name == client_id or name.startswith(client_id + "-"):
+        return (f"reserved: {_router_connection(name[len(client_id):], client_id)}; the router keeps "
+                f"{client_id!r} and every {client_id + '-...'!r} for its own connections, which a device "
+                "of that name would take over")
+    if name.startswith(RESERVED_PREFIX):
+        return f"reserved: device ids may not start with {RESERVED_PREFIX!r}, the workers' and the tools' client ids"
+    if name in worker_ids:
+        return "reserved: a worker's id"
+    return None
+
+
+def _router_connection(suffix: str, client_id: str) -> str:
+    """Which connection of the router's uses the client id ``<client_id><suffix>``."""
+    link = "heartbeat connection" if suffix.endswith("-fleet") else "session"
+    if suffix in ("", "-fleet"):
+        return f"the client id of the router's {link}"
+    if (instance := _INSTANCE.match(suffix)) is not None:
+        return f"the client id of router instance {instance[1]}'s {link} (mqttlb run --processes)"
+    return f"it starts with {client_id + '-'!r}"
+
+
 def name_problem(name: str) -> str | None:
     """Why ``name`` cannot be a user name (and a topic level), or None."""
     problem = key_problem(name)
@@ -96,17 +133,23 @@ def rules(identity: Identity, config: Config) -> list[str]:
     """The ACL lines of one router, worker or monitor: exactly the topics it reads and writes."""
     heartbeat = config.heartbeat.topic
     dead_letters = config.dead_letter.topic.as_filter()
+    stats = stats_topics(config)
     reads: list[str] = []
     writes: list[str] = []
     if identity.role is Role.ROUTER:
         reads = [route.match.mqtt for route in config.routes] + [heartbeat, SYNC_TOPIC]
-        writes = [route.forward.as_filter() for route in config.routes] + [dead_letters, config.stats.topic]
+        writes = [route.forward.as_filter() for route in config.routes] + [dead_letters, *stats]
     elif identity.role is Role.WORKER:
         reads = [inbox_filter(route.forward, identity.name) for route in config.routes]
         writes = ["/".join(identity.name if level == "+" else level for level in heartbeat.split("/"))]
     elif identity.role is Role.MONITOR:
-        reads = [dead_letters, config.stats.topic, heartbeat]
+        reads = [dead_letters, *stats, heartbeat]
     return [f"topic read {t}" for t in dict.fromkeys(reads)] + [f"topic write {t}" for t in dict.fromkeys(writes)]
+
+
+def stats_topics(config: Config) -> list[str]:
+    """The router's stats topic, and its instances' under ``run --processes`` (``<stats.topic>/<i>``)."""
+    return [config.stats.topic, f"{config.stats.topic}/+"]
 
 
 def render_acl(identities: list[Identity], device_topics: list[str], config: Config) -> str:
@@ -143,7 +186,7 @@ def device_topic_problem(topic: str, config: Config) -> str | None:
         TopicFilter.parse(as_filter)
     except TopicError as error:
         return str(error)
-    protected = {config.heartbeat.topic: "the workers' heartbeats", config.stats.topic: "the stats",
+    protected = {config.heartbeat.topic: "the workers' heartbeats", **dict.fromkeys(stats_topics(config), "the stats"),
                  config.dead_letter.topic.as_filter(): "the dead letters", SYNC_TOPIC: "the router's sync topic",
                  **{route.forward.as_filter(): "the workers' inboxes" for route in config.routes}}
     for other, what in protected.items():
@@ -223,8 +266,9 @@ def load_config(path: str) -> Config:
 # -- the command -----------------------------------------------------------------------
 
 
-def _requested(args: argparse.Namespace, config: Config) -> tuple[list[Identity], list[str]]:
-    """The identities the command line names, and the problems with them."""
+def _requested(args: argparse.Namespace, config: Config, workers: set[str],
+               devices: set[str]) -> tuple[list[Identity], list[str]]:
+    """The identities the command line names, and the problems with them; ``workers`` and ``devices``: the ids known."""
     problems: list[str] = []
     wanted = [Identity(Role.WORKER, n) for n in args.worker] + [Identity(Role.DEVICE, n) for n in args.device] + \
         [Identity(Role.MONITOR, n) for n in args.monitor]
@@ -233,12 +277,12 @@ def _requested(args: argparse.Namespace, config: Config) -> tuple[list[Identity]
             problems.append("--router: set broker.username in the config first: it names the router's user")
         else:
             wanted.insert(0, Identity(Role.ROUTER, config.broker.username))
-    reserved = {config.broker.client_id, config.broker.client_id + "-fleet"}
     for identity in wanted:
         problem = name_problem(identity.name)
-        if problem is None and identity.role is Role.DEVICE and (
-                identity.name.startswith(RESERVED_PREFIX) or identity.name in reserved):
-            problem = f"reserved: device ids may not start with {RESERVED_PREFIX!r} or be the router's client id"
+        if problem is None and identity.role is Role.DEVICE:
+            problem = reserved_problem(identity.name, config.broker.client_id, workers)
+        if problem is None and identity.role is Role.WORKER and identity.name in devices:
+            problem = "reserved: a device has this name, and devices may not be named as a worker's id"
         if problem is not None:
             problems.append(f"--{identity.role} {identity.name!r}: {problem}")
     return wanted, problems
@@ -268,8 +312,13 @@ def update(args: argparse.Namespace, config: Config) -> dict[str, str]:
     users = read_password_file(password_path)
     acl_text = acl_path.read_text(encoding="utf-8") if acl_path.exists() else ""
     identities, device_topics = parse_acl(acl_text, str(acl_path))
-    wanted, problems = _requested(args, config)
     roles = _roles(users, identities)
+    workers = {i.name for i in identities if i.role is Role.WORKER and i.username not in args.remove} | set(args.worker)
+    devices = {name for name, role in roles.items() if role is Role.DEVICE and name not in args.remove}
+    wanted, problems = _requested(args, config, workers, devices | set(args.device))
+    for name in sorted(devices - set(args.device)):  # made before the rule, or under another client id
+        if (problem := reserved_problem(name, config.broker.client_id, workers)) is not None:
+            log.warning("device %s, already in %s: %s; remove it (--remove %s)", name, password_path, problem, name)
     for identity in wanted:
         role = roles.get(identity.username, identity.role)
         if role is not identity.role:

@@ -47,6 +47,8 @@ from .conftest import ROOT, RouterProcess, wait_for
 pytestmark = pytest.mark.integration
 
 ROUTER, W1, W2, MONITOR = "mqttlb-router", "mqttlb-worker-w1", "mqttlb-worker-w2", "ops"
+CLIENT_ID = "edge-router"
+"""The router's client id: outside ``mqttlb-``, as an operator may choose it."""
 DEVICES = ("d1", "d2")
 DEVICES_LISTENER, BACKEND_LISTENER = 0, 1  # the order of the listener lines in production.conf
 SETTLE = 0.5
@@ -115,6 +117,13 @@ class Files:
     passwords: dict[str, str]
 
 
+def credentials(config: Path, folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``mqttlb credentials`` on the password and ACL files in ``folder``."""
+    return subprocess.run(
+        [sys.executable, "-m", "mqttlb", "credentials", "-c", str(config), "--password-file", str(folder / "passwd"),
+         "--acl-file", str(folder / "acl"), *args], capture_output=True, text=True, cwd=ROOT, timeout=60)
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> Files:
     """PKI, router config and users, made once: each test starts its own broker on them."""
@@ -122,7 +131,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Files:
     make_pki(folder)
     config = folder / "router.yaml"
     config.write_text(yaml.safe_dump({
-        "broker": {"host": "127.0.0.1", "port": 1, "client_id": ROUTER, "username": ROUTER,
+        "broker": {"host": "127.0.0.1", "port": 1, "client_id": CLIENT_ID, "username": ROUTER,
                    "password_file": "router.secret",
                    "tls": {"ca_certs": "server-ca.crt", "certfile": f"{ROUTER}.crt", "keyfile": f"{ROUTER}.key"}},
         "heartbeat": {"timeout": "2s"},
@@ -133,11 +142,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Files:
             {"name": "logs", "match": "devices/+/logs/#", "algorithm": "round_robin"},
         ],
     }, sort_keys=False))
-    made = subprocess.run(
-        [sys.executable, "-m", "mqttlb", "credentials", "-c", str(config), "--password-file", str(folder / "passwd"),
-         "--acl-file", str(folder / "acl"), "--router", "--worker", "w1", "--worker", "w2", "--monitor", MONITOR,
-         *[arg for device in DEVICES for arg in ("--device", device)]],
-        capture_output=True, text=True, cwd=ROOT, timeout=60)
+    made = credentials(config, folder, "--router", "--worker", "w1", "--worker", "w2", "--monitor", MONITOR,
+                       *[arg for device in DEVICES for arg in ("--device", device)])
     assert made.returncode == 0, made.stderr  # the router's password file does not exist yet: that must not matter
     passwords = dict(line.split(":", 1) for line in made.stdout.splitlines())
     assert set(passwords) == {ROUTER, W1, W2, MONITOR, *DEVICES}
@@ -318,12 +324,64 @@ def test_device_certificates_as_identity_when_required(tmp_path: Path, files: Fi
 
 def test_a_device_cannot_take_over_a_workers_session(deployment: Deployment) -> None:
     worker = deployment.backend(W1, client_id=W1)
-    for client_id in (W1, ROUTER, f"{ROUTER}-fleet"):
+    for client_id in (W1, CLIENT_ID, f"{CLIENT_ID}-fleet"):
         deployment.device("d1", client_id=client_id)
     time.sleep(SETTLE)
     assert worker.events == ["connected"]
     deployment.backend(W1, client_id=W1)  # on the backend listener a client id is taken over, as MQTT says
     wait_for(lambda: len(worker.events) > 1, what="the first connection dropped")
+
+
+def own_copy(files: Files, tmp_path: Path) -> Path:
+    """A folder with copies of the module's password and ACL files, for a test that adds users."""
+    folder = tmp_path / "users"
+    folder.mkdir()
+    for name in ("passwd", "acl"):
+        (folder / name).write_bytes((files.folder / name).read_bytes())
+        (folder / name).chmod(0o640)
+    return folder
+
+
+def test_credentials_refuse_devices_named_as_a_router_instance_or_a_worker(files: Files, tmp_path: Path) -> None:
+    folder = own_copy(files, tmp_path)
+    made = credentials(files.config, folder, "--device", f"{CLIENT_ID}-0", "--device", f"{CLIENT_ID}-7-fleet",
+                       "--device", "w1", "--device", "d3")
+    assert (made.returncode, made.stdout) == (2, "")
+    for device, clash in ((f"{CLIENT_ID}-0", "the client id of router instance 0's session"),
+                          (f"{CLIENT_ID}-7-fleet", "the client id of router instance 7's heartbeat connection"),
+                          ("w1", "a worker's id")):
+        assert f"--device {device!r}: reserved: {clash}" in made.stderr
+    assert "'d3'" not in made.stderr  # a name outside the reserved space is no problem: it waits for the others
+    for name in ("passwd", "acl"):
+        assert (folder / name).read_bytes() == (files.folder / name).read_bytes()
+
+
+def test_a_device_cannot_take_over_a_router_instances_session(files: Files, tmp_path: Path) -> None:
+    """Two halves: the broker makes a device's client id its user name, and the credentials refuse a device
+    named as one of the router's client ids. Each half gets its chance here; a round trip on each of the
+    instance's connections, after the devices' CONNACKs, shows them never dropped."""
+    folder = own_copy(files, tmp_path)
+    sessions = (f"{CLIENT_ID}-0", f"{CLIENT_ID}-0-fleet")
+    attempts = {name: credentials(files.config, folder, "--device", name) for name in sessions}
+    created = {name: run.stdout.strip().split(":", 1)[1] for name, run in attempts.items() if run.returncode == 0}
+    broker = start_broker(tmp_path, files, **{
+        "password_file /etc/mosquitto/passwd": f"password_file {folder / 'passwd'}",
+        "acl_file /etc/mosquitto/acl": f"acl_file {folder / 'acl'}"})
+    made = Deployment(broker, files)
+    try:
+        instance = [made.backend(ROUTER, client_id=session) for session in sessions]
+        made.device("d1", client_id=sessions[0])  # replaced by its user name, d1
+        for name, password in created.items():  # a device the credentials let in under the instance's name
+            made.device(name, password=password)
+        for link in instance:
+            link.publish("mqttlb/stats", b"marker")
+        assert [link.events for link in instance] == [["connected"], ["connected"]]
+    finally:
+        for peer in made.peers:
+            peer.close()
+        broker.close()
+    assert created == {}
+    assert all("reserved: the client id of router instance 0's" in run.stderr for run in attempts.values())
 
 
 # -- what devices and workers can do --------------------------------------------------------
@@ -413,6 +471,21 @@ def test_a_worker_reads_only_its_own_inbox_and_writes_only_its_heartbeat(deploym
     assert monitor.got() == [("mqttlb/workers/w2/heartbeat", heartbeat("w2"))]
 
 
+def test_the_stats_of_router_instances_reach_a_monitor(deployment: Deployment, files: Files) -> None:
+    monitor = deployment.backend(MONITOR)
+    monitor.subscribe("mqttlb/stats/+")
+    config = router_config(deployment, files, router={"share_group": "mqttlb"}, stats={"interval": "200ms"})
+    parent = RouterProcess(config, "--processes", "2")
+    try:
+        wait_for(lambda: {topic for topic, _ in monitor.got()} == {"mqttlb/stats/0", "mqttlb/stats/1"},
+                 timeout=20, what="the stats of both instances")
+    finally:
+        assert parent.stop() == 0
+    assert {topic: orjson.loads(payload)["router"] for topic, payload in monitor.got()} == {
+        "mqttlb/stats/0": f"{CLIENT_ID}-0", "mqttlb/stats/1": f"{CLIENT_ID}-1"}
+    assert "refused" not in parent.log() and "reconnecting" not in parent.log()
+
+
 # -- the router and a worker over TLS, and the worst a device can send ---------------------------
 
 
@@ -439,13 +512,22 @@ class Live:
         self.router.stop()
 
 
+def router_config(deployment: Deployment, files: Files, **sections: dict[str, Any]) -> Path:
+    """The module's router config for this broker's backend listener, with ``sections`` changed."""
+    port = deployment.broker.ports[BACKEND_LISTENER]
+    config = yaml.safe_load(files.config.read_text())
+    config["broker"]["port"] = port
+    for name, values in sections.items():
+        config[name] = {**config.get(name, {}), **values}
+    path = files.folder / f"router-{port}.yaml"  # beside the files it names
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
 @pytest.fixture
 def live(deployment: Deployment, files: Files) -> Iterator[Live]:
     broker, folder = deployment.broker, files.folder
-    config = yaml.safe_load(files.config.read_text())
-    config["broker"]["port"] = broker.ports[BACKEND_LISTENER]
-    config_path = folder / f"router-{broker.ports[BACKEND_LISTENER]}.yaml"  # beside the files it names
-    config_path.write_text(yaml.safe_dump(config))
+    config_path = router_config(deployment, files)
     monitor = deployment.backend(MONITOR)
     monitor.subscribe("mqttlb/deadletter/+/#")
     recorder = Recorder()

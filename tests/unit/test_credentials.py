@@ -23,7 +23,8 @@ ROUTES = [{"name": "telemetry", "match": "devices/{device}/telemetry", "key": "d
           {"name": "logs", "match": "devices/+/logs/#", "algorithm": "round_robin"}]
 ROUTER_RULES = ["topic read devices/+/telemetry", "topic read devices/+/logs/#",
                 "topic read mqttlb/workers/+/heartbeat", "topic read mqttlb/router/sync",
-                "topic write mqttlb/workers/+/in/#", "topic write mqttlb/deadletter/+/#", "topic write mqttlb/stats"]
+                "topic write mqttlb/workers/+/in/#", "topic write mqttlb/deadletter/+/#", "topic write mqttlb/stats",
+                "topic write mqttlb/stats/+"]  # the instances' of run --processes: mqttlb/stats/<i>
 DEVICES = "Devices write under their own id and read nothing."
 
 Run = Callable[..., tuple[int, str, str]]
@@ -101,7 +102,7 @@ def test_first_run_makes_both_files_and_prints_each_new_password_once(run: Run, 
         "worker w1": ["user mqttlb-worker-w1", "topic read mqttlb/workers/w1/in/#",
                       "topic write mqttlb/workers/w1/heartbeat"],
         "monitor ops": ["user ops", "topic read mqttlb/deadletter/+/#", "topic read mqttlb/stats",
-                        "topic read mqttlb/workers/+/heartbeat"],
+                        "topic read mqttlb/stats/+", "topic read mqttlb/workers/+/heartbeat"],
     }
 
 
@@ -159,6 +160,7 @@ def test_passwords_from_a_secrets_file_are_not_printed(run: Run, folder: Path) -
     (["--device", "mqttlb-worker-w1"], "reserved: device ids may not start with 'mqttlb-'"),
     (["--device", "mqttlb-router-fleet"], "reserved"),
     (["--device-topic", "%u/#"], "devices could write the workers' heartbeats (mqttlb/workers/+/heartbeat)"),
+    (["--device-topic", "mqttlb/stats/%u"], "devices could write the stats (mqttlb/stats/+)"),
     (["--device-topic", "devices/+/#"], "needs %u as one whole level, and no other %"),
     (["--device-topic", "devices/%c/#"], "needs %u as one whole level"),
     (["--device-topic", "devices/%u/#/x"], "'#' may only be the last level"),
@@ -168,6 +170,58 @@ def test_refusals_name_the_place_and_write_nothing(run: Run, folder: Path, args:
     code, out, err = run(*args)
     assert (code, out) == (2, "") and problem in err
     assert not (folder / "passwd").exists() and not (folder / "acl").exists()
+
+
+def edge_router(folder: Path) -> str:
+    """A config whose router client id, ``edge-router``, lies outside the ``mqttlb-`` prefix."""
+    (folder / "edge.yaml").write_text(yaml.safe_dump({"broker": {"client_id": "edge-router"}, "routes": ROUTES}))
+    return "edge.yaml"
+
+
+@pytest.mark.parametrize("device, clash", [
+    ("edge-router", "the client id of the router's session"),
+    ("edge-router-fleet", "the client id of the router's heartbeat connection"),
+    ("edge-router-0", "the client id of router instance 0's session (mqttlb run --processes)"),
+    ("edge-router-7-fleet", "the client id of router instance 7's heartbeat connection (mqttlb run --processes)"),
+    ("edge-router-beats", "it starts with 'edge-router-'"),  # a connection the router may add later
+    ("edge-router-", "it starts with 'edge-router-'"),
+    ("mqttlb-worker-w1", "device ids may not start with 'mqttlb-'"),
+])
+def test_a_device_may_not_take_a_client_id_of_the_router(run: Run, folder: Path, device: str, clash: str) -> None:
+    code, out, err = run("--device", "d1", "--device", device, config=edge_router(folder))
+    assert (code, out) == (2, "")
+    assert f"--device {device!r}: reserved: {clash}" in err
+    if device.startswith("edge-router"):
+        assert "the router keeps 'edge-router' and every 'edge-router-...' for its own connections" in err
+    assert not (folder / "passwd").exists() and not (folder / "acl").exists()
+
+
+def test_names_beside_the_router_prefix_are_devices_like_any(run: Run, folder: Path) -> None:
+    code, out, err = run("--device", "edge-router2", "--device", "edge", "--device", "router-0",
+                         config=edge_router(folder))
+    assert code == 0, err
+    assert set(users(folder)) == {"edge-router2", "edge", "router-0"}
+
+
+def test_a_device_and_a_worker_may_not_share_an_id(run: Run, folder: Path) -> None:
+    assert run("--worker", "w1", "--device", "d1")[0] == 0
+    code, _, err = run("--device", "w1")
+    assert code == 2 and "--device 'w1': reserved: a worker's id" in err
+    code, _, err = run("--worker", "d1")
+    assert code == 2 and "--worker 'd1': reserved: a device has this name" in err
+    code, _, err = run("--worker", "w2", "--device", "w2")
+    assert code == 2 and "--device 'w2': reserved" in err and "--worker 'w2': reserved" in err
+    assert set(users(folder)) == {"mqttlb-worker-w1", "d1"}
+
+
+def test_a_device_made_before_the_rule_is_pointed_out(run: Run, folder: Path) -> None:
+    (folder / "passwd").write_text(f"edge-router-0:{hash_password('old')}\n")  # as the command once allowed
+    code, _, err = run("--device", "d1", config=edge_router(folder))
+    assert code == 0
+    assert "device edge-router-0, already in" in err and "router instance 0's session" in err
+    assert "remove it (--remove edge-router-0)" in err
+    code, _, err = run("--remove", "edge-router-0", config=edge_router(folder))
+    assert code == 0 and "edge-router-0" not in err and set(users(folder)) == {"d1"}
 
 
 def test_a_user_keeps_its_role(run: Run, folder: Path) -> None:
