@@ -201,3 +201,29 @@ def test_a_failing_balancer_costs_one_message_not_the_router_nor_its_restarts(br
         assert router.stop() == 0
         sent = send_good(device, 10, start=100)
     assert len(dead.messages()) == 1
+
+
+def test_stats_over_the_brokers_packet_size_are_held_back_not_sent(limited_broker, tmp_path):
+    """A stats snapshot grows with the fleet; one over the broker's limit would drop the publishing connection
+    at every stats interval, taking the forwards in flight with it."""
+    beats = Client(limited_broker, "beats")
+    beats.subscribe("mqttlb/workers/+/in/#")  # the fake workers' share of the traffic
+    for n in range(40):  # each worker adds ~150 bytes to the snapshot: ~6 KiB against 2 KiB
+        beats.publish(f"mqttlb/workers/w{n:02d}/heartbeat", orjson.dumps({"worker": f"w{n:02d}"}), retain=True)
+    worker = TestWorker(limited_broker, "w1")
+    device = Client(limited_broker, "device")
+    router = RouterProcess(write_config(tmp_path / "router.yaml", limited_broker, stats={"interval": "500ms"}))
+    try:
+        router.wait_ready()
+        router.wait_log("stats not published: larger than the broker's maximum packet size (2048 bytes)")
+        sent = set()
+        for n in range(200):
+            payload = f"m{n}".encode()
+            device.publish(f"devices/d{n}/telemetry", payload)
+            sent.add(payload)
+        wait_for(lambda: delivered(worker) | delivered(beats) >= sent, what="every message")
+        assert "disconnected" not in router.log()
+    finally:
+        router.stop()
+        for c in (beats, worker, device):
+            c.close()
