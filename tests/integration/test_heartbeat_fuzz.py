@@ -14,7 +14,7 @@ from typing import Iterator
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from mqttlb.broker import PrivateBroker
@@ -31,7 +31,13 @@ heartbeat_fields = st.fixed_dictionaries(
     {"pool": st.sampled_from(["default", "other"]), "weight": st.one_of(EXTREME, json_value)},
     optional={"state": st.sampled_from(["up", "down", "draining", "UP", ""]),
               "inflight": st.one_of(st.sampled_from([0, 2**63, 10**30, -1]), json_value), "worker": level})
-body = st.one_of(payload, heartbeat_fields.map(lambda fields: json.dumps(fields).encode()))  # ints past 64 bits
+extreme_but_valid = st.builds(lambda weight, inflight: {"pool": "default", "weight": weight, "inflight": inflight},
+                              EXTREME, st.sampled_from([0, 2**63 - 1, 10**30]))
+body = st.one_of(  # json: ints past 64 bits; the valid extremes twice as often, as they are what hurts
+    extreme_but_valid.map(lambda fields: json.dumps(fields).encode()),
+    extreme_but_valid.map(lambda fields: json.dumps(fields).encode()),
+    heartbeat_fields.map(lambda fields: json.dumps(fields).encode()),
+    payload)
 publishable = level.filter(lambda worker: key_problem(worker) is None and worker != "w1")
 
 
@@ -55,8 +61,13 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RouterProce
             router.stop()
 
 
+HUGE = json.dumps({"pool": "default", "weight": 1e308}).encode()
+
+
 @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
 @given(beats=st.lists(st.tuples(publishable, body), min_size=1, max_size=6))
+@example(beats=[("f1", HUGE), ("f2", HUGE)])  # weights whose sum overflows: this crashed every restart
+@example(beats=[("f1", HUGE), ("f2", HUGE), ("f3", json.dumps({"pool": "default", "weight": 5e-324}).encode())])
 def test_hostile_heartbeats_never_stop_a_live_router(live, beats: list[tuple[str, bytes]]) -> None:
     router, _, fuzzer = live
     for worker_id, heartbeat in beats:
