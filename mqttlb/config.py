@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import tomllib
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
@@ -175,15 +176,22 @@ class Config:
 
 
 def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
-    """Read and check the file at ``path``; raises ConfigError listing every problem."""
+    """Read and check the file at ``path`` (TOML when it ends in ``.toml``, else YAML: one schema); raises
+    ConfigError listing every problem."""
     try:
         text = Path(path).read_bytes()
     except OSError as error:
         raise ConfigError([f"{path}: cannot read: {error.strerror or error}"]) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise ConfigError([_yaml_problem(str(path), error)]) from None
+    if Path(path).suffix.lower() == ".toml":
+        try:
+            data: object = tomllib.loads(text.decode("utf-8"))
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+            raise ConfigError([f"{path}: TOML syntax error: {error}"]) from None
+    else:
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise ConfigError([_yaml_problem(str(path), error)]) from None
     config = parse(data, base_dir=Path(path).absolute().parent, environ=os.environ if environ is None else environ)
     return replace(config, source=str(path))
 
@@ -766,9 +774,11 @@ def _algorithm(value: object) -> str:
     return name
 
 
-def _listen(value: object) -> tuple[str, int]:
+def _listen(value: object) -> tuple[str, int] | None:
+    if value is False:  # TOML has no null
+        return None
     found = _LISTEN.fullmatch(value) if isinstance(value, str) else None
     if found is None or int(found.group(3)) > 65535:
-        raise ValueError(f"must be host:port, e.g. 127.0.0.1:9108 or [::1]:9108, or null to turn metrics off, "
-                         f"got {_shown(value)}")
+        raise ValueError(f"must be host:port, e.g. 127.0.0.1:9108 or [::1]:9108, or null (false) to turn metrics "
+                         f"off, got {_shown(value)}")
     return found.group(1) or found.group(2), int(found.group(3))

@@ -248,8 +248,8 @@ def test_several_problems_are_all_listed() -> None:
         "routes[1].qos: must be 0 or 1 (QoS 2 is not supported), got 2",
         "stats.interval: must be a duration such as '500ms', '10s', '2m', '1h', '1d' or a number of seconds "
         "(not negative), got 'soon'",
-        "metrics.listen: must be host:port, e.g. 127.0.0.1:9108 or [::1]:9108, or null to turn metrics off, "
-        "got '9108'",
+        "metrics.listen: must be host:port, e.g. 127.0.0.1:9108 or [::1]:9108, or null (false) to turn metrics "
+        "off, got '9108'",
     ]
 
 
@@ -580,3 +580,65 @@ def test_parse_raises_only_config_error_for_any_route(route: dict[str, object]) 
         parse({"routes": [route]})
     except ConfigError as error:
         assert error.problems
+
+
+# -- TOML ----------------------------------------------------------------------
+
+
+TOML = """\
+[broker]
+host = "broker.local"
+session_expiry = "2h"
+
+[metrics]
+listen = false   # TOML has no null
+
+[pools.gpu]
+slow_start = "30s"
+
+[[routes]]
+name = "telemetry"
+match = "devices/{device}/telemetry"
+key = "device"
+
+[[routes]]
+match = "jobs/+"
+algorithm = "least_connections"
+pool = "gpu"
+"""
+
+SAME_IN_YAML = """\
+broker: {host: broker.local, session_expiry: 2h}
+metrics: {listen: null}
+pools: {gpu: {slow_start: 30s}}
+routes:
+  - {name: telemetry, match: "devices/{device}/telemetry", key: device}
+  - {match: "jobs/+", algorithm: least_connections, pool: gpu}
+"""
+
+
+def test_a_toml_file_means_what_the_same_yaml_means(tmp_path: Path) -> None:
+    (tmp_path / "router.toml").write_text(TOML)
+    (tmp_path / "router.yaml").write_text(SAME_IN_YAML)
+    from_toml = config.load(tmp_path / "router.toml", environ={})
+    assert from_toml.metrics.listen is None and from_toml.broker.host == "broker.local"
+    assert dataclasses.replace(from_toml, source=None) == \
+        dataclasses.replace(config.load(tmp_path / "router.yaml", environ={}), source=None)
+
+
+def test_toml_problems_are_named_like_yaml_ones(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(TOML.replace('"least_connections"', '"roundrobin"').replace('"2h"', '"soon"'))
+    with pytest.raises(ConfigError) as refused:
+        config.load(path, environ={})
+    assert refused.value.problems[0].startswith("broker.session_expiry: must be a duration")
+    assert refused.value.problems[1] == f"routes[1].algorithm: unknown algorithm 'roundrobin'; expected one of " \
+                                        f"{ALGORITHMS}"
+
+
+def test_a_toml_syntax_error_names_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "broken.toml"
+    path.write_text("[broker]\nhost = \n")
+    with pytest.raises(ConfigError) as refused:
+        config.load(path, environ={})
+    assert refused.value.problems == (f"{path}: TOML syntax error: Invalid value (at line 2, column 8)",)
