@@ -348,7 +348,9 @@ def test_past_max_held_the_oldest_is_dead_lettered_while_another_pool_has_worker
     assert "router.max_held" in evicted.detail
     assert router.held == 3
     assert refs(router.route(msg("devices/d1/telemetry", ref=5, now=5))) == [5]  # default keeps flowing
-    assert refs(beat(router, "g1", 6, pool="gpu")) == [2, 3, 4]
+    departed, *released = beat(router, "g1", 6, pool="gpu")  # a heartbeat applies what time did first
+    assert departed == Departure("w1", "default", Health.TIMEOUT, 1)
+    assert refs(released) == [2, 3, 4]
 
 
 def test_with_no_worker_anywhere_held_messages_are_not_evicted() -> None:
