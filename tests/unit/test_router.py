@@ -11,7 +11,7 @@ import pytest
 
 from mqttlb.config import Config, parse
 from mqttlb.errors import BadHeartbeat
-from mqttlb.pool import Departure, Fleet, Health
+from mqttlb.pool import Departure, Fleet, FleetFull, Health
 from mqttlb.router import DeadLetter, Forward, Message, Router
 
 ROUTES: list[dict[str, Any]] = [
@@ -556,3 +556,31 @@ def test_reconfigure_applies_a_new_timeout_at_once() -> None:
     beat(router, "w1", 0)
     router.fleet.reconfigure(2.0, 60.0, router.config.pools, 3)
     assert router.fleet.healthy("default") == {}
+
+
+def test_a_flood_of_new_ids_beyond_max_workers_is_refused_and_routing_goes_on() -> None:
+    router = make_router(pools={"default": {"max_workers": 3}})
+    for worker in ("w1", "w2", "w3"):
+        beat(router, worker, 0)
+    for i in range(500):
+        with pytest.raises(FleetFull):
+            beat(router, f"fake{i}", 1)
+    assert router.fleet.census().refused == {("default", "max_workers"): 500}
+    assert router.bad_heartbeats == 0  # well-formed: refused for room, not as malformed
+    assert router.fleet.healthy("default") == {"w1": 1.0, "w2": 1.0, "w3": 1.0}
+    [forward] = router.route(msg("devices/d1/telemetry", now=2))
+    assert isinstance(forward, Forward) and forward.worker in {"w1", "w2", "w3"}
+
+
+def test_a_heartbeat_that_changes_only_the_load_hands_the_balancers_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    router = make_router()
+    for i in range(50):
+        beat(router, f"w{i}", 0)
+    updates = []
+    for route in router._routes:
+        monkeypatch.setattr(route.balancer, "update", updates.append)
+    for i in range(50):
+        assert beat(router, f"w{i}", 1, inflight=i) == []
+    assert updates == []
+    beat(router, "w0", 2, state="draining")
+    assert len(updates) == 3 and all("w0" not in healthy and len(healthy) == 49 for healthy in updates)
