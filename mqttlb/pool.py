@@ -271,6 +271,13 @@ class Fleet:
             snapshot = self._snapshots[pool] = MappingProxyType(dict(self._healthy.get(pool, {})))
         return snapshot
 
+    def is_healthy(self, pool: str, worker: str) -> bool:
+        return worker in self._healthy.get(pool, {})
+
+    def serves(self, pool: str) -> bool:
+        """Whether ``pool`` has a healthy worker."""
+        return bool(self._healthy.get(pool))
+
     def staffed(self) -> frozenset[str]:
         """The pools with at least one healthy worker."""
         return frozenset(self._healthy)

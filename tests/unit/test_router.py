@@ -449,8 +449,10 @@ def test_a_timed_out_worker_stops_receiving_and_only_its_devices_move() -> None:
     assert {after[t] for t in moved} <= {"w2", "w3"}
     assert all(after[t] == before[t] for t in DEVICES if t not in moved)
     assert {v.worker: v.health for v in router.fleet.views(6.0)}["w1"] is Health.TIMEOUT
-    beat(router, "w1", 7)  # back: its devices come home
-    assert workers_of(router, DEVICES, now=7) == before
+    beat(router, "w1", 7)  # back: its devices come home with the next tick, when the balancers catch up
+    assert "w1" not in workers_of(router, DEVICES, now=7).values()
+    router.tick(7.25)
+    assert workers_of(router, DEVICES, now=7.25) == before
 
 
 def test_worker_moving_pools_takes_its_traffic_along() -> None:
@@ -583,4 +585,31 @@ def test_a_heartbeat_that_changes_only_the_load_hands_the_balancers_nothing(monk
         assert beat(router, f"w{i}", 1, inflight=i) == []
     assert updates == []
     beat(router, "w0", 2, state="draining")
+    router.tick(2)
     assert len(updates) == 3 and all("w0" not in healthy and len(healthy) == 49 for healthy in updates)
+
+
+def test_workers_joining_at_once_update_the_balancers_once_a_tick(monkeypatch: pytest.MonkeyPatch) -> None:
+    router = make_router()
+    beat(router, "w0", 0)
+    updates: list[int] = []
+    for route in router._routes:
+        original = route.balancer.update
+        monkeypatch.setattr(route.balancer, "update", lambda healthy, o=original: (updates.append(len(healthy)),
+                                                                                   o(healthy)))
+    for i in range(1, 1000):
+        beat(router, f"w{i}", 0.1)
+    assert updates == []  # not 999 updates over up to 1000 workers each
+    router.tick(0.25)
+    assert updates == [1000, 1000, 1000]  # one per route of pool default
+    assert forward(router, "devices/d1/telemetry").worker in {f"w{i}" for i in range(1000)}
+
+
+def test_nothing_is_routed_to_a_worker_that_left_before_the_balancers_caught_up() -> None:
+    router = make_router()
+    for w in ("w1", "w2"):
+        beat(router, w, 0)
+    gone = {forward(router, t).worker for t in DEVICES}
+    assert gone == {"w1", "w2"}
+    beat(router, "w1", 1, state="down")  # no tick in between
+    assert {forward(router, t).worker for t in DEVICES} == {"w2"}
