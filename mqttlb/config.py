@@ -43,6 +43,11 @@ MAX_PACKET_BYTES = 268_435_455  # the largest MQTT packet
 MIN_PACKET_BYTES = 1024  # a smaller broker.max_packet_size would leave no room for a dead letter
 MAX_SESSION_EXPIRY = 4_294_967_295.0  # MQTT 5: a four-byte count of seconds
 TLS_PORT = 8883
+DEFAULT_MAX_WORKERS = 10_000
+"""Workers a pool keeps by default; also the budget shared by every pool the config does not name."""
+MAX_MAX_WORKERS = 1_000_000
+PER_WORKER_AUTO = 1000
+"""With ``metrics.per_worker: auto``, workers are listed one by one while the fleet is smaller than this."""
 
 
 # -- the settings -------------------------------------------------------------
@@ -121,6 +126,8 @@ class PoolSettings:
     """Seconds over which a new or returning worker's weight ramps from 10% to 100%; 0 is off."""
     allow: tuple[str, ...] = ()
     """Patterns (``*``, ``?``, ``[...]``) of the worker ids the pool accepts; empty: any."""
+    max_workers: int = DEFAULT_MAX_WORKERS
+    """The most workers the pool keeps (any state, until they expire); heartbeats of new ids beyond are refused."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +159,11 @@ class StatsSettings:
 class MetricsSettings:
     listen: tuple[str, int] | None = ("127.0.0.1", 9108)
     """Host and port of the HTTP endpoint; None turns it off; port 0 takes any free port."""
+    per_worker: bool | None = None
+    """List every worker in the stats and /metrics; None (``auto``): while the fleet is under PER_WORKER_AUTO."""
+
+    def lists_workers(self, fleet_size: int) -> bool:
+        return fleet_size < PER_WORKER_AUTO if self.per_worker is None else self.per_worker
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,7 +236,8 @@ def parse(data: object, *, base_dir: Path, environ: Mapping[str, str]) -> Config
         topic=_template(DEAD_LETTER_PLACEHOLDERS, "reason"), hold=parse_duration, max_payload=_payload_size))
     stats = StatsSettings(**top.section("stats", ("topic", "interval")).read(
         topic=_topic_name, interval=_positive_duration))
-    metrics = MetricsSettings(**top.section("metrics", ("listen",)).read(listen=_optional(_listen)))
+    metrics = MetricsSettings(**top.section("metrics", ("listen", "per_worker")).read(
+        listen=_optional(_listen), per_worker=_per_worker))
     _check_route_level(dead_letter.topic, "dead_letter.topic", [route for _, route in routes], problems)
     problems.extend(_loop_problems(routes, dead_letter, stats, heartbeat))
     if problems:
@@ -364,12 +377,14 @@ def _pools(data: object, problems: list[str]) -> dict[str, PoolSettings]:
     """The pools the file lists, after ``default``."""
     pools = {DEFAULT_POOL: PoolSettings(DEFAULT_POOL)}
     for name, settings in _named(data, "pools", "pool", problems, _level_problem):
-        section = _Section(settings, f"pools.{name}", ("workers", "slow_start", "allow"), problems)
+        section = _Section(settings, f"pools.{name}", ("workers", "slow_start", "allow", "max_workers"),
+                           problems)
         overrides = _named(section.raw("workers"), section.path("workers"), "worker", problems, _level_problem)
         workers = {worker: _worker(_Section(override, f"{section.path('workers')}.{worker}", ("weight",), problems))
                    for worker, override in overrides}
         pools[name] = PoolSettings(name, MappingProxyType(workers),
-                                   **section.read(slow_start=parse_duration, allow=_patterns))
+                                   **section.read(slow_start=parse_duration, allow=_patterns,
+                                                 max_workers=_max_workers))
     return pools
 
 
@@ -618,6 +633,15 @@ def _integer(low: int, high: int, note: str = "") -> Callable[[object], int]:
 _port = _integer(1, 65535)
 _receive_maximum = _integer(1, 65535, " (MQTT's Receive Maximum)")
 _message_count = _integer(1, 65535)
+_max_workers = _integer(1, MAX_MAX_WORKERS)
+
+
+def _per_worker(value: object) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    if value == "auto":
+        return None
+    raise ValueError(f"must be auto, true or false, got {_shown(value)}")
 
 
 def _client_id(value: object) -> str:

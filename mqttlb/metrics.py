@@ -1,12 +1,18 @@
 """``/metrics`` (Prometheus text format) and ``/healthz`` over HTTP, on threads of their own.
 
 Why a module apart: the routing core knows nothing of HTTP or prometheus-client.
-The router thread never waits for a scrape. Every tick it hands over its latest
-stats snapshot (``publish``: one reference swapped, the snapshot never changed
-after), and the HTTP threads turn that snapshot into metric families
-(``families``) or a health verdict (``health``). The two threads share nothing
-else, so there is no lock, and the figures are the stats topic's, by
-construction.
+The router thread never waits for a scrape. Every tick it hands over a
+``Pulse``, the few fields ``/healthz`` needs (one reference swapped). A whole
+stats snapshot costs more the bigger the fleet, so it is made only when a scrape
+asks for one: the scrape raises ``wanted``, the router thread sees it at its
+next tick, makes a snapshot and ``publish``es it (never changed after), and the
+scrape, woken, turns it into metric families (``families``). A scrape that
+waits longer than SCRAPE_WAIT serves the last snapshot. The lock is held only
+to swap that reference, so the figures are the stats topic's, by construction.
+
+Per-worker series (``mqttlb_worker_*``) are in a snapshot only while the fleet
+is small (``metrics.per_worker``): one series per worker and label value is what
+Prometheus warns against for big, changing sets of ids.
 """
 
 from __future__ import annotations
@@ -28,10 +34,24 @@ from prometheus_client.utils import floatToGoString
 from .pool import Health
 
 STALLED = 10.0
-"""Seconds without a snapshot from the routing loop (it publishes one every tick) before /healthz fails."""
+"""Seconds without a pulse from the routing loop (it hands one over every tick) before /healthz fails."""
+SCRAPE_WAIT = 1.0
+"""Seconds a scrape waits for the routing loop to make it a fresh snapshot (a tick is 0.25 s)."""
 
 Figures = Mapping[str, Any]
 """A snapshot as ``stats.snapshot`` makes it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Pulse:
+    """What ``/healthz`` needs, from the routing loop every tick: a few fields, whatever the size of the fleet."""
+
+    connected: bool
+    stopping: bool
+    staffed: frozenset[str]
+    """The pools with at least one healthy worker."""
+    problem: str | None = None
+    """Why the router is not, or not steadily, connected: refused, taken over, unreachable."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,24 +60,23 @@ class Verdict:
     reason: str
 
 
-def health(figures: Figures | None, age: float, pools: Iterable[str]) -> Verdict:
+def health(pulse: Pulse | None, age: float, pools: Iterable[str]) -> Verdict:
     """Healthy while connected, not stopping, its loop alive, and every pool in ``pools`` with a healthy worker.
 
-    ``age`` is how long ago the routing loop published ``figures``.
+    ``age`` is how long ago the routing loop handed ``pulse`` over.
     """
-    if figures is None:
+    if pulse is None:
         return Verdict(False, "starting")
-    if figures["stopping"]:
+    if pulse.stopping:
         return Verdict(False, "stopping")
     problems = []
     if age > STALLED:
         problems.append(f"the routing loop has not reported for {age:.0f}s")
-    problem = figures.get("problem")
-    if not figures["connected"]:
-        problems.append("not connected to the broker" + (f": {problem}" if problem else ""))
-    elif problem:  # connected, but it does not last: a session taken over
-        problems.append(problem)
-    empty = [pool for pool in sorted(pools) if not figures["pools"].get(pool, {}).get(Health.UP.value)]
+    if not pulse.connected:
+        problems.append("not connected to the broker" + (f": {pulse.problem}" if pulse.problem else ""))
+    elif pulse.problem:  # connected, but it does not last: a session taken over
+        problems.append(pulse.problem)
+    empty = [pool for pool in sorted(pools) if pool not in pulse.staffed]
     if empty:
         problems.append("no healthy worker in pool " + ", ".join(empty))
     return Verdict(not problems, "; ".join(problems) or "ok")
@@ -78,7 +97,8 @@ _SCALARS: tuple[tuple[Family, str, str, tuple[str, ...]], ...] = (
     (GaugeMetricFamily, "mqttlb_forwards_in_flight", "Forwards and dead letters sent and not yet acknowledged "
      "by the broker", ("awaiting_ack",)),
     (CounterMetricFamily, "mqttlb_reconnects_total", "Connections to the broker lost", ("reconnects",)),
-    (CounterMetricFamily, "mqttlb_bad_heartbeats_total", "Heartbeats rejected as malformed", ("bad_heartbeats",)),
+    (CounterMetricFamily, "mqttlb_bad_heartbeats_total", "Heartbeats rejected as malformed or not allowed",
+     ("bad_heartbeats",)),
     (CounterMetricFamily, "mqttlb_forwards_refused_total", "Forwards the broker refused (dead-lettered instead)",
      ("refused",)),
     (CounterMetricFamily, "mqttlb_lost_total", "Messages lost: the broker refused their dead letter too",
@@ -94,6 +114,9 @@ _NESTED: tuple[tuple[Family, str, str, tuple[str, str], str], ...] = (
     (GaugeMetricFamily, "mqttlb_workers", "Workers known, by pool and state", ("pool", "state"), "pools"),
     (CounterMetricFamily, "mqttlb_stranded_messages_total", "Messages a worker held, by its last report, when it "
      "went down or silent: they wait in its session", ("pool", "worker"), "stranded"),
+    (CounterMetricFamily, "mqttlb_heartbeats_refused_total", "Heartbeats of new worker ids ignored: the pool "
+     "already had max_workers (pool \"+\": the pools the config does not name, together)", ("pool", "reason"),
+     "heartbeats_refused"),
 )
 """Figures by two labels: kind, name, help, the labels, and the snapshot's ``{outer: {inner: value}}``."""
 
@@ -154,7 +177,7 @@ class _SnapshotCollector(Collector):
         self._server = server
 
     def collect(self) -> Iterator[Metric]:
-        figures = self._server.latest()
+        figures = self._server.fresh()
         if figures is not None:
             yield from families(figures)
 
@@ -179,7 +202,13 @@ class MetricsServer:
     def __init__(self, listen: tuple[str, int], pools: Iterable[str]) -> None:
         """Bind ``listen`` (port 0: any free port; raises OSError) and serve; ``pools`` are those routes use."""
         self._pools = frozenset(pools)
-        self._published: tuple[float, Figures] | None = None
+        self._pulse: tuple[float, Pulse] | None = None
+        self._figures: Figures | None = None
+        self._published = 0
+        """How many snapshots were published: a scrape waits for this to move."""
+        self._snapshots = threading.Condition()
+        self.wanted = False
+        """A scrape waits for a snapshot: the router thread reads it every tick, and makes one."""
         registry = CollectorRegistry()
         registry.register(_SnapshotCollector(self))
         ProcessCollector(registry=registry)
@@ -199,19 +228,31 @@ class MetricsServer:
         """The pools /healthz checks, after a reload (one reference swapped: no lock)."""
         self._pools = frozenset(pools)
 
+    def beat(self, pulse: Pulse) -> None:
+        """From the router thread, every tick: what /healthz goes by (one reference swapped: no lock)."""
+        self._pulse = (time.monotonic(), pulse)
+
     def publish(self, figures: Figures) -> None:
         """From the router thread: the snapshot to serve from now on. It must not be changed afterwards."""
-        self._published = (time.monotonic(), figures)
+        with self._snapshots:
+            self._figures = figures
+            self._published += 1
+            self.wanted = False
+            self._snapshots.notify_all()
 
-    def latest(self) -> Figures | None:
-        published = self._published
-        return None if published is None else published[1]
+    def fresh(self, wait: float = SCRAPE_WAIT) -> Figures | None:
+        """From a scrape: the snapshot the router thread makes for it, or after ``wait`` the last one it made."""
+        with self._snapshots:
+            published = self._published
+            self.wanted = True
+            self._snapshots.wait_for(lambda: self._published != published, wait)
+            return self._figures
 
     def health(self) -> Verdict:
-        published = self._published
-        if published is None:
+        pulse = self._pulse
+        if pulse is None:
             return health(None, 0.0, self._pools)
-        return health(published[1], time.monotonic() - published[0], self._pools)
+        return health(pulse[1], time.monotonic() - pulse[0], self._pools)
 
     def close(self) -> None:
         self._server.shutdown()

@@ -17,6 +17,14 @@ when even the dead letter would break a limit. A message whose routing fails
 in a way nobody foresaw (a balancer registered by a user that raises, say)
 becomes an ``internal`` dead letter carrying the error: one message never
 stops the router, nor can it stop it again after a restart.
+
+A balancer's ``update`` costs as much as its pool is big, and thousands of
+workers joining at once would make it run thousands of times over thousands of
+workers. So a pool whose healthy set changed is only marked stale, and its
+balancers catch up once at the next tick, or at once when messages wait for
+the pool or a pick falls on a worker that is no longer healthy: nothing is
+ever routed to a worker the fleet no longer counts as healthy, and a new worker
+gets its first messages within a tick.
 """
 
 from __future__ import annotations
@@ -116,6 +124,9 @@ class Router(Generic[Ref]):
             for r in config.routes
         ]
         self._held_by_pool: dict[str, deque[_Held[Ref]]] = {}
+        self._stale: dict[str, dict[str, int]] = {}
+        """Pools whose balancers have not been handed their latest healthy set, with the loads reported since
+        (a balancer ignores the load of a worker it does not know yet)."""
         for pool in {r.pool for r in config.routes}:
             self._update_pool(pool)
 
@@ -171,6 +182,9 @@ class Router(Generic[Ref]):
     def _pick(self, item: _Held[Ref]) -> list[Action[Ref]]:
         message, settings, key = item.message, item.route.settings, item.key
         worker = item.route.balancer.pick(key)
+        if settings.pool in self._stale and (worker is None or not self.fleet.is_healthy(settings.pool, worker)):
+            self._update_pool(settings.pool)
+            worker = item.route.balancer.pick(key)
         if worker is None:
             self._held_by_pool.setdefault(settings.pool, deque()).append(item)
             return []
@@ -237,7 +251,7 @@ class Router(Generic[Ref]):
         take anything, there is nothing to make room for, and the rest waits at the broker.
         """
         limit = self.config.router.held_limit
-        if self.held <= limit or not any(self.fleet.healthy(route.settings.pool) for route in self._routes):
+        if self.held <= limit or not any(self.fleet.serves(route.settings.pool) for route in self._routes):
             return []
         oldest = min((held for held in self._held_by_pool.values() if held), key=lambda held: held[0].message.arrived)
         item = oldest.popleft()
@@ -284,16 +298,20 @@ class Router(Generic[Ref]):
             raise
         changed = self.fleet.apply(beat, now)
         for pool in changed:
+            self._stale.setdefault(pool, {})
+        loads = self._stale.get(beat.pool)
+        if loads is not None:
+            loads[beat.worker] = beat.inflight
+        for pool in changed & self._held_by_pool.keys():  # messages wait for it: no waiting for the tick
             self._update_pool(pool)
-        for route in self._routes:
-            if route.settings.pool == beat.pool:
-                route.balancer.report_load(beat.worker, beat.inflight)
+        if loads is None:
+            self._report_load(beat.pool, beat.worker, beat.inflight)
         return [*self.fleet.take_departures(), *self._release_all(changed)]
 
     def tick(self, now: float) -> list[Action[Ref]]:
-        """Apply heartbeat timeouts and hold deadlines."""
+        """Apply heartbeat timeouts and hold deadlines; balancers catch up with the pools that changed."""
         changed = self.fleet.tick(now)
-        for pool in changed:
+        for pool in self._stale.keys() | changed:
             self._update_pool(pool)
         actions: list[Action[Ref]] = [*self.fleet.take_departures(), *self._release_all(changed)]
         for held in self._held_by_pool.values():
@@ -311,10 +329,18 @@ class Router(Generic[Ref]):
         return actions
 
     def _update_pool(self, pool: str) -> None:
+        loads = self._stale.pop(pool, {})
         healthy = self.fleet.healthy(pool)
         for route in self._routes:
             if route.settings.pool == pool:
                 route.balancer.update(healthy)
+        for worker, inflight in loads.items():
+            self._report_load(pool, worker, inflight)
+
+    def _report_load(self, pool: str, worker: str, inflight: int) -> None:
+        for route in self._routes:
+            if route.settings.pool == pool:
+                route.balancer.report_load(worker, inflight)
 
     def _release(self, pool: str) -> list[Action[Ref]]:
         held = self._held_by_pool.pop(pool, None)

@@ -4,7 +4,7 @@ The transport hands messages and heartbeats in; the pure ``Router`` answers
 with actions; this module turns them into publishes and acknowledges each
 inbound message only once the broker has acknowledged what became of it. It
 also owns the clock, the signals, the counters, the stats topic and the
-metrics endpoint, which it hands a fresh snapshot every tick.
+metrics endpoint, which it hands a pulse every tick and a snapshot when asked.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from . import config as config_module
 from .config import Config
 from .errors import BadHeartbeat, ConfigError
 from .logs import RateLimited
-from .metrics import MetricsServer
+from .metrics import MetricsServer, Pulse
 from .poison import PoisonGuard
-from .pool import Departure, Fleet, Health
+from .pool import Departure, Fleet, FleetFull, Health
 from .router import Action, DeadLetter, Forward, Message, Reason, Router
 from .stats import Counters, Inbound, Moment, snapshot
 from .transport import Dropped, Outcome, Receipt, Subscription, Transport
@@ -160,7 +160,7 @@ class Service:
             for problem in error.problems:
                 log.error("reload refused, the running config stays: %s", problem)
             return
-        if new.metrics != self.config.metrics:
+        if new.metrics.listen != self.config.metrics.listen:
             log.warning("reload: metrics.listen changes only when the router restarts")
         if (new.broker, new.heartbeat.topic) != (self.config.broker, self.config.heartbeat.topic):
             self._reconnect(new)
@@ -218,6 +218,9 @@ class Service:
         worker = levels[self.config.heartbeat.worker_level]
         try:
             actions = self.router.heartbeat(worker, payload, now)
+        except FleetFull as error:  # counted by the fleet; logged by pool, however many ids there are
+            self._bad_input.warning("full:" + error.pool, now, "ignoring heartbeat on %s: %s", topic[:200], error)
+            return
         except BadHeartbeat as error:
             self.counters.bad_heartbeats += 1
             self._bad_input.warning("heartbeat:" + worker[:64], now, "ignoring heartbeat on %s: %s",
@@ -260,17 +263,24 @@ class Service:
                         stopping=self._stopping, problem=self.transport.problem)
         inbound = Inbound(unacked=self._unsettled, held=self.router.held, peak=self._peak,
                           max_inflight=self.config.router.max_inflight)
+        fleet = self.router.fleet
+        census = fleet.census()
+        workers = fleet.views(now) if self.config.metrics.lists_workers(census.size) else None
         return snapshot(router=self.config.broker.client_id, moment=moment, inbound=inbound,
-                        counters=self.counters, pools=self.config.pools, workers=self.router.fleet.views(now),
+                        counters=self.counters, pools=self.config.pools, census=census, workers=workers,
                         reconnects=self.transport.reconnects, awaiting_ack=self.transport.pending)
 
     def _report(self, now: float, *, announce: bool) -> None:
-        """A fresh snapshot for the metrics endpoint, and for the stats topic when ``announce``."""
-        if self._metrics is None and not announce:
+        """/healthz's pulse; a snapshot for the stats topic when ``announce``, and for a scrape that waits."""
+        metrics = self._metrics
+        if metrics is not None:
+            metrics.beat(Pulse(self.transport.connected, self._stopping, self.router.fleet.staffed(),
+                               self.transport.problem))
+        if not announce and (metrics is None or not metrics.wanted):
             return
         figures = self.stats(now)
-        if self._metrics is not None:
-            self._metrics.publish(figures)
+        if metrics is not None:
+            metrics.publish(figures)
         if announce:
             self._next_stats = now + self.config.stats.interval
             if not self.transport.announce(self.config.stats.topic, orjson.dumps(figures)):

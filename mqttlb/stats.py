@@ -3,6 +3,12 @@
 The service counts; ``snapshot`` turns the counts and the fleet's view into
 plain data, so the stats topic, ``/metrics``, ``mqttlb status`` and the tests
 read one shape. Nothing here touches the network or the clock.
+
+The pools' figures come from the fleet's census, kept as workers change, so
+they cost the same for ten workers or ten thousand. The list of every worker
+does not: it is in the snapshot only when the caller passes the workers
+(``metrics.per_worker``, by default while the fleet has fewer than
+PER_WORKER_AUTO of them).
 """
 
 from __future__ import annotations
@@ -10,9 +16,9 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
-from .pool import Health, WorkerView
+from .pool import Census, Health, WorkerView
 
 FORWARD_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 """Upper bounds, in seconds, of the forward latency buckets: loopback forwards take about a millisecond,
@@ -91,41 +97,51 @@ class Moment:
 
 
 def snapshot(*, router: str, moment: Moment, inbound: Inbound, counters: Counters, pools: Iterable[str],
-             workers: Iterable[WorkerView], reconnects: int, awaiting_ack: int) -> dict[str, Any]:
-    """The stats topic's payload (before JSON encoding); ``pools`` are the configured ones."""
-    per_worker: Counter[str] = Counter()
-    forwarded: dict[str, dict[str, int]] = {}
-    for (route, worker), count in sorted(counters.forwarded.items()):
-        forwarded.setdefault(route, {})[worker] = count
-        per_worker[worker] += count
-    dead_letters: dict[str, dict[str, int]] = {}
-    for (route, reason), count in sorted(counters.dead_letters.items()):
-        dead_letters.setdefault(route, {})[reason] = count
-    stranded: dict[str, dict[str, int]] = {}
-    stranded_by_worker: Counter[str] = Counter()
-    for (pool, worker), count in sorted(counters.stranded.items()):
-        stranded.setdefault(pool, {})[worker] = count
-        stranded_by_worker[worker] += count
-    total = per_worker.total()
-    states: dict[str, dict[str, int]] = {pool: {health.value: 0 for health in Health} for pool in pools}
+             census: Census, workers: Iterable[WorkerView] | None, reconnects: int,
+             awaiting_ack: int) -> dict[str, Any]:
+    """The stats topic's payload (before JSON encoding); ``pools`` are the configured ones.
+
+    ``workers`` None: the fleet is too big to list worker by worker (``per_worker`` false, ``workers`` {}).
+    """
+    states: dict[str, Any] = {pool: {health.value: 0 for health in Health} for pool in pools}
+    states.update(census.states)
     listed: dict[str, dict[str, Any]] = {}
-    for view in workers:
-        states.setdefault(view.pool, {health.value: 0 for health in Health})[view.health.value] += 1
-        listed[view.worker] = {
-            "pool": view.pool, "state": view.health.value, "weight": view.weight, "inflight": view.inflight,
-            "heartbeat_age": round(max(0.0, moment.now - view.last_seen), 3),
-            "forwarded": per_worker[view.worker],
-            "share": round(per_worker[view.worker] / total, 4) if total else 0.0,
-            "stranded": stranded_by_worker[view.worker],
-        }
+    if workers is not None:
+        forwarded_to, stranded_at = _by_worker(counters.forwarded), _by_worker(counters.stranded)
+        total = forwarded_to.total()
+        for view in workers:
+            listed[view.worker] = {
+                "pool": view.pool, "state": view.health.value, "weight": view.weight, "inflight": view.inflight,
+                "heartbeat_age": round(max(0.0, moment.now - view.last_seen), 3),
+                "forwarded": forwarded_to[view.worker],
+                "share": round(forwarded_to[view.worker] / total, 4) if total else 0.0,
+                "stranded": stranded_at[view.worker],
+            }
     return {
         "router": router, "ts": round(moment.ts, 3), "uptime": round(moment.uptime, 3),
         "connected": moment.connected, "stopping": moment.stopping, "problem": moment.problem,
         "inbound": {"unacked": inbound.unacked, "held": inbound.held, "peak": inbound.peak,
                     "max_inflight": inbound.max_inflight},
         "awaiting_ack": awaiting_ack,
-        "workers": listed, "pools": states, "forwarded": forwarded, "dead_letters": dead_letters,
-        "stranded": stranded, "forward_seconds": counters.forward_seconds.figures(),
+        "per_worker": workers is not None, "workers": listed, "pools": states,
+        "forwarded": _nested(counters.forwarded), "dead_letters": _nested(counters.dead_letters),
+        "stranded": _nested(counters.stranded), "forward_seconds": counters.forward_seconds.figures(),
         "refused": counters.refused, "dropped": counters.dropped, "bad_heartbeats": counters.bad_heartbeats,
-        "reconnects": reconnects,
+        "heartbeats_refused": _nested(census.refused), "reconnects": reconnects,
     }
+
+
+def _by_worker(counts: Mapping[tuple[str, str], int]) -> Counter[str]:
+    """``{(route or pool, worker): count}`` summed by worker."""
+    totals: Counter[str] = Counter()
+    for (_, worker), count in counts.items():
+        totals[worker] += count
+    return totals
+
+
+def _nested(counts: Mapping[tuple[str, str], int]) -> dict[str, dict[str, int]]:
+    """``{(outer, inner): count}`` as ``{outer: {inner: count}}``, both sorted."""
+    nested: dict[str, dict[str, int]] = {}
+    for (outer, inner), count in sorted(counts.items()):
+        nested.setdefault(outer, {})[inner] = count
+    return nested

@@ -4,7 +4,8 @@ Why: to see at a glance, without Prometheus, which workers are up, how the
 traffic is shared and whether messages pile up. It reads the router's retained
 stats topic (state, weight, in-flight, messages and share of every worker the
 router knows) and the workers' heartbeats, which add the workers the router
-does not list (when it is down, say) and fresher heartbeat ages. Rates come
+does not list (when it is down, say, or its fleet is too big to list worker
+by worker: then the pools' counts are the router's) and fresher heartbeat ages. Rates come
 from two snapshots in a row, so ``--once`` waits for the next one, at most
 ``stats.interval``. ``board`` and ``render`` are pure; ``Watch`` is the broker side.
 """
@@ -83,12 +84,18 @@ def board(latest: Figures | None, previous: Figures | None, sightings: Mapping[s
     grouped: dict[str, dict[str, Any]] = {pool: {} for pool in sorted({*pools, *figures.get("pools", {})})}
     for worker, row in sorted(rows.items()):
         grouped.setdefault(row.pop("pool"), {})[worker] = row
+    counted_by_router = latest is not None and not figures.get("per_worker", True)
     return {
         "router": _router(figures, previous, elapsed, age, interval) if latest is not None else None,
-        "pools": {pool: {**{health.value: sum(r["state"] == health.value for r in workers.values())
-                            for health in Health}, "workers": workers}
+        "pools": {pool: {**(_counts(figures["pools"].get(pool, {})) if counted_by_router else
+                            _counts({h.value: sum(r["state"] == h.value for r in workers.values()) for h in Health})),
+                         "workers": workers}
                   for pool, workers in grouped.items()},
     }
+
+
+def _counts(states: Mapping[str, int]) -> dict[str, int]:
+    return {health.value: states.get(health.value, 0) for health in Health}
 
 
 def _router(figures: Figures, previous: Figures | None, elapsed: float | None, age: float,
@@ -101,8 +108,8 @@ def _router(figures: Figures, previous: Figures | None, elapsed: float | None, a
         "inbound": figures["inbound"], "forwards_in_flight": figures["awaiting_ack"],
         "forwarded": forwarded, "rate": _rate(forwarded, before, elapsed),
         "dead_letters": figures["dead_letters"], "refused": figures["refused"], "lost": figures["dropped"],
-        "bad_heartbeats": figures["bad_heartbeats"], "reconnects": figures["reconnects"],
-        "problem": figures.get("problem"),
+        "bad_heartbeats": figures["bad_heartbeats"], "heartbeats_refused": figures.get("heartbeats_refused", {}),
+        "reconnects": figures["reconnects"], "problem": figures.get("problem"),
     }
 
 
@@ -162,6 +169,8 @@ def _headline(router: Mapping[str, Any] | None, stats_topic: str) -> list[str]:
     dead = [f"{route}/{reason} {count}" for route, reasons in router["dead_letters"].items()
             for reason, count in reasons.items()]
     problem = [f"  problem: {router['problem']}"] if router.get("problem") and not router["stale"] else []
+    full = sum(sum(reasons.values()) for reasons in router["heartbeats_refused"].values())
+    refused = f", new workers refused {full} (max_workers)" if full else ""
     return [
         f"router {router['id']}: {state}",
         *problem,
@@ -169,7 +178,7 @@ def _headline(router: Mapping[str, Any] | None, stats_topic: str) -> list[str]:
         f"{inbound['max_inflight']} (peak {inbound['peak']}), {inbound['held']} held; "
         f"{router['forwards_in_flight']} forwards in flight",
         f"  dead letters: {', '.join(dead) or 'none'}; refused {router['refused']}, lost {router['lost']}, "
-        f"bad heartbeats {router['bad_heartbeats']}, reconnects {router['reconnects']}",
+        f"bad heartbeats {router['bad_heartbeats']}{refused}, reconnects {router['reconnects']}",
     ]
 
 

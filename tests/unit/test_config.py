@@ -512,6 +512,29 @@ def test_stats_topic_must_be_a_topic_name() -> None:
         "got '$SYS/x'")
 
 
+def test_pool_max_workers() -> None:
+    assert parse(with_routes(pools={"gpu": {"max_workers": 50}})).pools["gpu"].max_workers == 50
+    assert parse(with_routes()).pools["default"].max_workers == 10_000
+    assert problems(with_routes(pools={"gpu": {"max_workers": 0}, "edge": {"max_workers": "many"}})) == [
+        "pools.gpu.max_workers: must be an integer from 1 to 1000000, got 0",
+        "pools.edge.max_workers: must be an integer from 1 to 1000000, got 'many'",
+    ]
+
+
+@pytest.mark.parametrize(("given", "expected"), [("auto", None), (True, True), (False, False)])
+def test_metrics_per_worker(given: object, expected: bool | None) -> None:
+    assert parse(with_routes(metrics={"per_worker": given})).metrics.per_worker is expected
+
+
+def test_metrics_per_worker_auto_lists_small_fleets_only() -> None:
+    auto = parse(with_routes()).metrics
+    assert auto.per_worker is None and auto.lists_workers(999) and not auto.lists_workers(1000)
+    assert parse(with_routes(metrics={"per_worker": True})).metrics.lists_workers(50_000)
+    assert not parse(with_routes(metrics={"per_worker": False})).metrics.lists_workers(1)
+    assert problem(with_routes(metrics={"per_worker": "yes"})) == (
+        "metrics.per_worker: must be auto, true or false, got 'yes'")
+
+
 @pytest.mark.parametrize(("listen", "expected"), [
     ("0.0.0.0:9100", ("0.0.0.0", 9100)), ("[::1]:9108", ("::1", 9108)), ("localhost:0", ("localhost", 0)),
     (None, None),

@@ -8,13 +8,15 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from mqttlb.metrics import STALLED, families, health
+from mqttlb.metrics import STALLED, Pulse, families, health
 from mqttlb.pool import Health, WorkerView
 from mqttlb.stats import Counters, Inbound, Moment, snapshot
 
+from .test_stats import census_of, stats_of
+
 
 def figures(*, connected: bool = True, stopping: bool = False, workers: list[WorkerView] | None = None,
-            pools: tuple[str, ...] = ("default",)) -> dict[str, Any]:
+            pools: tuple[str, ...] = ("default",), listed: bool = True) -> dict[str, Any]:
     counters = Counters()
     counters.forwarded.update({("telemetry", "w1"): 30, ("telemetry", "w2"): 60, ("logs", "w1"): 10})
     counters.dead_letters[("telemetry", "bad_key")] = 2
@@ -27,7 +29,8 @@ def figures(*, connected: bool = True, stopping: bool = False, workers: list[Wor
                    WorkerView("w2", "default", Health.DOWN, 1.0, 0, 90.0)]
     return snapshot(router="r", moment=Moment(1.0, 100.0, 10.0, connected, stopping),
                     inbound=Inbound(unacked=12, held=4, peak=20, max_inflight=1000), counters=counters,
-                    pools=pools, workers=workers, reconnects=2, awaiting_ack=8)
+                    pools=pools, census=census_of(workers, {("gpu", "max_workers"): 4}),
+                    workers=workers if listed else None, reconnects=2, awaiting_ack=8)
 
 
 class _Fixed(Collector):
@@ -89,24 +92,42 @@ def test_what_an_operator_needs_to_see_a_problem_coming() -> None:
     assert got[("mqttlb_lost_total", ())] == 0
 
 
+def test_per_worker_series_only_while_the_fleet_is_listed() -> None:
+    listed, unlisted = scrape(figures()), scrape(figures(listed=False))
+    assert any(name.startswith("mqttlb_worker_") for name, _ in listed)
+    assert not any(name.startswith("mqttlb_worker_") for name, _ in unlisted)
+    assert unlisted[("mqttlb_workers", (("pool", "default"), ("state", "up")))] == 1  # the pools' counts stay
+    assert unlisted[("mqttlb_forwarded_total", (("route", "telemetry"), ("worker", "w2")))] == 60
+
+
+def test_refused_heartbeats_are_a_counter_by_pool_and_reason() -> None:
+    got = scrape(figures())
+    assert got[("mqttlb_heartbeats_refused_total", (("pool", "gpu"), ("reason", "max_workers")))] == 4
+    assert scrape(stats_of([], refused={("+", "max_workers"): 1}))[
+        ("mqttlb_heartbeats_refused_total", (("pool", "+"), ("reason", "max_workers")))] == 1
+
+
+def pulse(*, connected: bool = True, stopping: bool = False, staffed: tuple[str, ...] = ("default",)) -> Pulse:
+    return Pulse(connected, stopping, frozenset(staffed))
+
+
 def test_healthy_when_connected_and_every_routed_pool_has_a_healthy_worker() -> None:
-    verdict = health(figures(), 0.1, ["default"])
+    verdict = health(pulse(), 0.1, ["default"])
     assert verdict.healthy and verdict.reason == "ok"
 
 
 def test_a_pool_no_route_uses_does_not_count() -> None:
-    assert health(figures(pools=("default", "spare")), 0.1, ["default"]).healthy
+    assert health(pulse(), 0.1, ["default"]).healthy  # "spare" has no worker: no route needs one
 
 
 def test_a_routed_pool_without_a_healthy_worker_is_named() -> None:
-    draining = [WorkerView("w1", "default", Health.DRAINING, 1.0, 0, 99.0)]
-    verdict = health(figures(workers=draining, pools=("default", "gpu")), 0.1, ["default", "gpu"])
+    verdict = health(pulse(staffed=("spare",)), 0.1, ["default", "gpu"])
     assert not verdict.healthy
     assert verdict.reason == "no healthy worker in pool default, gpu"
 
 
 def test_every_problem_is_given() -> None:
-    verdict = health(figures(connected=False, workers=[]), STALLED + 1, ["default"])
+    verdict = health(pulse(connected=False, staffed=()), STALLED + 1, ["default"])
     assert not verdict.healthy
     assert verdict.reason == ("the routing loop has not reported for 11s; not connected to the broker; "
                               "no healthy worker in pool default")
@@ -114,5 +135,5 @@ def test_every_problem_is_given() -> None:
 
 def test_starting_and_stopping_are_unhealthy() -> None:
     assert health(None, 0.0, ["default"]).reason == "starting"
-    verdict = health(figures(stopping=True), 0.1, ["default"])
+    verdict = health(pulse(stopping=True), 0.1, ["default"])
     assert not verdict.healthy and verdict.reason == "stopping"

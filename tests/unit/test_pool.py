@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections import Counter
+from typing import Any, Callable
 
 import orjson
 import pytest
@@ -12,7 +13,8 @@ from hypothesis import strategies as st
 from mqttlb.balancers import create
 from mqttlb.config import PoolSettings, WorkerOverride
 from mqttlb.errors import BadHeartbeat, RemoteInputError
-from mqttlb.pool import MAX_HEARTBEAT_BYTES, Fleet, Health, Heartbeat, WorkerState, WorkerView
+from mqttlb.pool import (MAX_HEARTBEAT_BYTES, UNNAMED_POOLS, Fleet, FleetFull, Health, Heartbeat, WorkerState,
+                         WorkerView)
 
 properties = settings(derandomize=True, max_examples=150, deadline=None)
 TIMEOUT, EXPIRE = 6.0, 60.0
@@ -345,6 +347,8 @@ def test_healthy_set_follows_the_rule(steps: list[tuple[str, str | None, str, fl
             if state is None or p in {pool, *changed}:
                 assert set(fleet.healthy(p)) == expected
             assert (p in changed) == (dict(fleet.healthy(p)) != before[p])
+        counted = {p: Counter(v.health.value for v in fleet.views(now) if v.pool == p) for p in ("default", "gpu")}
+        assert fleet.census().states == {p: {h.value: n[h.value] for h in Health} for p, n in counted.items() if n}
 
 
 # -- slow start ----------------------------------------------------------------------------------
@@ -411,3 +415,123 @@ def test_a_will_keeps_the_worker_in_its_pool() -> None:
     fleet.apply(Heartbeat.parse("w1", b""), 2)  # a cleared retained heartbeat
     assert [v.pool for v in fleet.views(2)] == ["edge"]
     assert fleet.take_departures()[0].pool == "edge"
+
+
+# -- cost flat in the size of the fleet ------------------------------------------------------------
+
+
+def count_looks(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """How often the fleet works out a worker's health or weight: its unit of work per worker."""
+    looks: Counter[str] = Counter()
+    for name in ("_health", "_weight"):
+        original: Callable[..., Any] = getattr(Fleet, name)
+
+        def counted(self: Fleet, *args: Any, _original: Callable[..., Any] = original, _name: str = name) -> Any:
+            looks[_name] += 1
+            return _original(self, *args)
+
+        monkeypatch.setattr(Fleet, name, counted)
+    return looks
+
+
+def big_fleet(workers: int) -> Fleet:
+    fleet = Fleet(TIMEOUT, EXPIRE)
+    for i in range(workers):
+        fleet.apply(hb(f"w{i}"), i / workers)
+    return fleet
+
+
+def test_a_heartbeat_that_changes_only_the_load_looks_at_no_other_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    fleet = big_fleet(2000)
+    snapshot = fleet.healthy("default")
+    looks = count_looks(monkeypatch)
+    for i in range(100):
+        assert fleet.apply(hb(f"w{i}", inflight=i), 2.0) == set()
+    assert looks.total() == 0
+    assert fleet.healthy("default") is snapshot  # not rebuilt: balancers are not handed it again
+    assert view(fleet, "w7", 2.0) == WorkerView("w7", "default", Health.UP, 1.0, 7, 2.0)
+
+
+def test_a_heartbeat_that_changes_membership_looks_at_its_worker_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    fleet = big_fleet(2000)
+    looks = count_looks(monkeypatch)
+    assert fleet.apply(hb("w5", state="draining"), 2.0) == {"default"}
+    assert fleet.apply(hb("new"), 2.0) == {"default"}
+    assert fleet.apply(hb("w6", weight=3), 2.0) == {"default"}
+    assert looks.total() <= 3
+    assert len(fleet.healthy("default")) == 2000 and fleet.healthy("default")["w6"] == 3.0
+
+
+def test_a_tick_looks_only_at_the_workers_time_has_changed(monkeypatch: pytest.MonkeyPatch) -> None:
+    fleet = big_fleet(2000)  # w0 beat at 0.0, w1999 at almost 1.0
+    looks = count_looks(monkeypatch)
+    for now in (2.0, 2.25, 2.5, 5.75):
+        assert fleet.tick(now) == set()
+    assert looks.total() == 0
+    assert fleet.tick(TIMEOUT + 0.1) == {"default"}  # those that beat by 0.1 (w0 ... w200) time out, only they
+    assert looks["_health"] == 201
+    assert len(fleet.healthy("default")) == 1799
+
+
+def test_the_healthy_snapshot_cannot_be_changed_by_its_reader() -> None:
+    fleet = Fleet(TIMEOUT, EXPIRE)
+    fleet.apply(hb("w1"), 0)
+    snapshot = fleet.healthy("default")
+    with pytest.raises(TypeError):
+        snapshot["w2"] = 1.0  # type: ignore[index]
+    fleet.apply(hb("w2"), 1)
+    assert snapshot == {"w1": 1.0} and fleet.healthy("default") == {"w1": 1.0, "w2": 1.0}
+
+
+def test_the_census_counts_workers_by_pool_and_state_as_they_change() -> None:
+    fleet = Fleet(TIMEOUT, EXPIRE)
+    fleet.apply(hb("w1"), 0)
+    fleet.apply(hb("w2", pool="gpu"), 3)
+    fleet.apply(hb("w3", state="draining"), 3)
+    assert fleet.census().states == {"default": {"up": 1, "draining": 1, "down": 0, "timeout": 0},
+                                     "gpu": {"up": 1, "draining": 0, "down": 0, "timeout": 0}}
+    fleet.tick(TIMEOUT)
+    assert fleet.census().states["default"] == {"up": 0, "draining": 1, "down": 0, "timeout": 1}
+    fleet.tick(EXPIRE + 3)
+    assert fleet.census() == fleet.census().__class__(0, {}, {})
+
+
+# -- a bounded fleet -------------------------------------------------------------------------------
+
+
+def test_a_full_pool_refuses_new_ids_and_counts_them() -> None:
+    fleet = Fleet(TIMEOUT, EXPIRE, pools={"default": PoolSettings("default", max_workers=2)})
+    fleet.apply(hb("w1"), 0)
+    fleet.apply(hb("w2", state="down"), 0)  # down counts: it is kept until it expires
+    for i in range(3):
+        with pytest.raises(FleetFull, match=r"pools.default.max_workers") as refused:
+            fleet.apply(hb(f"fake{i}"), 1)
+    assert refused.value.pool == "default" and isinstance(refused.value, BadHeartbeat)
+    assert fleet.census().refused == {("default", "max_workers"): 3}
+    assert fleet.census().size == 2
+    assert fleet.apply(hb("w2"), 2) == {"default"}  # the workers it keeps still beat
+    assert fleet.healthy("default") == {"w1": 1.0, "w2": 1.0}
+    fleet.tick(EXPIRE + 1)  # w1 expires: room for one more
+    assert fleet.apply(hb("w3"), EXPIRE + 1) == {"default"}
+
+
+def test_moving_into_a_full_pool_is_refused_and_the_worker_stays_where_it_was() -> None:
+    pools = {"default": PoolSettings("default"), "gpu": PoolSettings("gpu", max_workers=1)}
+    fleet = Fleet(TIMEOUT, EXPIRE, pools=pools)
+    fleet.apply(hb("g1", pool="gpu"), 0)
+    fleet.apply(hb("w1"), 0)
+    with pytest.raises(FleetFull):
+        fleet.apply(hb("w1", pool="gpu"), 1)
+    assert fleet.healthy("default") == {"w1": 1.0} and fleet.healthy("gpu") == {"g1": 1.0}
+
+
+def test_the_pools_the_config_does_not_name_share_one_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("mqttlb.pool.DEFAULT_MAX_WORKERS", 3)
+    fleet = Fleet(TIMEOUT, EXPIRE, pools={"default": PoolSettings("default")})
+    for i in range(3):
+        fleet.apply(hb(f"w{i}", pool=f"made-up-{i}"), 0)
+    with pytest.raises(FleetFull) as refused:
+        fleet.apply(hb("w9", pool="made-up-9"), 0)
+    assert refused.value.pool == UNNAMED_POOLS
+    assert fleet.census().refused == {(UNNAMED_POOLS, "max_workers"): 1}
+    assert fleet.apply(hb("d1"), 0) == {"default"}  # a named pool has a budget of its own

@@ -11,7 +11,7 @@ import pytest
 
 from mqttlb.config import Config, parse
 from mqttlb.errors import BadHeartbeat
-from mqttlb.pool import Departure, Fleet, Health
+from mqttlb.pool import Departure, Fleet, FleetFull, Health
 from mqttlb.router import DeadLetter, Forward, Message, Router
 
 ROUTES: list[dict[str, Any]] = [
@@ -348,7 +348,9 @@ def test_past_max_held_the_oldest_is_dead_lettered_while_another_pool_has_worker
     assert "router.max_held" in evicted.detail
     assert router.held == 3
     assert refs(router.route(msg("devices/d1/telemetry", ref=5, now=5))) == [5]  # default keeps flowing
-    assert refs(beat(router, "g1", 6, pool="gpu")) == [2, 3, 4]
+    departed, *released = beat(router, "g1", 6, pool="gpu")  # a heartbeat applies what time did first
+    assert departed == Departure("w1", "default", Health.TIMEOUT, 1)
+    assert refs(released) == [2, 3, 4]
 
 
 def test_with_no_worker_anywhere_held_messages_are_not_evicted() -> None:
@@ -447,8 +449,10 @@ def test_a_timed_out_worker_stops_receiving_and_only_its_devices_move() -> None:
     assert {after[t] for t in moved} <= {"w2", "w3"}
     assert all(after[t] == before[t] for t in DEVICES if t not in moved)
     assert {v.worker: v.health for v in router.fleet.views(6.0)}["w1"] is Health.TIMEOUT
-    beat(router, "w1", 7)  # back: its devices come home
-    assert workers_of(router, DEVICES, now=7) == before
+    beat(router, "w1", 7)  # back: its devices come home with the next tick, when the balancers catch up
+    assert "w1" not in workers_of(router, DEVICES, now=7).values()
+    router.tick(7.25)
+    assert workers_of(router, DEVICES, now=7.25) == before
 
 
 def test_worker_moving_pools_takes_its_traffic_along() -> None:
@@ -554,3 +558,58 @@ def test_reconfigure_applies_a_new_timeout_at_once() -> None:
     beat(router, "w1", 0)
     router.fleet.reconfigure(2.0, 60.0, router.config.pools, 3)
     assert router.fleet.healthy("default") == {}
+
+
+def test_a_flood_of_new_ids_beyond_max_workers_is_refused_and_routing_goes_on() -> None:
+    router = make_router(pools={"default": {"max_workers": 3}})
+    for worker in ("w1", "w2", "w3"):
+        beat(router, worker, 0)
+    for i in range(500):
+        with pytest.raises(FleetFull):
+            beat(router, f"fake{i}", 1)
+    assert router.fleet.census().refused == {("default", "max_workers"): 500}
+    assert router.bad_heartbeats == 0  # well-formed: refused for room, not as malformed
+    assert router.fleet.healthy("default") == {"w1": 1.0, "w2": 1.0, "w3": 1.0}
+    [forward] = router.route(msg("devices/d1/telemetry", now=2))
+    assert isinstance(forward, Forward) and forward.worker in {"w1", "w2", "w3"}
+
+
+def test_a_heartbeat_that_changes_only_the_load_hands_the_balancers_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    router = make_router()
+    for i in range(50):
+        beat(router, f"w{i}", 0)
+    updates = []
+    for route in router._routes:
+        monkeypatch.setattr(route.balancer, "update", updates.append)
+    for i in range(50):
+        assert beat(router, f"w{i}", 1, inflight=i) == []
+    assert updates == []
+    beat(router, "w0", 2, state="draining")
+    router.tick(2)
+    assert len(updates) == 3 and all("w0" not in healthy and len(healthy) == 49 for healthy in updates)
+
+
+def test_workers_joining_at_once_update_the_balancers_once_a_tick(monkeypatch: pytest.MonkeyPatch) -> None:
+    router = make_router()
+    beat(router, "w0", 0)
+    updates: list[int] = []
+    for route in router._routes:
+        original = route.balancer.update
+        monkeypatch.setattr(route.balancer, "update", lambda healthy, o=original: (updates.append(len(healthy)),
+                                                                                   o(healthy)))
+    for i in range(1, 1000):
+        beat(router, f"w{i}", 0.1)
+    assert updates == []  # not 999 updates over up to 1000 workers each
+    router.tick(0.25)
+    assert updates == [1000, 1000, 1000]  # one per route of pool default
+    assert forward(router, "devices/d1/telemetry").worker in {f"w{i}" for i in range(1000)}
+
+
+def test_nothing_is_routed_to_a_worker_that_left_before_the_balancers_caught_up() -> None:
+    router = make_router()
+    for w in ("w1", "w2"):
+        beat(router, w, 0)
+    gone = {forward(router, t).worker for t in DEVICES}
+    assert gone == {"w1", "w2"}
+    beat(router, "w1", 1, state="down")  # no tick in between
+    assert {forward(router, t).worker for t in DEVICES} == {"w2"}

@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from typing import Any, Iterable, Mapping
+
 import orjson
 
-from mqttlb.pool import Health, WorkerView
+from mqttlb.pool import Census, Health, WorkerView
 from mqttlb.stats import FORWARD_BUCKETS, Counters, Histogram, Inbound, Moment, snapshot
 
 MOMENT = Moment(ts=100.12345, now=50.0, uptime=5.0, connected=True)
+
+
+def census_of(workers: Iterable[WorkerView], refused: Mapping[tuple[str, str], int] | None = None) -> Census:
+    """The census a fleet of these workers keeps."""
+    counted: dict[str, Counter[str]] = {}
+    for worker in workers:
+        counted.setdefault(worker.pool, Counter())[worker.health.value] += 1
+    return Census(sum(c.total() for c in counted.values()),
+                  {pool: {h.value: c[h.value] for h in Health} for pool, c in counted.items()}, refused or {})
+
+
+def stats_of(workers: list[WorkerView], counters: Counters | None = None, listed: bool = True,
+             **fields: Any) -> dict[str, Any]:
+    return snapshot(router="r", moment=MOMENT, inbound=Inbound(0, 0, 0, 10), counters=counters or Counters(),
+                    pools=["default"], census=census_of(workers, **fields), workers=workers if listed else None,
+                    reconnects=0, awaiting_ack=0)
 
 
 def test_snapshot_carries_the_counters_per_route_and_worker() -> None:
@@ -18,7 +37,8 @@ def test_snapshot_carries_the_counters_per_route_and_worker() -> None:
     workers = [WorkerView("w1", "default", Health.UP, 1.0, 3, 49.5),
                WorkerView("w2", "default", Health.DOWN, 2.0, 0, 40.0)]
     stats = snapshot(router="r", moment=MOMENT, inbound=Inbound(unacked=12, held=4, peak=20, max_inflight=1000),
-                     counters=counters, pools=["default", "gpu"], workers=workers, reconnects=1, awaiting_ack=8)
+                     counters=counters, pools=["default", "gpu"], census=census_of(workers), workers=workers,
+                     reconnects=1, awaiting_ack=8)
     assert stats["inbound"] == {"unacked": 12, "held": 4, "peak": 20, "max_inflight": 1000}
     assert stats["awaiting_ack"] == 8
     assert stats["forwarded"] == {"logs": {"w1": 10}, "telemetry": {"w1": 30, "w2": 60}}
@@ -36,9 +56,10 @@ def test_snapshot_carries_the_counters_per_route_and_worker() -> None:
 
 def test_snapshot_of_a_router_that_has_done_nothing() -> None:
     stats = snapshot(router="r", moment=Moment(0.0, 0.0, 0.0, connected=False, stopping=True),
-                     inbound=Inbound(0, 0, 0, 10), counters=Counters(), pools=["default"], workers=[],
+                     inbound=Inbound(0, 0, 0, 10), counters=Counters(), pools=["default"], census=census_of([]), workers=[],
                      reconnects=0, awaiting_ack=0)
     assert stats["workers"] == {} and stats["forwarded"] == {} and stats["connected"] is False
+    assert stats["per_worker"] is True and stats["heartbeats_refused"] == {}
     assert stats["stopping"] is True
     assert stats["forward_seconds"]["count"] == 0 and stats["forward_seconds"]["buckets"]["+Inf"] == 0
 
@@ -56,3 +77,20 @@ def test_histogram_buckets_are_cumulative_and_bounds_inclusive() -> None:
     assert buckets["0.0025"] == 3
     assert buckets["0.25"] == 4 and buckets["30.0"] == 4
     assert buckets["+Inf"] == 5
+
+
+def test_a_fleet_too_big_to_list_keeps_its_pool_counts_and_forward_counts() -> None:
+    workers = [WorkerView(f"w{i}", "default", Health.UP if i % 4 else Health.TIMEOUT, 1.0, 0, 49.0)
+               for i in range(40)]
+    counters = Counters()
+    counters.forwarded[("telemetry", "w1")] = 5
+    stats = stats_of(workers, counters, listed=False)
+    assert stats["per_worker"] is False and stats["workers"] == {}
+    assert stats["pools"]["default"] == {"up": 30, "draining": 0, "down": 0, "timeout": 10}
+    assert stats["forwarded"] == {"telemetry": {"w1": 5}}
+    assert stats_of(workers, counters)["workers"]["w1"]["forwarded"] == 5
+
+
+def test_refused_heartbeats_are_counted_by_pool_and_reason() -> None:
+    stats = stats_of([], refused={("gpu", "max_workers"): 7, ("+", "max_workers"): 2})
+    assert stats["heartbeats_refused"] == {"+": {"max_workers": 2}, "gpu": {"max_workers": 7}}

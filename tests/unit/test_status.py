@@ -8,13 +8,17 @@ from mqttlb.pool import Health, Heartbeat, WorkerState, WorkerView
 from mqttlb.stats import Counters, Inbound, Moment, snapshot
 from mqttlb.status import Sighting, board, render
 
+from .test_stats import census_of
 
-def stats(ts: float, uptime: float, forwarded: dict[str, int], router: str = "r") -> dict[str, Any]:
+
+def stats(ts: float, uptime: float, forwarded: dict[str, int], router: str = "r", listed: bool = True,
+          refused: dict[tuple[str, str], int] | None = None) -> dict[str, Any]:
     counters = Counters()
     counters.forwarded.update({("telemetry", worker): count for worker, count in forwarded.items()})
     workers = [WorkerView(worker, "default", Health.UP, 1.0, 2, 99.0) for worker in forwarded]
     return snapshot(router=router, moment=Moment(ts, 100.0, uptime, connected=True), inbound=Inbound(3, 0, 9, 1000),
-                    counters=counters, pools=["default", "gpu"], workers=workers, reconnects=0, awaiting_ack=1)
+                    counters=counters, pools=["default", "gpu"], census=census_of(workers, refused),
+                    workers=workers if listed else None, reconnects=0, awaiting_ack=1)
 
 
 def view(latest: dict[str, Any] | None, previous: dict[str, Any] | None = None,
@@ -74,3 +78,16 @@ def test_the_table_has_a_headline_and_a_row_per_worker() -> None:
 
 def test_the_table_says_when_there_is_no_router() -> None:
     assert render(view(None), "mqttlb/stats")[0].startswith("no stats from a router on mqttlb/stats")
+
+
+def test_a_fleet_too_big_to_list_shows_the_routers_counts_and_the_heartbeats() -> None:
+    latest = stats(1000.0, 20.0, {f"w{i}": 1 for i in range(5)}, listed=False, refused={("default", "max_workers"): 3})
+    sightings = {"w1": Sighting(Heartbeat("w1", inflight=4), received=49.0)}
+    shown = view(latest, sightings=sightings)
+    pool = shown["pools"]["default"]
+    assert (pool["up"], pool["timeout"]) == (5, 0)  # the router's counts, not the one heartbeat seen here
+    assert list(pool["workers"]) == ["w1"] and pool["workers"]["w1"]["source"] == "heartbeat"
+    assert pool["workers"]["w1"]["inflight"] == 4 and pool["workers"]["w1"]["heartbeat_age"] == 1.0
+    lines = render(shown, "mqttlb/stats")
+    assert "new workers refused 3 (max_workers)" in lines[2]
+    assert "pool default: 5 up" in lines
