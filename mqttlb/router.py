@@ -124,6 +124,8 @@ class Router(Generic[Ref]):
             for r in config.routes
         ]
         self._held_by_pool: dict[str, deque[_Held[Ref]]] = {}
+        self.balancer_failures: list[tuple[str, BaseException]] = []
+        """Routes whose balancer refused a pool's new healthy set, and why (the service logs and clears them)."""
         self._stale: dict[str, dict[str, int]] = {}
         """Pools whose balancers have not been handed their latest healthy set, with the loads reported since
         (a balancer ignores the load of a worker it does not know yet)."""
@@ -333,7 +335,10 @@ class Router(Generic[Ref]):
         healthy = self.fleet.healthy(pool)
         for route in self._routes:
             if route.settings.pool == pool:
-                route.balancer.update(healthy)
+                try:
+                    route.balancer.update(healthy)
+                except Exception as error:  # noqa: BLE001 - a balancer's bug: its route keeps the workers it had
+                    self.balancer_failures.append((route.settings.name, error))
         for worker, inflight in loads.items():
             self._report_load(pool, worker, inflight)
 

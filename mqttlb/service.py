@@ -106,6 +106,11 @@ class Service:
         room = min(self.config.router.max_inflight, self.transport.publish_window) - self._unsettled
         self.transport.poll(max(0.0, self._next_tick - self.clock()), room)
         now = self.clock()
+        if self.router.balancer_failures:
+            for route, error in self.router.balancer_failures:
+                self._bad_input.error(f"update:{route}", now, "route %s: its balancer refused the pool's healthy "
+                                      "workers; it keeps the ones it had", route, exc_info=error)
+            self.router.balancer_failures.clear()
         if now >= self._next_tick:  # timeouts and hold deadlines, not once per read burst
             self._next_tick = now + TICK
             try:
