@@ -33,10 +33,11 @@ shares are as even as the key sample.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import math
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Mapping, Sequence, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -93,7 +94,7 @@ def _mixed(a: Hashes | int, b: Hashes) -> Hashes:
 
     Written with operators, which numpy dispatches faster than ufunc calls with ``out=``.
     """
-    z: Hashes = b ^ a
+    z = cast(Hashes, b ^ a)  # a Python int mixes in as uint64 (NEP 50)
     z *= _M1
     z ^= z >> _27
     z *= _M2
@@ -135,6 +136,37 @@ class Pool:
         premixed = tuple(premix(seed) for seed in hashes)
         return cls(names, weights, hashes, logs, len(set(weights.values())) <= 1,
                    premixed, np.array(premixed, dtype=np.uint64), np.array(logs, dtype=np.float64))
+
+    def changed(self, worker: str, weight: float | None) -> tuple[Pool, Indices]:
+        """This pool with ``worker`` at ``weight`` or, if None, gone; and each old index's new one (-1: gone)."""
+        at = bisect.bisect_left(self.names, worker)
+        renumber: Indices = np.arange(len(self.names), dtype=np.intp)
+        weights = dict(self.weights)
+        if weight is None:
+            del weights[worker]
+            renumber[at] = -1
+            renumber[at + 1:] -= 1
+            return self._spliced(weights, at, at + 1, ()), renumber
+        weights[worker] = weight
+        if worker in self.weights:
+            return self._spliced(weights, at, at + 1, (worker,)), renumber
+        renumber[at:] += 1
+        return self._spliced(weights, at, at, (worker,)), renumber
+
+    def _spliced(self, weights: dict[str, float], start: int, stop: int, workers: tuple[str, ...]) -> Pool:
+        """This pool with the workers in [start, stop) replaced by ``workers``, of ``weights``."""
+        seeds = tuple(self.seeds[start] if start < stop else stable_hash(w) for w in workers)
+        premixed = tuple(premix(seed) for seed in seeds)
+        logs = tuple(math.log(weights[w]) for w in workers)
+        return Pool(self.names[:start] + workers + self.names[stop:], weights,
+                    self.seeds[:start] + seeds + self.seeds[stop:],
+                    self.log_weights[:start] + logs + self.log_weights[stop:],
+                    len(set(weights.values())) <= 1,
+                    self.premixed[:start] + premixed + self.premixed[stop:],
+                    np.concatenate([self.premixed_array[:start], np.array(premixed, dtype=np.uint64),
+                                    self.premixed_array[stop:]]),
+                    np.concatenate([self.log_weight_array[:start], np.array(logs, dtype=np.float64),
+                                    self.log_weight_array[stop:]]))
 
     def rank(self, key_hash: int, i: int) -> tuple[float, int, int]:
         """Worker ``i``'s exact rank for a key: higher is better, and no two workers tie."""
@@ -247,36 +279,28 @@ class Rendezvous:
         steps = [w for w in old if w not in weights] + \
                 [w for w in weights if w in old and weights[w] != old[w]] + \
                 [w for w in weights if w not in old]
-        seeds = dict(zip(self._pool.names, self._pool.seeds))
         if not self._keys or not weights or len(steps) > MAX_STEPS:
-            self._pool = Pool.of(weights, seeds)
+            self._pool = Pool.of(weights, dict(zip(self._pool.names, self._pool.seeds)))
             self._forget()
             return
-        current = dict(old)
         for worker in steps:  # one change at a time, each from a pool the cache is true for
-            previous = current.get(worker)
-            if worker in weights:
-                current[worker] = weights[worker]
-            else:
-                del current[worker]
-            self._shift(Pool.of(dict(sorted(current.items())), seeds), worker, previous)
+            self._shift(worker, weights.get(worker))
 
-    def _shift(self, pool: Pool, worker: str, previous: float | None) -> None:
-        """Bring the cache from ``self._pool`` to ``pool``, which differs from it in ``worker`` alone."""
+    def _shift(self, worker: str, weight: float | None) -> None:
+        """Bring the cache to the pool where ``worker`` alone changed: to ``weight``, or gone (None)."""
         rows = len(self._keys)
-        index = {name: i for i, name in enumerate(pool.names)}
-        renumber = np.array([index.get(name, -1) for name in self._pool.names], dtype=np.intp)
+        previous = self._pool.weights.get(worker)
+        pool, renumber = self._pool.changed(worker, weight)
         winners = renumber[self._winners[:rows]]
         hashes = self._hashes[:rows]
         self._pool = pool
-        weight = pool.weights.get(worker)
+        at = bisect.bisect_left(pool.names, worker)
         if weight is not None and (previous is None or weight > previous):  # joined, or gained weight
-            challenger = index[worker]
-            moved = np.flatnonzero(winners != challenger)
-            moved = moved[pool.beats(challenger, hashes[moved], winners[moved])]
-            winners[moved] = challenger
-        else:  # left, or lost weight: only its devices can move
-            moved = np.flatnonzero(winners == index.get(worker, -1))
+            moved = np.flatnonzero(winners != at)
+            moved = moved[pool.beats(at, hashes[moved], winners[moved])]
+            winners[moved] = at
+        else:  # left (its devices are at -1 now), or lost weight: only its devices can move
+            moved = np.flatnonzero(winners == (-1 if weight is None else at))
             winners[moved] = pool.best_of_many(hashes[moved])
         self._winners[:rows] = winners
         names, keys, cache = pool.names, self._keys, self.cache
