@@ -276,9 +276,9 @@ class Rendezvous:
         old = self._pool.weights
         if weights == old:
             return
-        steps = [w for w in old if w not in weights] + \
+        steps = [w for w in weights if w not in old] + \
                 [w for w in weights if w in old and weights[w] != old[w]] + \
-                [w for w in weights if w not in old]
+                [w for w in old if w not in weights]  # joins first: no pool on the way is empty
         if not self._keys or not weights or len(steps) > MAX_STEPS:
             self._pool = Pool.of(weights, dict(zip(self._pool.names, self._pool.seeds)))
             self._forget()

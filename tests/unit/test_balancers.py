@@ -554,6 +554,13 @@ def test_the_cache_grows_only_with_use() -> None:
     assert b._rendezvous._hashes.nbytes < 100_000
 
 
+def test_every_worker_replaced_in_one_update() -> None:
+    b = make("consistent_hash", {"w1": 1.0})
+    mapping(b, KEYS[:100])
+    b.update({"w2": 1.0, "w3": 3.0})
+    assert mapping(b, KEYS[:100]) == mapping(make("consistent_hash", {"w2": 1.0, "w3": 3.0}), KEYS[:100])
+
+
 def test_emptying_the_pool_and_refilling_it() -> None:
     b = make("consistent_hash", {"w1": 1.0, "w2": 1.0})
     mapping(b, KEYS[:100])
