@@ -561,6 +561,15 @@ def test_every_worker_replaced_in_one_update() -> None:
     assert mapping(b, KEYS[:100]) == mapping(make("consistent_hash", {"w2": 1.0, "w3": 3.0}), KEYS[:100])
 
 
+def test_a_sweeping_change_empties_the_cache() -> None:
+    """Past MAX_STEPS changes at once, scoring the devices again as they come is cheaper than step by step."""
+    b = make("consistent_hash", {f"old-{i}": 1.0 for i in range(rendezvous.MAX_STEPS)})
+    mapping(b, KEYS[:100])
+    b.update({"new": 1.0})
+    assert len(b._cache) == 0
+    assert set(mapping(b, KEYS[:100]).values()) == {"new"}
+
+
 def test_emptying_the_pool_and_refilling_it() -> None:
     b = make("consistent_hash", {"w1": 1.0, "w2": 1.0})
     mapping(b, KEYS[:100])
