@@ -79,13 +79,13 @@ class ConsistentHash(Balancer):
         self._load = dict.fromkeys(weights, 0)
 
     def pick(self, key: str | None) -> str | None:
+        worker = self._cache.get(key)  # type: ignore[arg-type]  # None is never cached
+        if worker is not None:
+            return worker  # the common case, so first and without a call
         if key is None:
             raise ValueError("consistent_hash needs a key")
         if self.load_factor is None:
             return self._rendezvous.pick(key)
-        worker = self._cache.get(key)
-        if worker is not None:
-            return worker
         if not self._load:
             return None
         if len(self._cache) >= self.cache_size:
