@@ -73,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     balance = measures.add_parser("balance", help="the hashing algorithms beside uhashring: balance, movement, "
                                   "weights, speed", description="the hashing algorithms beside uhashring")
     balance.add_argument("--keys", type=int, default=100_000, help="device ids to hash (default 100000)")
+    balance.add_argument("--workers", default="10,100,1000,10000", help="pool sizes (default 10,100,1000,10000)")
     balance.add_argument("--json", action="store_true", help="figures as JSON")
     soak = measures.add_parser("soak", help="mqttlb at a steady rate for a long while: its memory over time",
                                description="mqttlb at a steady rate for a long while: its memory over time")

@@ -15,8 +15,9 @@ the key, the worker's id and its weight, so
 - weights are exact in expectation: with the logarithmic method a worker of
   weight w wins a w / (sum of weights) share of the keys.
 
-A pick costs one score per worker, so picks are cached per key until the
-worker set or a weight changes (devices repeat); the cache is bounded.
+A pick scores every worker, so picks are cached per key; the scoring, the
+cache and how it stays true when the pool changes (without being emptied) are
+in ``rendezvous``.
 
 With ``load_factor`` (consistent hashing with bounded loads) no worker takes
 more than ``load_factor`` times its weighted share of the active devices (those
@@ -33,29 +34,14 @@ two can be compared, and for users who relied on its exact mapping.
 from __future__ import annotations
 
 import bisect
-import hashlib
 import math
 import random
 from typing import ClassVar, Mapping
 
 from .base import BadOption, Balancer, checked, float_option, int_option, reject_unknown, relative
+from .rendezvous import Pool, Rendezvous, preference, stable_hash
 
-_MASK = (1 << 64) - 1
-_TWO_64 = float(1 << 64)
-
-
-def stable_hash(text: str) -> int:
-    """A 64-bit hash of ``text``, the same in every process and Python version."""
-    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
-    return int.from_bytes(digest, "big")
-
-
-def _mix(key_hash: int, worker_seed: int) -> int:
-    """A 64-bit score for a (key, worker) pair: a SplitMix64 finalizer over their XOR."""
-    z = (key_hash ^ worker_seed) & _MASK
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
-    return z ^ (z >> 31)
+__all__ = ["ConsistentHash", "Ring", "stable_hash"]
 
 
 class ConsistentHash(Balancer):
@@ -76,76 +62,50 @@ class ConsistentHash(Balancer):
             raise BadOption(f"load_factor: must be above 1 (1.25 lets a worker take 25% over its share), "
                             f"got {self.load_factor!r}")
         self.cache_size = int_option(options, "cache_size", self.DEFAULT_CACHE_SIZE, 1, 100_000_000)
-        self._workers: dict[str, float] = {}
-        self._seeds: tuple[tuple[str, int, float], ...] = ()
-        self._equal_weights = True
-        self._total_weight = 0.0
-        self._cache: dict[str, str] = {}
+        self._rendezvous = Rendezvous(self.cache_size)
+        self._cache = self._rendezvous.cache if self.load_factor is None else {}
+        """Device -> worker; with ``load_factor``, exactly the devices placed since the pool last changed."""
         self._load: dict[str, int] = {}
 
     def update(self, workers: Mapping[str, float]) -> None:
-        weights = relative(workers)
-        if weights == self._workers:
-            return  # the same pool: every cached pick still holds
-        self._workers = weights
-        self._seeds = tuple((worker, stable_hash(worker), weight) for worker, weight in weights.items())
-        self._equal_weights = len(set(weights.values())) <= 1
-        self._total_weight = sum(weights.values())
-        self._forget()
+        if self.load_factor is None:
+            self._rendezvous.update(workers)
+            return
+        weights = relative(workers)  # bounded loads multiply weights by counts: no overflow at 1e308
+        if weights == self._rendezvous.pool.weights:
+            return  # the same pool: every placement still holds
+        self._rendezvous.update(weights)  # picks nothing, so it is only the pool: bounded loads keep their own cache
+        self._cache = {}
+        self._load = dict.fromkeys(weights, 0)
 
     def pick(self, key: str | None) -> str | None:
+        worker = self._cache.get(key)  # type: ignore[arg-type]  # None is never cached
+        if worker is not None:
+            return worker  # the common case, so first and without a call
         if key is None:
             raise ValueError("consistent_hash needs a key")
-        worker = self._cache.get(key)
-        if worker is not None:
-            return worker
-        if not self._seeds:
+        if self.load_factor is None:
+            return self._rendezvous.pick(key)
+        if not self._load:
             return None
         if len(self._cache) >= self.cache_size:
-            self._forget()
-        worker = self._rendezvous(key) if self.load_factor is None else self._bounded(key)
+            self._cache = {}
+            self._load = dict.fromkeys(self._load, 0)
+        worker = self._bounded(key, self._rendezvous.pool)
         self._cache[key] = worker
         return worker
 
     def preference(self, key: str) -> list[str]:
         """Every worker, best-scoring first: where ``key`` goes, and where it would go if they left."""
-        key_hash = stable_hash(key)
-        return [worker for _, worker in sorted(((-self._score(key_hash, seed, weight), worker)
-                                                for worker, seed, weight in self._seeds))]
+        return list(preference(self._rendezvous.pool, key))
 
-    def _forget(self) -> None:
-        self._cache = {}
-        self._load = dict.fromkeys(self._workers, 0)
-
-    def _rendezvous(self, key: str) -> str:
-        key_hash = stable_hash(key)
-        best_worker = ""
-        if self._equal_weights:  # the raw scores compare the same as the weighted ones, without a log
-            best_raw = -1
-            for worker, seed, _ in self._seeds:
-                raw = _mix(key_hash, seed)
-                if raw > best_raw:
-                    best_worker, best_raw = worker, raw
-            return best_worker
-        best_score = -1.0
-        for worker, seed, weight in self._seeds:
-            score = self._score(key_hash, seed, weight)
-            if score > best_score:
-                best_worker, best_score = worker, score
-        return best_worker
-
-    @staticmethod
-    def _score(key_hash: int, seed: int, weight: float) -> float:
-        """``weight / -ln(u)`` for the pair's uniform ``u`` in (0, 1): the highest wins with odds ∝ weight."""
-        u = (_mix(key_hash, seed) + 0.5) / _TWO_64
-        return weight / -math.log(u)
-
-    def _bounded(self, key: str) -> str:
+    def _bounded(self, key: str, pool: Pool) -> str:
         assert self.load_factor is not None
         active = len(self._cache) + 1  # the cache holds exactly the devices placed since the pool changed
+        total = sum(pool.weights.values())
         load = self._load
-        for worker in self.preference(key):
-            if load[worker] < math.ceil(self.load_factor * active * self._workers[worker] / self._total_weight):
+        for worker in preference(pool, key):
+            if load[worker] < math.ceil(self.load_factor * active * pool.weights[worker] / total):
                 load[worker] += 1
                 return worker
         raise AssertionError("the bounds add up to more than the active devices; some worker is under its own")

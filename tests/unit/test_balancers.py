@@ -8,13 +8,14 @@ from collections import Counter
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mqttlb import balancers
-from mqttlb.balancers import BadOption, Balancer, UnknownAlgorithm, create, names, needs_key, register
-from mqttlb.balancers.base import MIN_RELATIVE_WEIGHT, relative
+from mqttlb.balancers import BadOption, Balancer, UnknownAlgorithm, create, names, needs_key, register, rendezvous
+from mqttlb.balancers.base import MIN_RELATIVE_WEIGHT, checked, relative
 
 ALL = ("consistent_hash", "least_connections", "random", "ring", "round_robin", "weighted_round_robin")
 HASHING = ("consistent_hash", "ring")
@@ -566,3 +567,119 @@ def test_relative_weights_scale_by_a_power_of_two_with_a_floor() -> None:
     assert relative({"a": 1e308, "b": 1.0, "c": 5e-324}) == {"a": largest, "b": largest * MIN_RELATIVE_WEIGHT,
                                                              "c": largest * MIN_RELATIVE_WEIGHT}
     assert relative({}) == {}
+
+
+# -- rendezvous at scale: vectorised scoring, a cache kept true, eviction --------------
+
+LARGE = rendezvous.VECTOR_FROM + 12
+"""A pool scored with numpy."""
+
+
+def reference(weights: Mapping[str, float], key: str) -> str:
+    """The winner by the definition, in plain Python: the best (f, raw), the first id on a full tie."""
+    key_hash = rendezvous.stable_hash(key)
+    ranked = [(*rendezvous.score(key_hash, rendezvous.stable_hash(w), math.log(weight)), -i, w)
+              for i, (w, weight) in enumerate(sorted(weights.items()))]
+    return max(ranked)[-1]
+
+
+@pytest.mark.parametrize("weights", [
+    {f"w{i}": 1.0 for i in range(LARGE)},
+    {f"w{i}": float(1 + i % 4) for i in range(LARGE)},
+    {f"w{i}": (1e308, 5e-324, 1.0, 3e-300)[i % 4] for i in range(LARGE)},
+    {f"w{i}": (1.0, 1.0 + 1e-15)[i % 2] for i in range(LARGE)},  # weights a hair apart: near-ties everywhere
+    {"a": 1.0, "b": 2.0, "c": 3.0},
+], ids=["equal", "mixed", "extreme", "hair", "small"])
+def test_every_scoring_path_agrees_with_the_definition(weights: dict[str, float]) -> None:
+    pool = rendezvous.Pool.of(checked(weights))
+    keys = KEYS[:300]
+    expected = [reference(weights, key) for key in keys]
+    assert [pool.names[pool.best(rendezvous.stable_hash(k))] for k in keys] == expected
+    hashes = np.array([rendezvous.stable_hash(k) for k in keys], dtype=np.uint64)
+    assert [pool.names[i] for i in pool.best_of_many(hashes)] == expected
+
+
+@pytest.mark.parametrize("weights", [
+    {"a": 5e-324, "b": 1e-323, "c": 1.5e-323},
+    {"a": 1e308, "b": 5e307},
+    {"a": 1.7e308, "b": 1e-300},
+], ids=["subnormal", "huge", "far-apart"])
+def test_extreme_weights_still_set_shares(weights: dict[str, float]) -> None:
+    """The old ``weight / -ln(u)`` underflowed to 0 or overflowed to inf, and the first id took every tie."""
+    keys = KEYS[:10_000]
+    counts = Counter(mapping(make("consistent_hash", weights), keys).values())
+    total = math.fsum(weights.values())
+    assert all(abs(counts[w] / len(keys) - weight / total) <= 0.03 for w, weight in weights.items())
+
+
+@settings(derandomize=True, max_examples=30, deadline=None)
+@given(changes=st.lists(st.tuples(st.integers(0, LARGE + 3), st.sampled_from([0.0, 0.1, 0.5, 1.0, 2.0, 7.0])),
+                        min_size=1, max_size=6),
+       start_weighted=st.booleans())
+def test_large_pool_cache_stays_true_through_any_changes(changes: list[tuple[int, float]],
+                                                         start_weighted: bool) -> None:
+    """Joins, leaves and weight changes, one or several per update, against a pool scored with numpy."""
+    workers = {f"w{i}": (1.0 + i % 3 if start_weighted else 1.0) for i in range(LARGE)}
+    keys = KEYS[:2_000]
+    cached = make("consistent_hash", workers)
+    mapping(cached, keys)
+    for n, (worker, weight) in enumerate(changes):
+        if weight:
+            workers[f"w{worker}"] = weight
+        else:
+            workers.pop(f"w{worker}", None)
+        if n % 2 == 0:
+            cached.update(dict(workers))
+    cached.update(dict(workers))
+    assert len(cached._cache) == len(keys)  # kept, not emptied
+    assert mapping(cached, keys) == mapping(make("consistent_hash", workers), keys)
+
+
+def test_a_change_to_the_pool_keeps_the_cache() -> None:
+    """A join, a weight change (as slow start makes ten of) and a leave: the cache is kept and stays true."""
+    workers = {f"worker-{i}": 1.0 for i in range(10)}
+    b = make("consistent_hash", workers)
+    keys = KEYS[:5_000]
+    mapping(b, keys)
+    for change in ({**workers, "new": 0.1}, {**workers, "new": 0.5}, {**workers, "new": 1.0},
+                   {**workers, "new": 1.0, "worker-3": 0.2}, workers):
+        b.update(change)
+        assert len(b._cache) == len(keys)
+        assert mapping(b, keys) == mapping(make("consistent_hash", change), keys)
+
+
+def test_a_full_cache_evicts_its_oldest_instead_of_emptying() -> None:
+    b = make("consistent_hash", {"w1": 1.0, "w2": 1.0}, cache_size=100)
+    mapping(b, KEYS[:150])
+    assert set(b._cache) == set(KEYS[50:150])
+
+
+def test_the_cache_grows_only_with_use() -> None:
+    b = make("consistent_hash", {"w1": 1.0}, cache_size=100_000_000)
+    mapping(b, KEYS[:10])
+    assert b._rendezvous._hashes.nbytes < 100_000
+
+
+def test_every_worker_replaced_in_one_update() -> None:
+    b = make("consistent_hash", {"w1": 1.0})
+    mapping(b, KEYS[:100])
+    b.update({"w2": 1.0, "w3": 3.0})
+    assert mapping(b, KEYS[:100]) == mapping(make("consistent_hash", {"w2": 1.0, "w3": 3.0}), KEYS[:100])
+
+
+def test_a_sweeping_change_empties_the_cache() -> None:
+    """Past MAX_STEPS changes at once, scoring the devices again as they come is cheaper than step by step."""
+    b = make("consistent_hash", {f"old-{i}": 1.0 for i in range(rendezvous.MAX_STEPS)})
+    mapping(b, KEYS[:100])
+    b.update({"new": 1.0})
+    assert len(b._cache) == 0
+    assert set(mapping(b, KEYS[:100]).values()) == {"new"}
+
+
+def test_emptying_the_pool_and_refilling_it() -> None:
+    b = make("consistent_hash", {"w1": 1.0, "w2": 1.0})
+    mapping(b, KEYS[:100])
+    b.update({})
+    assert b.pick(KEYS[0]) is None
+    b.update({"w3": 1.0})
+    assert set(mapping(b, KEYS[:100]).values()) == {"w3"}

@@ -1,0 +1,340 @@
+"""Weighted rendezvous hashing whose cost stays flat as the fleet grows.
+
+The mapping is that of ``consistent_hash``: each worker scores a key, the best
+score wins. A worker's score is the pair (``f``, ``raw``): ``raw`` is a 64-bit
+SplitMix64 mix of the key's and the worker's hashes, and
+``f = ln(weight) - ln(-ln(u))`` with ``u`` uniform in (0, 1) from the top 52
+bits of ``raw`` (the log of the usual ``weight / -ln(u)``: the best ``f`` wins
+with odds proportional to the weight, and no finite weight, 1e308 or 5e-324,
+overflows it). A full tie goes to the worker whose id sorts first. Scores
+depend on the key, the worker and its weight only, so the mapping is a pure
+function of the pool. When all weights are equal, ``f`` orders workers as
+``raw`` does, and ``raw`` alone is compared.
+
+Three things keep it cheap with a thousand workers and a million devices:
+
+- Scoring is vectorised with numpy from ``VECTOR_FROM`` workers on. Integer
+  scores are exact; float scores within ``TOLERANCE`` of the best are scored
+  again in plain Python, so numpy's ``log`` decides nothing on its own and every
+  router agrees, numpy or not, whatever the machine.
+- The cache remembers each device's key hash and winner. A change to the pool
+  touches only devices that can move: a worker that joins or gains weight is
+  scored against each cached winner (one vectorised pass), and only the devices
+  of a worker that leaves or loses weight are scored again.
+- The cache is bounded and evicts its oldest entry (FIFO) instead of emptying
+  itself: a device still in use is scored again at most once per
+  ``capacity`` new devices.
+
+Sub-linear schemes (a skeleton tree, jump hash, AnchorHash, Maglev) were
+weighed: none keeps the three promises at once for any set of worker ids:
+exactly the newcomer's share moves, the mapping depends on the set only, and
+shares are as even as the key sample.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Mapping, Sequence, cast
+
+import numpy as np
+import numpy.typing as npt
+
+from .base import checked
+
+_MASK = (1 << 64) - 1
+_TWO_52 = float(1 << 52)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_12, _27, _31 = np.uint64(12), np.uint64(27), np.uint64(31)
+
+VECTOR_FROM = 48
+"""Pools of at least this many workers are scored with numpy; below, plain Python is quicker."""
+TOLERANCE = 1e-9
+"""Float scores closer than this to the best are compared again exactly (numpy's log is ~1e-13 off at worst)."""
+MATRIX_CELLS = 1 << 20
+"""Scores computed at once when many devices are scored again: bounds the scratch memory (~8 bytes each)."""
+MAX_STEPS = 32
+"""Changes to the pool in one update beyond which the cache is emptied rather than kept up to date."""
+
+Hashes = npt.NDArray[np.uint64]
+Indices = npt.NDArray[np.intp]
+
+
+def stable_hash(text: str) -> int:
+    """A 64-bit hash of ``text``, the same in every process and Python version."""
+    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def mix(key_hash: int, worker_seed: int) -> int:
+    """The raw 64-bit score for a (key, worker) pair: a SplitMix64 finalizer over their XOR."""
+    z = (key_hash ^ worker_seed) & _MASK
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
+    return z ^ (z >> 31)
+
+
+def score(key_hash: int, worker_seed: int, log_weight: float) -> tuple[float, int]:
+    """The exact score (f, raw) that ranks a worker for a key; see the module docstring."""
+    raw = mix(key_hash, worker_seed)
+    u = ((raw >> 12) + 0.5) / _TWO_52  # exact, and strictly inside (0, 1)
+    return log_weight - math.log(-math.log(u)), raw
+
+
+def premix(value: int) -> int:
+    """The first step of ``mix``, which is linear over XOR: ``mix(k, s)`` finishes ``premix(k) ^ premix(s)``."""
+    return value ^ (value >> 30)
+
+
+def _mixed(a: Hashes | int, b: Hashes) -> Hashes:
+    """``mix`` over arrays (broadcast) of premixed values, exact: numpy's uint64 arithmetic wraps as the mask does.
+
+    Written with operators, which numpy dispatches faster than ufunc calls with ``out=``.
+    """
+    z = cast(Hashes, b ^ a)  # a Python int mixes in as uint64 (NEP 50)
+    z *= _M1
+    z ^= z >> _27
+    z *= _M2
+    z ^= z >> _31
+    return z
+
+
+def premix_many(values: Hashes) -> Hashes:
+    return values ^ (values >> np.uint64(30))  # type: ignore[no-any-return]
+
+
+def _approximate(raw: Hashes, log_weights: npt.NDArray[np.float64] | float) -> npt.NDArray[np.float64]:
+    """``f`` over arrays, to within ``TOLERANCE``."""
+    u = ((raw >> _12).astype(np.float64) + 0.5) / _TWO_52
+    return log_weights - np.log(-np.log(u))  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True, slots=True)
+class Pool:
+    """The workers in id order, with what scoring needs of each."""
+
+    names: tuple[str, ...]
+    weights: Mapping[str, float]
+    seeds: tuple[int, ...]
+    log_weights: tuple[float, ...]
+    equal: bool
+    """All weights are equal: ``raw`` alone ranks the workers."""
+    premixed: tuple[int, ...]
+    """``premix`` of each seed."""
+    premixed_array: Hashes
+    log_weight_array: npt.NDArray[np.float64]
+
+    @classmethod
+    def of(cls, weights: Mapping[str, float], seeds: Mapping[str, int] | None = None) -> Pool:
+        """The pool of ``weights`` (as ``checked()`` returns them); ``seeds`` caches workers' hashes."""
+        names = tuple(weights)
+        hashes = tuple(seeds[w] if seeds and w in seeds else stable_hash(w) for w in names)
+        logs = tuple(math.log(weights[w]) for w in names)
+        premixed = tuple(premix(seed) for seed in hashes)
+        return cls(names, weights, hashes, logs, len(set(weights.values())) <= 1,
+                   premixed, np.array(premixed, dtype=np.uint64), np.array(logs, dtype=np.float64))
+
+    def changed(self, worker: str, weight: float | None) -> tuple[Pool, Indices]:
+        """This pool with ``worker`` at ``weight`` or, if None, gone; and each old index's new one (-1: gone)."""
+        at = bisect.bisect_left(self.names, worker)
+        renumber: Indices = np.arange(len(self.names), dtype=np.intp)
+        weights = dict(self.weights)
+        if weight is None:
+            del weights[worker]
+            renumber[at] = -1
+            renumber[at + 1:] -= 1
+            return self._spliced(weights, at, at + 1, ()), renumber
+        weights[worker] = weight
+        if worker in self.weights:
+            return self._spliced(weights, at, at + 1, (worker,)), renumber
+        renumber[at:] += 1
+        return self._spliced(weights, at, at, (worker,)), renumber
+
+    def _spliced(self, weights: dict[str, float], start: int, stop: int, workers: tuple[str, ...]) -> Pool:
+        """This pool with the workers in [start, stop) replaced by ``workers``, of ``weights``."""
+        seeds = tuple(self.seeds[start] if start < stop else stable_hash(w) for w in workers)
+        premixed = tuple(premix(seed) for seed in seeds)
+        logs = tuple(math.log(weights[w]) for w in workers)
+        return Pool(self.names[:start] + workers + self.names[stop:], weights,
+                    self.seeds[:start] + seeds + self.seeds[stop:],
+                    self.log_weights[:start] + logs + self.log_weights[stop:],
+                    len(set(weights.values())) <= 1,
+                    self.premixed[:start] + premixed + self.premixed[stop:],
+                    np.concatenate([self.premixed_array[:start], np.array(premixed, dtype=np.uint64),
+                                    self.premixed_array[stop:]]),
+                    np.concatenate([self.log_weight_array[:start], np.array(logs, dtype=np.float64),
+                                    self.log_weight_array[stop:]]))
+
+    def rank(self, key_hash: int, i: int) -> tuple[float, int, int]:
+        """Worker ``i``'s exact rank for a key: higher is better, and no two workers tie."""
+        return (*score(key_hash, self.seeds[i], self.log_weights[i]), -i)
+
+    def best(self, key_hash: int) -> int:
+        """The index of the winning worker for a key."""
+        if len(self.names) >= VECTOR_FROM:
+            return self._best_vectorised(key_hash)
+        best, best_raw = 0, -1
+        if self.equal:
+            key = premix(key_hash)
+            for i, seed in enumerate(self.premixed):  # mix(), inlined: this loop is the cost of a pick
+                z = ((key ^ seed) * 0xBF58476D1CE4E5B9) & _MASK
+                z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
+                raw = z ^ (z >> 31)
+                if raw > best_raw:
+                    best, best_raw = i, raw
+            return best
+        best_f = -math.inf
+        for i, (seed, log_weight) in enumerate(zip(self.seeds, self.log_weights)):
+            f, raw = score(key_hash, seed, log_weight)
+            if f > best_f or (f == best_f and raw > best_raw):
+                best, best_f, best_raw = i, f, raw
+        return best
+
+    def _best_vectorised(self, key_hash: int) -> int:
+        raw = _mixed(premix(key_hash), self.premixed_array)
+        if self.equal:
+            return int(raw.argmax())
+        f = _approximate(raw, self.log_weight_array)
+        best = int(f.argmax())
+        near = f >= f[best] - TOLERANCE
+        if np.count_nonzero(near) == 1:
+            return best
+        return max(np.flatnonzero(near).tolist(), key=lambda i: self.rank(key_hash, i))
+
+    def best_of_many(self, key_hashes: Hashes) -> Indices:
+        """``best`` for each key, a block of keys at a time."""
+        winners: Indices = np.empty(len(key_hashes), dtype=np.intp)
+        step = max(1, MATRIX_CELLS // len(self.names))
+        for start in range(0, len(key_hashes), step):
+            block = key_hashes[start:start + step]
+            raw = _mixed(premix_many(block)[:, None], self.premixed_array[None, :])
+            if self.equal:
+                winners[start:start + len(block)] = raw.argmax(axis=1)
+                continue
+            f = _approximate(raw, self.log_weight_array[None, :])
+            top = f.max(axis=1)[:, None]
+            chosen = f.argmax(axis=1)
+            for row in np.flatnonzero((f >= top - TOLERANCE).sum(axis=1) > 1).tolist():
+                near = np.flatnonzero(f[row] >= top[row, 0] - TOLERANCE).tolist()
+                key_hash = int(block[row])
+                chosen[row] = max(near, key=lambda i: self.rank(key_hash, i))
+            winners[start:start + len(block)] = chosen
+        return winners
+
+    def beats(self, challenger: int, key_hashes: Hashes, winners: Indices) -> npt.NDArray[np.bool_]:
+        """For each key, whether worker ``challenger`` outranks that key's current winner."""
+        keys = premix_many(key_hashes)
+        raw = _mixed(self.premixed[challenger], keys)
+        held = _mixed(self.premixed_array[winners], keys)
+        if self.equal:
+            return (raw > held) | ((raw == held) & (challenger < winners))  # type: ignore[no-any-return]
+        gap = _approximate(raw, self.log_weights[challenger]) - _approximate(held, self.log_weight_array[winners])
+        wins: npt.NDArray[np.bool_] = gap > TOLERANCE
+        for row in np.flatnonzero(np.abs(gap) <= TOLERANCE).tolist():
+            key_hash = int(key_hashes[row])
+            wins[row] = self.rank(key_hash, challenger) > self.rank(key_hash, int(winners[row]))
+        return wins
+
+
+class Rendezvous:
+    """The worker of each device, cached and kept true as the pool changes; see the module docstring."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.cache: dict[str, str] = {}
+        """Device -> worker: the only lookup a cached pick makes."""
+        self._pool = Pool.of({})
+        self._keys: list[str] = []
+        """Row -> device; the rows of the arrays below."""
+        self._hashes: Hashes = np.empty(0, dtype=np.uint64)
+        self._winners: Indices = np.empty(0, dtype=np.intp)
+        """Row -> the index of its worker in ``_pool.names``."""
+        self._oldest = 0
+        """The row to evict next, once the cache is full."""
+
+    @property
+    def pool(self) -> Pool:
+        return self._pool
+
+    def pick(self, key: str) -> str | None:
+        worker = self.cache.get(key)
+        if worker is not None:
+            return worker
+        pool = self._pool
+        if not pool.names:
+            return None
+        key_hash = stable_hash(key)
+        winner = pool.best(key_hash)
+        self._remember(key, key_hash, winner)
+        return pool.names[winner]
+
+    def update(self, workers: Mapping[str, float]) -> None:
+        weights = checked(workers)
+        old = self._pool.weights
+        if weights == old:
+            return
+        steps = [w for w in weights if w not in old] + \
+                [w for w in weights if w in old and weights[w] != old[w]] + \
+                [w for w in old if w not in weights]  # joins first: no pool on the way is empty
+        if not self._keys or not weights or len(steps) > MAX_STEPS:
+            self._pool = Pool.of(weights, dict(zip(self._pool.names, self._pool.seeds)))
+            self._forget()
+            return
+        for worker in steps:  # one change at a time, each from a pool the cache is true for
+            self._shift(worker, weights.get(worker))
+
+    def _shift(self, worker: str, weight: float | None) -> None:
+        """Bring the cache to the pool where ``worker`` alone changed: to ``weight``, or gone (None)."""
+        rows = len(self._keys)
+        previous = self._pool.weights.get(worker)
+        pool, renumber = self._pool.changed(worker, weight)
+        winners = renumber[self._winners[:rows]]
+        hashes = self._hashes[:rows]
+        self._pool = pool
+        at = bisect.bisect_left(pool.names, worker)
+        if weight is not None and (previous is None or weight > previous):  # joined, or gained weight
+            moved = np.flatnonzero(winners != at)
+            moved = moved[pool.beats(at, hashes[moved], winners[moved])]
+            winners[moved] = at
+        else:  # left (its devices are at -1 now), or lost weight: only its devices can move
+            moved = np.flatnonzero(winners == (-1 if weight is None else at))
+            winners[moved] = pool.best_of_many(hashes[moved])
+        self._winners[:rows] = winners
+        names, keys, cache = pool.names, self._keys, self.cache
+        for row, winner in zip(moved.tolist(), winners[moved].tolist()):
+            cache[keys[row]] = names[winner]
+
+    def _remember(self, key: str, key_hash: int, winner: int) -> None:
+        if len(self._keys) < self.capacity:
+            row = len(self._keys)
+            self._keys.append(key)
+            if row == len(self._hashes):
+                self._grow()
+        else:
+            row = self._oldest
+            self._oldest = (row + 1) % self.capacity
+            del self.cache[self._keys[row]]
+            self._keys[row] = key
+        self._hashes[row] = key_hash
+        self._winners[row] = winner
+        self.cache[key] = self._pool.names[winner]
+
+    def _grow(self) -> None:
+        size = min(self.capacity, max(1024, 2 * len(self._hashes)))
+        self._hashes = np.concatenate([self._hashes, np.empty(size - len(self._hashes), dtype=np.uint64)])
+        self._winners = np.concatenate([self._winners, np.empty(size - len(self._winners), dtype=np.intp)])
+
+    def _forget(self) -> None:
+        self.cache.clear()
+        self._keys.clear()
+        self._oldest = 0
+
+
+def preference(pool: Pool, key: str) -> Sequence[str]:
+    """Every worker, best first: where ``key`` goes, and where it would go if they left."""
+    key_hash = stable_hash(key)
+    order = sorted(range(len(pool.names)), key=lambda i: pool.rank(key_hash, i), reverse=True)
+    return [pool.names[i] for i in order]
