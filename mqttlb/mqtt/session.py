@@ -152,6 +152,10 @@ class Session:
         self.connected = False
         return packet
 
+    def closed(self) -> None:
+        """The connection ended without a DISCONNECT of ours: nothing may be sent until ``connect()``."""
+        self.connected = False
+
     # -- state ----------------------------------------------------------------------------------------------
 
     @property
