@@ -41,7 +41,7 @@ from .config import Config
 from .errors import MqttlbError
 from .simulate import Simulator
 from .topics import filter_matches
-from .transport import Client, Inbound
+from .mqtt.client import Client, Inbound
 
 WORKERS = {"w1": 1.0, "w2": 1.0, "w3": 2.0}
 """Worker id and weight; consistent hashing gives w3 about twice the devices of the others."""

@@ -11,7 +11,7 @@ where ``seq`` counts the messages of one topic (one device on one route) from
 The schedule is pure: message ``i`` comes from device ``i mod N`` on route
 ``(i div N) mod R``, so what was sent follows from the count alone
 (``Fleet.identity``). Only ``Simulator`` touches the broker, through
-``transport.Client``.
+``mqtt.client.Client``.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import orjson
 
 from .config import Config, RouteSettings
 from .errors import EXIT_CONFIG, TransportError
-from .transport import Client
+from .mqtt.client import Client
 
 log = logging.getLogger("mqttlb.simulate")
 

@@ -28,7 +28,7 @@ import orjson
 from .config import Config
 from .errors import BadHeartbeat, TransportError
 from .pool import Health, Heartbeat, WorkerState
-from .transport import Client, Inbound
+from .mqtt.client import Client, Inbound
 
 REFRESH = 1.0
 """Seconds between two redraws of the live table."""

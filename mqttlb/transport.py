@@ -42,6 +42,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from .config import BrokerSettings
 from .errors import TransportError
 from .limits import UserProperties
+from .mqtt.reasons import refusal as mqtt_refusal
 
 log = logging.getLogger("mqttlb.transport")
 
@@ -196,27 +197,9 @@ QUICK_DROPS = 3
 STABLE = 10.0
 MAX_TAKEOVER_BACKOFF = 60.0
 
-_REFUSAL_FIXES = {
-    0x84: "set broker.protocol to one the broker speaks (5 or 3.1.1)",
-    0x85: "broker.client_id is not acceptable to the broker: choose another",
-    0x86: "check broker.username and its password (password, password_file or password_env) against the "
-          "broker's password file",
-    0x87: "check broker.username and its password (password, password_file or password_env) against the "
-          "broker's password file, and that the broker lets this user connect with this client id",
-    0x8A: "the broker bans this client: ask its operator",
-    0x88: "the broker is unavailable: it may be starting or overloaded",
-    0x89: "the broker is busy: it may be overloaded",
-    0x9F: "the broker limits how often a client may connect: wait",
-}
-_V311_REFUSALS = {1: 0x84, 2: 0x85, 3: 0x88, 4: 0x86, 5: 0x87}
-"""MQTT 3.1.1 CONNACK return codes as their MQTT 5 counterparts."""
-
-
-def refusal(reason: ReasonCode | int, name: str) -> str:
+def refusal(reason: ReasonCode, name: str) -> str:
     """Why the broker refused a connection, and what to do about it, in one line."""
-    value = reason.value if isinstance(reason, ReasonCode) else _V311_REFUSALS.get(reason, reason)
-    fix = _REFUSAL_FIXES.get(value, "see the broker's log")
-    return f"the broker refused the connection as {name}: {reason} (0x{value:02X}); {fix}"
+    return mqtt_refusal(reason.value, name)
 
 
 class _BatchingClient(paho.Client):

@@ -7,8 +7,8 @@ is acknowledged to the broker only once the handler is done with it, so what a
 worker held when it crashed, and what reached its inbox while it was away,
 comes back when it restarts.
 
-Three threads, none holding a lock around user code: paho's network thread
-only queues what arrives; one handler thread runs the handler, one message at
+Three threads, none holding a lock around user code: the client's network
+thread only queues what arrives; one handler thread runs the handler, one message at
 a time (per-device order) and acknowledges; a heartbeat thread reports the
 load every ``interval``.
 """
@@ -33,7 +33,8 @@ from .config import BrokerSettings, Config
 from .errors import EXIT_CONFIG, TransportError
 from .logs import RateLimited
 from .topics import TopicTemplate, filter_matches, key_problem
-from .transport import Client, Inbound
+from .mqtt.client import Client, Inbound, Publication
+from .mqtt.events import Will
 
 log = logging.getLogger("mqttlb.worker")
 
@@ -124,7 +125,7 @@ class Worker:
         self._beating = threading.Thread(target=self._heartbeat_loop, name=f"worker-{worker_id}-heartbeat",
                                          daemon=True)
         self._failures = RateLimited(log)
-        will = (self.heartbeat_topic, orjson.dumps({"worker": worker_id, "state": "down"}))
+        will = Will(self.heartbeat_topic, orjson.dumps({"worker": worker_id, "state": "down"}), qos=1, retain=True)
         self._client = Client(broker, f"mqttlb-worker-{worker_id}", persistent=True, manual_ack=True, will=will,
                               on_message=self._arrived, on_connect=self._connected)
 
@@ -271,12 +272,11 @@ class Worker:
             self._state = state
             info = self._publish_heartbeat()
         if info is not None and wait:
-            if info.rc == 0:  # else the connection went between the check and the publish
-                info.wait_for_publish(wait)
-            if info.rc != 0 or not info.is_published():  # is_published raises when the publish never went out
+            info.wait_for_publish(wait)
+            if not info.is_published():
                 log.warning("worker %s: the broker did not acknowledge the %s heartbeat", self.worker_id, state)
 
-    def _publish_heartbeat(self) -> Any:
+    def _publish_heartbeat(self) -> Publication | None:
         if not self._client.connected:  # stale heartbeats must not pile up; on_connect sends a fresh one
             return None
         payload = orjson.dumps({"worker": self.worker_id, "pool": self.pool, "state": self._state,

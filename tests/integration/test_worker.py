@@ -84,9 +84,7 @@ def test_heartbeats_are_retained_with_load_and_the_will_marks_a_dropped_worker_d
     live.subscribe("mqttlb/workers/w1/heartbeat")
     wait_for(lambda: len(live.messages()) >= 3, what="periodic heartbeats")
     # Drop the connection without DISCONNECT, as a crash or a network failure would.
-    paho_client = worker._client.client
-    paho_client.loop_stop()
-    paho_client.socket().close()
+    worker._client.kill()
     wait_for(lambda: orjson.loads(live.messages()[-1].payload) == {"worker": "w1", "state": "down"},
              what="the will")
     assert retained_heartbeat(clients, "w1", "late")["state"] == "down"
@@ -124,8 +122,7 @@ def test_what_a_crashed_worker_held_comes_back_when_it_restarts(broker, clients)
     for n in range(5):
         router.publish(f"mqttlb/workers/w1/in/devices/d{n}/telemetry", b"%d" % n)
     wait_for(lambda: worker.received == 5, what="five messages held")
-    worker._client.client.loop_stop()  # crash: the connection drops without DISCONNECT, nothing acknowledged
-    worker._client.client.socket().close()
+    worker._client.kill()  # crash: the connection drops without DISCONNECT, nothing acknowledged
     gate.set()
     again = Recorder()
     restarted = make_worker(broker, "w1", again)

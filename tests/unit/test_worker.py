@@ -8,7 +8,7 @@ import pytest
 
 from mqttlb import Delivery, Worker, config
 from mqttlb.config import BrokerSettings
-from mqttlb.transport import Inbound
+from mqttlb.mqtt.client import Inbound
 from mqttlb.worker import Tally, delivery_of
 
 BROKER = BrokerSettings(port=1)  # never connected to: nothing here calls start()
