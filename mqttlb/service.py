@@ -1,10 +1,13 @@
-"""The running router: config, routing core and transport wired on one thread.
+"""The running router: config, routing core and transport wired on one thread, in one loop.
 
-The transport hands messages and heartbeats in; the pure ``Router`` answers
-with actions; this module turns them into publishes and acknowledges each
-inbound message only once the broker has acknowledged what became of it. It
-also owns the clock, the signals, the counters, the stats topic and the
-metrics endpoint, which it hands a pulse every tick and a snapshot when asked.
+A message's whole life reads top to bottom in ``_turn``: the transport's
+``poll`` returns what happened as events; a device's message goes to the pure
+``Router``, which answers with actions (forward, dead letter, hold); each
+becomes a publish on the fleet link tagged with its action; when the broker
+settles that publish, the inbound message is acknowledged, by the rules of
+``inflight``. This module also owns the clock, the signals, the counters, the
+stats topic and the metrics endpoint, which it hands a pulse every tick and
+a snapshot when asked.
 """
 
 from __future__ import annotations
@@ -21,13 +24,18 @@ import orjson
 from . import config as config_module
 from .config import Config
 from .errors import BadHeartbeat, ConfigError
+from .inflight import InFlight, Receipt
 from .logs import RateLimited
 from .metrics import MetricsServer, Pulse
-from .poison import PoisonGuard
+from .mqtt.events import Subscription
 from .pool import Departure, Fleet, FleetFull, Health
 from .router import Action, DeadLetter, Forward, Message, Reason, Router
 from .stats import Counters, Inbound, Moment, snapshot
-from .transport import Dropped, Outcome, Receipt, Subscription, Transport
+from .transport import (DeviceMessage, Outcome, PublishesDropped, PublishingConnected, RoutingConnected, Settled,
+                        Transport, WorkerBeat)
+
+Publishable = Forward[Receipt] | DeadLetter[Receipt]
+"""What the router publishes for a message: the tag its publish carries until the broker settles it."""
 
 log = logging.getLogger("mqttlb.router")
 
@@ -39,12 +47,14 @@ TICK = 0.25
 
 
 def subscriptions(config: Config) -> list[Subscription]:
-    """The route filters to subscribe, once each, with the shared-subscription prefix if any."""
+    """The route filters to subscribe, once each, with the shared-subscription prefix if any. With MQTT 5,
+    retain handling 1: retained device messages are not routed again on every reconnect."""
     prefix = f"$share/{config.router.share_group}/" if config.router.share_group else ""
     qos: dict[str, int] = {}
     for route in config.routes:
         qos[route.match.mqtt] = max(qos.get(route.match.mqtt, 0), route.qos)
-    return [Subscription(prefix + f, q) for f, q in qos.items()]
+    retain_handling = 1 if config.broker.protocol == "5" else 0
+    return [Subscription(prefix + f, q, retain_handling=retain_handling) for f, q in qos.items()]
 
 
 def _route_pools(config: Config) -> set[str]:
@@ -72,12 +82,9 @@ class Service:
         self._next_tick = 0.0
         self._started = clock()
         self._next_stats = self._started + config.stats.interval
-        self._unsettled = 0
-        """Inbound messages taken in and not yet settled (acknowledged, or left to the broker to send again)."""
-        self._peak = 0
+        self.inflight: InFlight[Receipt] = InFlight(config.router.max_inflight)
         self._metrics: MetricsServer | None = None
         self._reload_requested = False
-        self._poison: PoisonGuard[Receipt] = PoisonGuard()
         self._broker_max_packet_size: int | None = None
 
     # -- the loop ---------------------------------------------------------------
@@ -103,8 +110,21 @@ class Service:
         if self._reload_requested:
             self._reload_requested = False
             self.reload()
-        room = min(self.config.router.max_inflight, self.transport.publish_window) - self._unsettled
-        self.transport.poll(max(0.0, self._next_tick - self.clock()), room)
+        room = self.inflight.room(self.transport.publish_window)
+        for event in self.transport.poll(max(0.0, self._next_tick - self.clock()), room):
+            match event:
+                case DeviceMessage():
+                    self._take(event)
+                case Settled(action, outcome):
+                    self._settled(action, outcome)
+                case WorkerBeat(topic, payload):
+                    self._heartbeat(topic, payload)
+                case PublishesDropped():
+                    self._dropped(event)
+                case PublishingConnected(max_packet_size):
+                    self._publishing_connected(max_packet_size)
+                case RoutingConnected():
+                    self._routing_connected(event)
         now = self.clock()
         if self.router.balancer_failures:
             for route, error in self.router.balancer_failures:
@@ -173,7 +193,7 @@ class Service:
         self.router.fleet.reconfigure(new.heartbeat.timeout, new.heartbeat.expire, new.pools, now)
         held = self.router.take_held()
         self.router = Router(new, self.router.fleet, self._rng)
-        self.on_publishing_connected(self._broker_max_packet_size)
+        self._publishing_connected(self._broker_max_packet_size)
         self.config = new
         self.transport.update_routes(subscriptions(new))
         if self._metrics is not None:
@@ -188,36 +208,39 @@ class Service:
                  self.transport.pending)
         self._drain()
         self.transport.close()
-        self.router.forget_held(lambda receipt: True)  # unacknowledged: the broker sends them again
-        self._unsettled = 0
+        self.inflight.forgot(self.router.forget_held(lambda receipt: True))  # the broker sends them again
         if new.broker.client_id != self.config.broker.client_id:
             log.warning("reload: broker.client_id changed from %s to %s: what the old session holds stays "
                         "there until a router connects as %s", self.config.broker.client_id,
                         new.broker.client_id, self.config.broker.client_id)
         self.transport = self._transport_for(new)
+        self.inflight.limit = new.router.max_inflight
         signal.set_wakeup_fd(self.transport.wake_fd, warn_on_full_buffer=False)
         self.transport.start()
 
-    def _transport_for(self, config: Config) -> Transport:
-        return Transport(config.broker, self, heartbeat_filter=config.heartbeat.topic, routes=subscriptions(config),
+    def _transport_for(self, config: Config) -> Transport[Publishable]:
+        return Transport(config.broker, heartbeat_filter=config.heartbeat.topic, routes=subscriptions(config),
                          max_inflight=config.router.max_inflight)
 
     def _drain(self) -> None:
         """Wait for the forwards in flight to be acknowledged, taking nothing new; at most SHUTDOWN_GRACE."""
         give_up = self.clock() + SHUTDOWN_GRACE
         while self.transport.pending and self.transport.connected and self.clock() < give_up:
-            self.transport.poll(0.05, room=0)
+            for event in self.transport.poll(0.05, room=0):
+                if type(event) is Settled:
+                    self._settled(event.tag, event.outcome)
 
     # -- transport events ---------------------------------------------------------
 
-    def on_message(self, topic: str, payload: bytes, receipt: Receipt) -> None:
+    def _take(self, event: DeviceMessage) -> None:
         if self._stopping:
             return  # not acknowledged: the broker keeps it for the next session
-        self._unsettled += 1
-        self._peak = max(self._peak, self._unsettled)
-        self._execute(self.router.route(Message(topic, payload, receipt, self.clock(), len(receipt.properties))))
+        self.inflight.took()
+        receipt = event.receipt
+        self._execute(self.router.route(Message(event.topic, event.payload, receipt, self.clock(),
+                                                len(receipt.properties))))
 
-    def on_heartbeat(self, topic: str, payload: bytes) -> None:
+    def _heartbeat(self, topic: str, payload: bytes) -> None:
         now = self.clock()
         levels = topic.split("/")
         worker = levels[self.config.heartbeat.worker_level]
@@ -238,7 +261,7 @@ class Service:
             return
         self._execute(actions)
 
-    def on_publishing_connected(self, max_packet_size: int | None) -> None:
+    def _publishing_connected(self, max_packet_size: int | None) -> None:
         """The broker's Maximum Packet Size (MQTT 5 CONNACK) narrows ``broker.max_packet_size``; and the stats
         go out at once, so a router that keeps losing its connection still says why."""
         self._broker_max_packet_size = max_packet_size
@@ -246,19 +269,32 @@ class Service:
         sizes = [size for size in (max_packet_size, self.config.broker.max_packet_size) if size is not None]
         self.router.limits = replace(self.router.limits, max_packet_size=min(sizes) if sizes else None)
 
-    def on_publishes_dropped(self, dropped: list[Dropped], suspect: bool) -> None:
+    def _dropped(self, event: PublishesDropped[Publishable]) -> None:
         """Publishes in flight when the broker dropped the publishing connection: each is made again, but
-        the one the poison guard names, whose message is quarantined instead (see ``poison``)."""
-        culprit = self._poison.dropped([publish.receipt for publish in dropped], suspect)
-        for publish in dropped:
-            publish.done(Outcome.POISON if culprit is not None and publish.receipt == culprit else Outcome.DROPPED)
+        the one the poison guard names, whose message is quarantined instead (``inflight``, rule 5)."""
+        culprit = self.inflight.dropped([action.message.ref for action in event.tags], event.suspect)
+        for action in event.tags:
+            if culprit is None or action.message.ref != culprit:
+                self._publish(action)
+            elif isinstance(action, DeadLetter) and action.reason == Reason.POISON:
+                self._lost(action, "kept dropping the connection for")  # nothing is sent a third time
+            else:
+                what = f"forward to {action.worker!r}" if isinstance(action, Forward) else \
+                    f"dead letter ({action.reason})"
+                log.error("the broker dropped the connection twice while the %s of a message on %s was in "
+                          "flight: quarantined as a poison dead letter", what, action.message.topic[:200])
+                self._publish(self.router.minimal_dead_letter(
+                    action.message, Reason.POISON, f"the broker dropped the connection twice with the {what} "
+                    f"in flight", action.route))
 
-    def on_routing_connected(self, connected: bool) -> None:
-        if not connected:  # the broker delivers them again on the next connection
-            forgotten = self.router.forget_held(lambda receipt: receipt.qos > 0)
-            self._unsettled -= forgotten
-            if forgotten:
-                log.info("%d held messages left to the broker, which delivers them again", forgotten)
+    def _routing_connected(self, event: RoutingConnected) -> None:
+        if event.connected:
+            self.inflight.connected(event.generation)
+            return
+        forgotten = self.router.forget_held(lambda receipt: receipt.qos > 0)  # the broker delivers them again
+        self.inflight.forgot(forgotten)
+        if forgotten:
+            log.info("%d held messages left to the broker, which delivers them again", forgotten)
 
     # -- stats --------------------------------------------------------------------
 
@@ -266,7 +302,7 @@ class Service:
         """The stats topic's figures as of ``now``."""
         moment = Moment(ts=time.time(), now=now, uptime=now - self._started, connected=self.transport.connected,
                         stopping=self._stopping, problem=self.transport.problem)
-        inbound = Inbound(unacked=self._unsettled, held=self.router.held, peak=self._peak,
+        inbound = Inbound(unacked=self.inflight.unsettled, held=self.router.held, peak=self.inflight.peak,
                           max_inflight=self.config.router.max_inflight)
         fleet = self.router.fleet
         census = fleet.census()
@@ -296,10 +332,8 @@ class Service:
 
     def _execute(self, actions: list[Action[Receipt]]) -> None:
         for action in actions:
-            if isinstance(action, Forward):
-                self._forward(action)
-            elif isinstance(action, DeadLetter):
-                self._dead_letter(action)
+            if isinstance(action, (Forward, DeadLetter)):
+                self._publish(action)
             else:
                 self._departed(action)
 
@@ -314,66 +348,55 @@ class Service:
                     "in its session at the broker and reach it when it comes back as %s", departure.worker,
                     departure.pool, how, departure.holding, departure.worker)
 
-    def _forward(self, action: Forward[Receipt]) -> None:
+    def _publish(self, action: Publishable) -> None:
+        """Publish what the router decided for a message; settled now (QoS 0) or when the broker answers."""
         message = action.message
-        properties = self.transport.properties(message.ref.properties, action.user_properties)
+        if isinstance(action, Forward):
+            properties = self.transport.properties(message.ref.properties, action.user_properties)
+            outcome = self.transport.publish(action.topic, message.payload, action.qos, properties, action)
+        else:
+            self._log_dead_letter(action)
+            inbound = message.ref.properties if action.keep_properties else b""
+            properties = self.transport.properties(inbound, action.user_properties)
+            payload = message.payload if action.keep_payload else b""
+            outcome = self.transport.publish(action.topic, payload, 1, properties, action)
+        if outcome is not None:
+            self._settled(action, outcome)
 
-        def done(outcome: Outcome) -> None:
-            if outcome is Outcome.DROPPED:
-                self._forward(action)
-                return
-            if outcome is Outcome.POISON:
-                self._quarantine(message, action.route, f"forward to {action.worker!r}")
-                return
-            if outcome is Outcome.REFUSED:
-                self.counters.refused += 1
-                self._dead_letter(self.router.refused(action))
-                return
-            if outcome is Outcome.ACKED:
-                self.counters.forwarded[(action.route, action.worker)] += 1
-                self.counters.forward_seconds.observe(self.clock() - message.arrived)
-            self._settle(message.ref)  # a QoS 0 forward lost with its connection: the route asked for no more
-
-        self.transport.publish(action.topic, message.payload, action.qos, properties, done, message.ref)
-
-    def _quarantine(self, message: Message[Receipt], route: str | None, what: str) -> None:
-        log.error("the broker dropped the connection twice while the %s of a message on %s was in flight: "
-                  "quarantined as a poison dead letter", what, message.topic[:200])
-        self._dead_letter(self.router.minimal_dead_letter(
-            message, Reason.POISON, f"the broker dropped the connection twice with the {what} in flight", route))
-
-    def _dead_letter(self, action: DeadLetter[Receipt]) -> None:
-        message = action.message
+    def _log_dead_letter(self, action: DeadLetter[Receipt]) -> None:
         route = action.route or "none"
         if action.error is not None:
             self._bad_input.error(f"internal:{route}", self.clock(), "routing a message on %s failed; it goes to "
-                                  "the dead letters: %s", message.topic[:200], action.detail, exc_info=action.error)
+                                  "the dead letters: %s", action.message.topic[:200], action.detail,
+                                  exc_info=action.error)
         else:
             self._bad_input.warning(f"dead:{route}:{action.reason}", self.clock(),
                                     "dead letter (%s) on route %s: %s", action.reason, route, action.detail)
-        inbound = message.ref.properties if action.keep_properties else b""
-        properties = self.transport.properties(inbound, action.user_properties)
 
-        def done(outcome: Outcome) -> None:
-            if outcome is Outcome.DROPPED:
-                self._dead_letter(action)
-                return
-            if outcome is Outcome.POISON and action.reason != Reason.POISON:
-                self._quarantine(message, action.route, f"dead letter ({action.reason})")
+    def _settled(self, action: Publishable, outcome: Outcome) -> None:
+        """The broker answered the publish made for ``action``'s message: what became of it is settled."""
+        if isinstance(action, Forward):
+            if outcome is Outcome.REFUSED:
+                self.counters.refused += 1
+                self._publish(self.router.refused(action))
                 return
             if outcome is Outcome.ACKED:
-                self.counters.dead_letters[(route, action.reason)] += 1
-            else:  # REFUSED, or POISON for a poison dead letter: nothing is sent a third time
-                self.counters.dropped += 1
-                log.error("the broker %s the dead letter for %s; the message is lost",
-                          "refused" if outcome is Outcome.REFUSED else "kept dropping the connection for",
-                          message.topic[:200])
-            self._settle(message.ref)
+                self.counters.forwarded[(action.route, action.worker)] += 1
+                self.counters.forward_seconds.observe(self.clock() - action.message.arrived)
+            # LOST: a QoS 0 forward made without a connection; the route asked for no more
+        elif outcome is Outcome.ACKED:
+            self.counters.dead_letters[(action.route or "none", action.reason)] += 1
+        else:
+            self._lost(action, "refused")
+            return
+        self._settle(action.message.ref)
 
-        payload = message.payload if action.keep_payload else b""
-        self.transport.publish(action.topic, payload, 1, properties, done, message.ref)
+    def _lost(self, action: DeadLetter[Receipt], how: str) -> None:
+        self.counters.dropped += 1
+        log.error("the broker %s the dead letter for %s; the message is lost", how, action.message.topic[:200])
+        self._settle(action.message.ref)
 
     def _settle(self, receipt: Receipt) -> None:
-        """What becomes of the message is settled: acknowledge it."""
-        self._unsettled -= 1
-        self.transport.ack(receipt)
+        """What became of the message is settled: acknowledge it, on the connection it came on."""
+        if self.inflight.settle(receipt.generation, receipt.qos):
+            self.transport.ack(receipt)

@@ -1,0 +1,83 @@
+"""At-least-once, in one place: when an inbound message is acknowledged, and what is forgotten.
+
+Rule 1. An inbound QoS 1 message is acknowledged only once what became of it
+        is settled: the broker acknowledged its forward or its dead letter (a
+        QoS 0 forward is settled once written: the route asked for no more).
+Rule 2. The window: at most ``limit`` inbound messages are unsettled, and no
+        more than the broker takes unacknowledged from our publishing
+        connection (its Receive Maximum). At the limit the loop stops reading
+        the routing connection, and TCP holds the broker back: Mosquitto 2.0
+        does not keep to our own Receive Maximum once acknowledgements flow.
+Rule 3. An acknowledgement goes only on the connection the message came on.
+        After a reconnect the broker sends an unacknowledged message again,
+        so a message of an earlier connection is settled without one.
+Rule 4. When the routing connection goes, the messages held for a worker are
+        forgotten (the broker sends them again); their forwards in flight
+        finish and fall under rule 3.
+Rule 5. When the publishing connection goes, what was in flight on it is
+        published again, by us and in order, on the next one (never by a
+        library that would send a PUBLISH the broker refuses again for ever),
+        except the message the poison guard names (``poison``): it is
+        quarantined.
+
+Pure: receipts and generations are values; the transport does the sending.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Generic, Hashable, Sequence, TypeVar
+
+from .poison import PoisonGuard
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """What acknowledging an inbound message takes, tied to its connection (rule 3)."""
+
+    generation: int
+    packet_id: int
+    qos: int
+    properties: bytes
+    """The message's MQTT 5 properties as they came, encoded (empty with MQTT 3.1.1): its forward carries them."""
+
+
+Ref = TypeVar("Ref", bound=Hashable)
+
+
+class InFlight(Generic[Ref]):
+    """The router's inbound messages between arrival and acknowledgement; see the module docstring."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.unsettled = 0
+        """Taken in and not yet settled: held for a worker, or with a forward or dead letter on its way."""
+        self.peak = 0
+        self.generation = 0
+        """The routing connection's, for rule 3."""
+        self._poison: PoisonGuard[Ref] = PoisonGuard()
+
+    def room(self, publish_window: int) -> int:
+        """How many more inbound messages may be taken now (rule 2)."""
+        return min(self.limit, publish_window) - self.unsettled
+
+    def took(self) -> None:
+        self.unsettled += 1
+        if self.unsettled > self.peak:
+            self.peak = self.unsettled
+
+    def settle(self, generation: int, qos: int) -> bool:
+        """A message's fate is settled (rule 1): whether to acknowledge it now (rule 3)."""
+        self.unsettled -= 1
+        return qos > 0 and generation == self.generation
+
+    def connected(self, generation: int) -> None:
+        self.generation = generation
+
+    def forgot(self, count: int) -> None:
+        """``count`` held messages of a lost routing connection will come again (rule 4)."""
+        self.unsettled -= count
+
+    def dropped(self, in_flight: Sequence[Ref | None], suspect: bool) -> Ref | None:
+        """The publishing connection went with ``in_flight`` unacknowledged (rule 5): the message to quarantine."""
+        return self._poison.dropped(in_flight, suspect)
