@@ -146,11 +146,13 @@ class TestWorker(Client):
 class RouterProcess:
     """``mqttlb run`` as a subprocess, with its log collected."""
 
-    def __init__(self, config_path: Path, *options: str) -> None:
+    def __init__(self, config_path: Path, *options: str, command: list[str] | None = None) -> None:
+        """``command`` runs instead of ``mqttlb run`` (a script that registers a balancer first, say)."""
         self.config_path = config_path
         self.lines: list[str] = []
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "mqttlb", "run", "-c", str(config_path), "--log-level", "debug", *options],
+            command or [sys.executable, "-m", "mqttlb", "run", "-c", str(config_path), "--log-level", "debug",
+                        *options],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()

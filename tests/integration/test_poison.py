@@ -8,18 +8,17 @@ reach their worker, and the bad one reaches the dead letters with its reason.
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import orjson
 import pytest
 
 from mqttlb.broker import PrivateBroker
 
-from .conftest import ROOT, Client, RouterProcess, TestWorker, wait_for, write_config
+from .conftest import Client, RouterProcess, TestWorker, wait_for, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -158,25 +157,26 @@ sys.exit(main(["run", "-c", sys.argv[1], "--log-level", "debug"]))
 """
 
 
-class PluginRouter(RouterProcess):
+@pytest.fixture
+def plugin_router(broker: PrivateBroker, tmp_path: Path) -> Iterator[Callable[[], RouterProcess]]:
     """``mqttlb run`` with a user's balancer registered first, as the Python API allows."""
-
-    def __init__(self, config_path: Path, script: Path) -> None:  # noqa: D107 - same log handling
-        self.config_path = config_path
-        self.lines = []
-        self.process = subprocess.Popen([sys.executable, str(script), str(config_path)], stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, text=True, cwd=ROOT)
-        import threading
-
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-
-def test_a_failing_balancer_costs_one_message_not_the_router_nor_its_restarts(broker, tmp_path, clients):
     script = tmp_path / "boom_router.py"
     script.write_text(textwrap.dedent(BOOM))
     routes = [{"name": "telemetry", "match": "devices/{device}/telemetry", "key": "device", "algorithm": "boom"}]
     config = write_config(tmp_path / "router.yaml", broker, routes=routes)
+    started: list[RouterProcess] = []
+
+    def start() -> RouterProcess:
+        started.append(RouterProcess(config, command=[sys.executable, str(script), str(config)]))
+        return started[-1]
+
+    yield start
+    for router in started:
+        if router.process.poll() is None:
+            router.kill()
+
+
+def test_a_failing_balancer_costs_one_message_not_the_router_nor_its_restarts(plugin_router, clients):
     worker = clients(TestWorker, "w1")
     dead = clients(Client, "dead-watch")
     dead.subscribe("mqttlb/deadletter/#")
@@ -184,12 +184,12 @@ def test_a_failing_balancer_costs_one_message_not_the_router_nor_its_restarts(br
     evil = clients(Client, "evil")
     evil.publish("mqttlb/workers/evil/heartbeat", orjson.dumps({"worker": "evil"}), retain=True)
 
-    router = PluginRouter(config, script).wait_ready()
+    router = plugin_router().wait_ready()
     router.stop()
     device.publish("devices/bomb/telemetry", b"bomb")  # queued for the next router, as is the retained heartbeat
     sent = send_good(device, 30)
     for attempt in range(2):  # no crash loop: the first restart dead-letters it, the second does not meet it
-        router = PluginRouter(config, script).wait_ready()
+        router = plugin_router().wait_ready()
         wait_for(lambda: delivered(worker) >= sent, what="the other devices' messages")
         assert router.process.poll() is None
         if attempt == 0:
