@@ -298,8 +298,23 @@ def user_properties(properties: bytes) -> tuple[tuple[str, str], ...]:
 
 
 def encode_user_properties(pairs: Iterable[tuple[str, str]]) -> bytes:
-    """User properties as property block content, to append to a ``Publish.properties`` or pass to publish."""
-    return b"".join(encode_property(USER_PROPERTY, pair) for pair in pairs)
+    """User properties as property block content, to append to a ``Publish.properties`` or pass to publish.
+
+    On every forward's path: the encoded head of each name is kept (a router uses a handful of names).
+    """
+    parts = []
+    for name, value in pairs:
+        head = _USER_HEADS.get(name)
+        if head is None:
+            head = _ONE_BYTE[USER_PROPERTY] + encode_string(name, "user property name")
+            if len(_USER_HEADS) < 64:
+                _USER_HEADS[name] = head
+        data = encode_text(value, "user property value")
+        parts += (head, _TWO_BYTES[len(data)], data)
+    return b"".join(parts)
+
+
+_USER_HEADS: dict[str, bytes] = {}
 
 
 # -- packets a client sends ------------------------------------------------------------------------------
