@@ -32,7 +32,7 @@ from __future__ import annotations
 import random
 from collections import deque
 from dataclasses import dataclass, replace
-from typing import Callable, Generic, TypeVar, Union
+from typing import Callable, Generic, NamedTuple, TypeVar, Union
 
 from . import balancers
 from .config import Config, RouteSettings
@@ -44,8 +44,10 @@ Ref = TypeVar("Ref")
 """Whatever the transport needs to acknowledge an inbound message later."""
 
 
-@dataclass(frozen=True, slots=True)
-class Message(Generic[Ref]):
+class Message(NamedTuple, Generic[Ref]):
+    """A device's message as the router sees it. Named tuples, this and ``Forward``: one of each is made for
+    every message, and a frozen dataclass costs twice as much to make."""
+
     topic: str
     payload: bytes
     ref: Ref
@@ -54,8 +56,7 @@ class Message(Generic[Ref]):
     """Bytes of the message's own MQTT 5 properties, which its forward carries on."""
 
 
-@dataclass(frozen=True, slots=True)
-class Forward(Generic[Ref]):
+class Forward(NamedTuple, Generic[Ref]):
     message: Message[Ref]
     topic: str
     qos: int
@@ -160,12 +161,13 @@ class Router(Generic[Ref]):
                 key = settings.key.extract(captures, message.payload)
             except BadKey as error:
                 return [self._dead_letter(message, Reason.BAD_KEY, str(error), settings.name)]
-        item = _Held(message, route, captures, key, message.arrived + self.config.dead_letter.hold)
         held = self._held_by_pool.get(settings.pool)
-        if held:  # keep arrival order behind what already waits for this pool
-            held.append(item)
-            return self._make_room()
-        return self._dispatch(item) or self._make_room()
+        actions = None if held else self._dispatch(message, route, captures, key)  # held: keep arrival order
+        if actions is not None:
+            return actions
+        self._held_by_pool.setdefault(settings.pool, deque()).append(
+            _Held(message, route, captures, key, message.arrived + self.config.dead_letter.hold))
+        return self._make_room()
 
     def _match(self, topic: str) -> tuple[_Route, dict[str, str]] | None:
         for route in self._routes:
@@ -174,24 +176,25 @@ class Router(Generic[Ref]):
                 return route, captures
         return None
 
-    def _dispatch(self, item: _Held[Ref]) -> list[Action[Ref]]:
-        """Forward ``item`` to a worker, or hold it when its pool has none."""
+    def _dispatch(self, message: Message[Ref], route: _Route, captures: dict[str, str],
+                  key: str | None) -> list[Action[Ref]] | None:
+        """Forward ``message`` to a worker; None when its pool has none (the caller holds it)."""
         try:
-            return self._pick(item)
+            return self._pick(message, route, captures, key)
         except Exception as error:  # noqa: BLE001 - a balancer's failure costs this message, not the router
-            return [self.internal(item.message, error)]
+            return [self.internal(message, error)]
 
-    def _pick(self, item: _Held[Ref]) -> list[Action[Ref]]:
-        message, settings, key = item.message, item.route.settings, item.key
-        worker = item.route.balancer.pick(key)
+    def _pick(self, message: Message[Ref], route: _Route, captures: dict[str, str],
+              key: str | None) -> list[Action[Ref]] | None:
+        settings = route.settings
+        worker = route.balancer.pick(key)
         if settings.pool in self._stale and (worker is None or not self.fleet.is_healthy(settings.pool, worker)):
             self._update_pool(settings.pool)
-            worker = item.route.balancer.pick(key)
+            worker = route.balancer.pick(key)
         if worker is None:
-            self._held_by_pool.setdefault(settings.pool, deque()).append(item)
-            return []
+            return None
         self.fleet.assigned(worker)
-        values = dict(item.captures)
+        values = captures  # the route's own, made for this message
         values.update(worker=worker, topic=message.topic, route=settings.name, pool=settings.pool)
         if key is not None:
             values["key"] = key
@@ -348,14 +351,14 @@ class Router(Generic[Ref]):
                 route.balancer.report_load(worker, inflight)
 
     def _release(self, pool: str) -> list[Action[Ref]]:
-        held = self._held_by_pool.pop(pool, None)
-        if not held:
-            return []
+        held = self._held_by_pool.get(pool)
         actions: list[Action[Ref]] = []
         while held:
-            released = self._dispatch(held.popleft())
-            if not released:  # the pool emptied again: the rest keeps waiting, in order
-                self._held_by_pool[pool].extend(held)
-                break
+            item = held[0]
+            released = self._dispatch(item.message, item.route, dict(item.captures), item.key)
+            if released is None:  # the pool emptied again: the rest keeps waiting, in order
+                return actions
+            held.popleft()
             actions.extend(released)
+        self._held_by_pool.pop(pool, None)
         return actions

@@ -27,11 +27,11 @@ from .errors import BadHeartbeat, ConfigError
 from .inflight import InFlight, Receipt
 from .logs import RateLimited
 from .metrics import MetricsServer, Pulse
-from .mqtt.events import Subscription
+from .mqtt.events import Publish, Subscription
 from .pool import Departure, Fleet, FleetFull, Health
 from .router import Action, DeadLetter, Forward, Message, Reason, Router
 from .stats import Counters, Inbound, Moment, snapshot
-from .transport import (DeviceMessage, Outcome, PublishesDropped, PublishingConnected, RoutingConnected, Settled,
+from .transport import (DeviceMessages, Outcome, PublishesDropped, PublishingConnected, RoutingConnected, Settled,
                         Transport, WorkerBeat)
 
 Publishable = Forward[Receipt] | DeadLetter[Receipt]
@@ -113,10 +113,14 @@ class Service:
         room = self.inflight.room(self.transport.publish_window)
         for event in self.transport.poll(max(0.0, self._next_tick - self.clock()), room):
             match event:
-                case DeviceMessage():
-                    self._take(event)
-                case Settled(action, outcome):
-                    self._settled(action, outcome)
+                case DeviceMessages(generation, messages):
+                    for publish in messages:
+                        self._take(publish, generation)
+                case Settled(acked, refused):
+                    for action in acked:
+                        self._settled(action, Outcome.ACKED)
+                    for action in refused:
+                        self._settled(action, Outcome.REFUSED)
                 case WorkerBeat(topic, payload):
                     self._heartbeat(topic, payload)
                 case PublishesDropped():
@@ -227,18 +231,21 @@ class Service:
         give_up = self.clock() + SHUTDOWN_GRACE
         while self.transport.pending and self.transport.connected and self.clock() < give_up:
             for event in self.transport.poll(0.05, room=0):
-                if type(event) is Settled:
-                    self._settled(event.tag, event.outcome)
+                if isinstance(event, Settled):
+                    for action in event.acked:
+                        self._settled(action, Outcome.ACKED)
+                    for action in event.refused:
+                        self._settled(action, Outcome.REFUSED)
 
     # -- transport events ---------------------------------------------------------
 
-    def _take(self, event: DeviceMessage) -> None:
+    def _take(self, publish: Publish, generation: int) -> None:
         if self._stopping:
             return  # not acknowledged: the broker keeps it for the next session
         self.inflight.took()
-        receipt = event.receipt
-        self._execute(self.router.route(Message(event.topic, event.payload, receipt, self.clock(),
-                                                len(receipt.properties))))
+        receipt = Receipt(generation, publish.packet_id, publish.qos, publish.properties)
+        self._execute(self.router.route(Message(publish.topic, publish.payload, receipt, self.clock(),
+                                                len(publish.properties))))
 
     def _heartbeat(self, topic: str, payload: bytes) -> None:
         now = self.clock()
@@ -399,4 +406,4 @@ class Service:
     def _settle(self, receipt: Receipt) -> None:
         """What became of the message is settled: acknowledge it, on the connection it came on."""
         if self.inflight.settle(receipt.generation, receipt.qos):
-            self.transport.ack(receipt)
+            self.transport.ack(receipt.packet_id)

@@ -10,7 +10,7 @@ device id must never cost the router its connection.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping
 
 MAX_KEY_BYTES = 256
@@ -63,6 +63,11 @@ class TopicFilter:
     """The filter as the broker sees it, e.g. ``devices/+/telemetry``."""
     captures: tuple[tuple[int, str], ...]
     """(level index, name) of each named capture."""
+    levels: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    """``mqtt``'s levels, split once: every message is matched against them."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "levels", tuple(self.mqtt.split("/")))
 
     @classmethod
     def parse(cls, template: str) -> TopicFilter:
@@ -99,12 +104,18 @@ class TopicFilter:
         return tuple(name for _, name in self.captures)
 
     def match(self, topic: str) -> dict[str, str] | None:
-        """The captures when ``topic`` matches this filter, else None."""
-        if not filter_matches(self.mqtt, topic):
-            return None
-        if not self.captures:
-            return {}
+        """The captures when ``topic`` matches this filter, else None (as ``filter_matches``, on every message)."""
+        if topic[:1] == "$" and self.mqtt[:1] != "$":
+            return None  # wildcards at the first level never match $SYS, $share ...
         levels = topic.split("/")
+        pattern = self.levels
+        if len(levels) != len(pattern) and (pattern[-1] != "#" or len(levels) < len(pattern) - 1):
+            return None
+        for wanted, level in zip(pattern, levels):
+            if wanted != level and wanted != "+":
+                if wanted == "#":
+                    break
+                return None
         return {name: levels[index] for index, name in self.captures}
 
 
@@ -191,11 +202,7 @@ class TopicTemplate:
         return self.parts[1::2]
 
     def render(self, values: Mapping[str, str]) -> str:
-        out = [self.parts[0]]
-        for index in range(1, len(self.parts), 2):
-            out.append(values[self.parts[index]])
-            out.append(self.parts[index + 1])
-        return "".join(out)
+        return self.template.format_map(values)  # the literal text holds no brace: the template is a format
 
     def as_filter(self) -> str:
         """The MQTT filter that matches every topic this template can render."""

@@ -36,7 +36,6 @@ from typing import Any, Generic, TypeVar, Union
 
 from .config import BrokerSettings
 from .errors import TransportError
-from .inflight import Receipt
 from .limits import UserProperties
 from .mqtt.client import Client
 from .mqtt.codec import encode_user_properties
@@ -63,12 +62,12 @@ class Outcome(Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class DeviceMessage:
-    """A message from the routing link's subscriptions."""
+class DeviceMessages:
+    """Messages from the routing link's subscriptions, in order, all from its connection ``generation``
+    (one event for a read's worth: the router forwards tens of thousands a second)."""
 
-    topic: str
-    payload: bytes
-    receipt: Receipt
+    generation: int
+    messages: list[Publish]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,10 +80,10 @@ class WorkerBeat:
 
 @dataclass(frozen=True, slots=True)
 class Settled(Generic[Tag]):
-    """The broker answered the QoS 1 publish made with ``tag``."""
+    """The broker acknowledged the QoS 1 publishes made with ``acked``, in order, and refused ``refused``."""
 
-    tag: Tag
-    outcome: Outcome
+    acked: list[Tag]
+    refused: list[Tag]
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +109,7 @@ class RoutingConnected:
     generation: int
 
 
-Event = Union[DeviceMessage, WorkerBeat, Settled[Tag], PublishesDropped[Tag], PublishingConnected, RoutingConnected]
+Event = Union[DeviceMessages, WorkerBeat, Settled[Tag], PublishesDropped[Tag], PublishingConnected, RoutingConnected]
 
 
 class Transport(Generic[Tag]):
@@ -231,13 +230,19 @@ class Transport(Generic[Tag]):
 
     def _from_fleet(self, events_in: list[Any], events: list[Event[Tag]]) -> None:
         pending = self._pending
+        acked: list[Tag] = []
+        refused: list[Tag] = []
         for event in events_in:
             kind = type(event)
             if kind is PubAck:
                 tag = pending.pop(event.packet_id, None)
                 if tag is not None:
-                    events.append(Settled(tag, Outcome.REFUSED if event.reason >= 0x80 else Outcome.ACKED))
-            elif kind is Publish:
+                    (refused if event.reason >= 0x80 else acked).append(tag)
+                continue
+            if acked or refused:  # what was settled before, in order
+                events.append(Settled(acked, refused))
+                acked, refused = [], []
+            if kind is Publish:
                 events.append(WorkerBeat(event.topic, event.payload))
             elif kind is ConnAck:
                 if self._fleet.connected:
@@ -249,6 +254,8 @@ class Transport(Generic[Tag]):
                     self._routing.next_attempt = 0.0
             elif kind is Lost:
                 self._fleet_lost(event)
+        if acked or refused:
+            events.append(Settled(acked, refused))
 
     def _fleet_up(self, ack: ConnAck, events: list[Event[Tag]]) -> None:
         link = self._fleet
@@ -295,17 +302,19 @@ class Transport(Generic[Tag]):
 
     def _hand_on(self, events: list[Event[Tag]], room: int) -> None:
         """Up to ``room`` of the device messages read, in order."""
-        waiting, generation = self._waiting, self._routing.generation
+        waiting = self._waiting
         count = min(room, len(waiting))
+        messages: list[Publish] = []
         for event in waiting[:count]:
             if type(event) is Publish:
-                events.append(DeviceMessage(event.topic, event.payload,
-                                            Receipt(generation, event.packet_id, event.qos, event.properties)))
+                messages.append(event)  # type: ignore[arg-type]
             else:  # a broker passing a topic that is not UTF-8: acknowledge, it cannot be routed
                 log.warning("dropping a message whose topic is not UTF-8: %r", event.topic[:200])
                 if event.qos:
                     self._routing.send(self._routing.session.puback(event.packet_id))
         del waiting[:count]
+        if messages:
+            events.append(DeviceMessages(self._routing.generation, messages))
 
     def flush(self) -> None:
         """Send what is queued, without waiting for the sockets."""
@@ -348,10 +357,10 @@ class Transport(Generic[Tag]):
         self._fleet.send(self._fleet.session.publish(topic.encode("utf-8"), payload, 0, retain=True)[1])
         return True
 
-    def ack(self, receipt: Receipt) -> None:
+    def ack(self, packet_id: int) -> None:
         """Acknowledge an inbound message (the service checked that it came on this connection)."""
         if self._routing.connected:
-            self._routing.send(self._routing.session.puback(receipt.packet_id))
+            self._routing.send(self._routing.session.puback(packet_id))
 
     def close(self, grace: float = 2.0) -> None:
         """Send what is queued (acknowledgements above all), then disconnect both links cleanly.

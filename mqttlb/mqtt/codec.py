@@ -302,14 +302,19 @@ def encode_user_properties(pairs: Iterable[tuple[str, str]]) -> bytes:
 
     On every forward's path: the encoded head of each name is kept (a router uses a handful of names).
     """
-    parts = []
+    parts: list[bytes] = []
     for name, value in pairs:
         head = _USER_HEADS.get(name)
         if head is None:
             head = _ONE_BYTE[USER_PROPERTY] + encode_string(name, "user property name")
             if len(_USER_HEADS) < 64:
                 _USER_HEADS[name] = head
-        data = encode_text(value, "user property value")
+        try:
+            data = value.encode("utf-8")
+        except UnicodeEncodeError:
+            data = b"\x00"  # a surrogate: encode_text below says so
+        if len(data) > MAX_PACKET_ID or b"\x00" in data:
+            data = encode_text(value, "user property value")  # raises, saying why
         parts += (head, _TWO_BYTES[len(data)], data)
     return b"".join(parts)
 

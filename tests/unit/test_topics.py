@@ -403,3 +403,12 @@ def test_topic_problem() -> None:
     assert topic_problem("a" * 65535) is None
     assert topic_problem("a" * 65536) is not None
     assert topic_problem("é" * 32768) is not None  # 65536 bytes
+
+
+@given(filter_text=st.lists(st.sampled_from(["a", "b", "+", "$x", ""]), min_size=1, max_size=4).map("/".join),
+       tail=st.booleans(), topic=st.lists(st.sampled_from(["a", "b", "$x", ""]), min_size=1, max_size=5).map("/".join))
+def test_a_filter_matches_as_filter_matches_says(filter_text: str, tail: bool, topic: str) -> None:
+    """``TopicFilter.match`` (levels split once, on every message) agrees with ``filter_matches``."""
+    mqtt = filter_text + "/#" if tail else filter_text or "#"
+    parsed = TopicFilter.parse(mqtt)
+    assert (parsed.match(topic) is not None) == filter_matches(mqtt, topic)
