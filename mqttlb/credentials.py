@@ -53,7 +53,8 @@ WORKER_PREFIX = "mqttlb-worker-"
 """A worker's user name is its client id: ``mqttlb-worker-<id>``."""
 RESERVED_PREFIX = "mqttlb-"
 """Device ids may not start with it: the workers' and the tools' client ids do (``mqttlb-worker-w1``)."""
-_INSTANCE = re.compile(r"^-(\d+)(-fleet)?$")
+_INSTANCE = re.compile(r"^-(\d+)(-fleet|-beats)?$")
+_CONNECTIONS = {"": "session", "-fleet": "publishing connection", "-beats": "heartbeat connection"}
 DEFAULT_DEVICE_TOPIC = "devices/%u/#"
 HASH_ITERATIONS = 101  # mosquitto_passwd's; generated passwords carry 192 random bits, so more buys nothing
 SALT_BYTES = 12
@@ -91,7 +92,8 @@ def reserved_problem(name: str, client_id: str, worker_ids: Collection[str]) -> 
     """Why no device may be called ``name`` (a client id the router, a worker or a tool uses), or None.
 
     ``client_id`` is the router's. The router keeps it and every ``<client_id>-...`` for its connections:
-    ``-fleet`` (heartbeats), ``-<i>`` and ``-<i>-fleet`` under ``run --processes``, and those to come.
+    ``-fleet`` (publishing), ``-beats`` (heartbeats), ``-<i>``, ``-<i>-fleet`` and ``-<i>-beats`` under
+    ``run --processes``, ``-check`` (``check --connect``), and those to come.
     Workers and tools connect as ``mqttlb-...``; a worker's bare id is kept too, for a worker written on
     plain paho that uses it as its client id.
     """
@@ -108,11 +110,11 @@ def reserved_problem(name: str, client_id: str, worker_ids: Collection[str]) -> 
 
 def _router_connection(suffix: str, client_id: str) -> str:
     """Which connection of the router's uses the client id ``<client_id><suffix>``."""
-    link = "heartbeat connection" if suffix.endswith("-fleet") else "session"
-    if suffix in ("", "-fleet"):
-        return f"the client id of the router's {link}"
+    if suffix in _CONNECTIONS:
+        return f"the client id of the router's {_CONNECTIONS[suffix]}"
     if (instance := _INSTANCE.match(suffix)) is not None:
-        return f"the client id of router instance {instance[1]}'s {link} (mqttlb run --processes)"
+        return f"the client id of router instance {instance[1]}'s {_CONNECTIONS[instance[2] or '']} " \
+               "(mqttlb run --processes)"
     return f"it starts with {client_id + '-'!r}"
 
 

@@ -85,7 +85,7 @@ def health(pulse: Pulse | None, age: float, pools: Iterable[str]) -> Verdict:
 Family = type[CounterMetricFamily] | type[GaugeMetricFamily]
 
 _SCALARS: tuple[tuple[Family, str, str, tuple[str, ...]], ...] = (
-    (GaugeMetricFamily, "mqttlb_connected", "1 while both connections to the broker are up", ("connected",)),
+    (GaugeMetricFamily, "mqttlb_connected", "1 while all three connections to the broker are up", ("connected",)),
     (GaugeMetricFamily, "mqttlb_held_messages", "Inbound messages waiting for a healthy worker",
      ("inbound", "held")),
     (GaugeMetricFamily, "mqttlb_inbound_unacked", "Inbound messages taken and not yet acknowledged",

@@ -1,16 +1,21 @@
-"""The router's two connections to the broker, driven by the service's loop: bytes in and out, events back.
+"""The router's three connections to the broker, driven by the service's loop: bytes in and out, events back.
 
 * The *routing link* keeps a persistent session (stable client id, clean
   start off), receives the devices' messages and acknowledges one only when
   the service says so. It publishes nothing, so the loop can stop reading it
   when the router holds as many unacknowledged messages as it may (``poll``'s
   ``room``): TCP then holds the broker back.
-* The *fleet link* is a clean session that receives heartbeats at QoS 0, so
-  they never queue behind the messages the routing link holds, and publishes
-  forwards, dead letters and stats, so their acknowledgements never wait
-  behind a routing link the loop is not reading.
+* The *fleet link* (``<client_id>-fleet``) is a clean session that publishes
+  forwards, dead letters and stats, and receives nothing else but their
+  acknowledgements, so they never wait behind a routing link the loop is not
+  reading, nor behind heartbeats.
+* The *beats link* (``<client_id>-beats``) is a clean session that receives
+  heartbeats at QoS 0, so they never queue behind the messages the routing
+  link holds. A storm of heartbeats costs little: of the heartbeats one read
+  brings, only the last of each worker is handed on (a heartbeat is the
+  worker's whole state).
 
-The routing link connects only after the fleet link has received the retained
+The routing link connects only after the beats link has received the retained
 heartbeats (an UNSUBSCRIBE sent right after the SUBSCRIBE is answered only
 once they are out), so messages queued at the broker during a restart meet a
 fleet that is already known.
@@ -121,6 +126,8 @@ class Transport(Generic[Tag]):
         self._routes = routes
         self._routing = Link(broker, broker.client_id, persistent=True, receive_maximum=max_inflight)
         self._fleet = Link(broker, broker.client_id + "-fleet", persistent=False)
+        self._beats = Link(broker, broker.client_id + "-beats", persistent=False)
+        self._links = (self._fleet, self._beats, self._routing)
         self._pending: dict[int, Tag] = {}
         """QoS 1 publishes in flight on the fleet link, by packet id, in the order they were made."""
         self._unsent: list[tuple[str, bytes, bytes, Tag]] = []
@@ -149,12 +156,12 @@ class Transport(Generic[Tag]):
     @property
     def connected(self) -> bool:
         """Both links are up: messages come in and their forwards and acknowledgements can go out."""
-        return self._routing.connected and self._fleet.connected
+        return self._routing.connected and self._fleet.connected and self._beats.connected
 
     @property
     def problem(self) -> str | None:
         """Why the router is not (or not steadily) connected: refused, taken over, unreachable; None if fine."""
-        return self._fleet.problem or self._routing.problem
+        return self._fleet.problem or self._beats.problem or self._routing.problem
 
     @property
     def pending(self) -> int:
@@ -162,7 +169,7 @@ class Transport(Generic[Tag]):
         return len(self._pending) + len(self._unsent)
 
     def start(self) -> None:
-        self._fleet.enabled = True
+        self._fleet.enabled = self._beats.enabled = True
 
     def update_routes(self, routes: list[Subscription]) -> None:
         """Subscribe to the filters a reloaded config adds and unsubscribe from those it drops, now if
@@ -186,7 +193,7 @@ class Transport(Generic[Tag]):
         """
         now = time.monotonic()
         events: list[Event[Tag]] = []
-        for link in (self._fleet, self._routing):
+        for link in self._links:
             if link.due(now):
                 link.open(now)
         if self._waiting and room > 0:
@@ -195,12 +202,11 @@ class Transport(Generic[Tag]):
             timeout = 0.0
         reading = room > 0 and not self._waiting
         readers: list[Any] = [self._wake_r]
-        if self._fleet.sock is not None:
-            readers.append(self._fleet.sock)
-        if self._routing.sock is not None and reading:
-            readers.append(self._routing.sock)
-        writers = [link.sock for link in (self._fleet, self._routing) if link.sock is not None and link.wants_write()]
-        waits = [link.next_attempt - now for link in (self._fleet, self._routing) if link.enabled and link.sock is None]
+        for link in self._links:
+            if link.sock is not None and (reading or link is not self._routing):
+                readers.append(link.sock)
+        writers = [link.sock for link in self._links if link.sock is not None and link.wants_write()]
+        waits = [link.next_attempt - now for link in self._links if link.enabled and link.sock is None]
         timeout = max(0.0, min([timeout, *waits]))
         try:
             readable, _, _ = select.select(readers, writers, [], timeout)
@@ -211,9 +217,12 @@ class Transport(Generic[Tag]):
             self._drain_wake()
         if self._fleet.sock is not None and self._fleet.sock in readable:
             self._from_fleet(self._fleet.read(now), events)
+        if self._beats.sock is not None and self._beats.sock in readable:
+            self._from_beats(self._beats.read(now), events)
         if self._routing.sock is not None and self._routing.sock in readable:
             self._from_routing(self._routing.read(now), events, room)
         self._from_fleet(self._fleet.keep_alive(now, reading=True), events)
+        self._from_beats(self._beats.keep_alive(now, reading=True), events)
         self._from_routing(self._routing.keep_alive(now, reading=reading), events, 0)
         if self._dropped is not None:  # said once the routing link was read too: if it went as well, no refusal
             (tags, taken_over), self._dropped = self._dropped, None
@@ -242,28 +251,39 @@ class Transport(Generic[Tag]):
             if acked or refused:  # what was settled before, in order
                 events.append(Settled(acked, refused))
                 acked, refused = [], []
-            if kind is Publish:
-                events.append(WorkerBeat(event.topic, event.payload))
-            elif kind is ConnAck:
+            if kind is ConnAck:
                 if self._fleet.connected:
                     self._fleet_up(event, events)
+            elif kind is Lost:
+                self._fleet_lost(event)
+        if acked or refused:
+            events.append(Settled(acked, refused))
+
+    def _from_beats(self, events_in: list[Any], events: list[Event[Tag]]) -> None:
+        latest: dict[str, bytes] = {}
+        for event in events_in:
+            kind = type(event)
+            if kind is Publish:
+                latest.pop(event.topic, None)  # the last of each worker's, in the order they came
+                latest[event.topic] = event.payload
+            elif kind is ConnAck:
+                if self._beats.connected:
+                    link = self._beats
+                    link.send(link.session.subscribe([Subscription(self._heartbeat_filter, 0)])[1])
+                    self._sync_id, data = link.session.unsubscribe([SYNC_TOPIC])
+                    link.send(data)
             elif kind is UnsubAck:
                 if event.packet_id == self._sync_id and not self._routing.enabled:
                     log.info("fleet known; connecting the routing link")
                     self._routing.enabled = True
                     self._routing.next_attempt = 0.0
             elif kind is Lost:
-                self._fleet_lost(event)
-        if acked or refused:
-            events.append(Settled(acked, refused))
+                self._count_lost(self._beats, event)
+        events.extend(WorkerBeat(topic, payload) for topic, payload in latest.items())
 
     def _fleet_up(self, ack: ConnAck, events: list[Event[Tag]]) -> None:
-        link = self._fleet
         self.publish_window = ack.receive_maximum if self.mqtt5 else MAX_RECEIVE
         self.max_packet_size = ack.maximum_packet_size
-        link.send(link.session.subscribe([Subscription(self._heartbeat_filter, 0)])[1])
-        self._sync_id, data = link.session.unsubscribe([SYNC_TOPIC])
-        link.send(data)
         unsent, self._unsent = self._unsent, []
         for topic, payload, properties, tag in unsent:
             self._send(topic, payload, 1, properties, tag)
@@ -318,8 +338,8 @@ class Transport(Generic[Tag]):
 
     def flush(self) -> None:
         """Send what is queued, without waiting for the sockets."""
-        self._routing.flush()
-        self._fleet.flush()
+        for link in self._links:
+            link.flush()
 
     def publish(self, topic: str, payload: bytes, qos: int, properties: bytes, tag: Tag) -> Outcome | None:
         """Publish on the fleet link. None: ``Settled`` (or ``PublishesDropped``) comes later; a QoS 1 publish
@@ -368,8 +388,9 @@ class Transport(Generic[Tag]):
         Waits up to ``grace`` seconds for a socket the broker is slow to empty: an acknowledgement
         left behind would bring its message back, as a duplicate, to the next router.
         """
-        self._routing.close(grace)
+        self._routing.close(grace)  # its acknowledgements first
         self._fleet.close(grace)
+        self._beats.close(grace)
         self._wake_r.close()
         self._wake_w.close()
 

@@ -7,6 +7,7 @@ and one subscriber takes every worker's inbox, so each forward is seen whoever t
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -143,3 +144,64 @@ def test_a_flood_of_new_worker_ids_beyond_max_workers_is_ignored_and_counted(mak
     assert figures["heartbeats_refused"]["default"]["max_workers"] >= 1950
     assert sum(figures["pools"]["default"].values()) == 50
     assert sum("ignoring heartbeat" in line for line in router.lines) <= 3  # rate-limited, not one per id
+
+
+STORM_RATE, STORM_IDS = 20_000, 5
+"""Heartbeats a second, from how many worker ids: a worker gone mad, or someone who wants the router busy."""
+
+
+def test_a_storm_of_heartbeats_never_holds_back_forwards(make_router, clients, broker):
+    router: RouterProcess = make_router(heartbeat={"timeout": "8s"}, stats={"interval": "1s"})
+    inboxes = clients(Client, "inboxes")
+    inboxes.subscribe("mqttlb/workers/+/in/#", 1)
+    storms = [subprocess.Popen(["mosquitto_pub", "-h", broker.host, "-p", str(broker.port), "-q", "0", "-l",
+                                "-t", f"mqttlb/workers/storm-{i}/heartbeat"], stdin=subprocess.PIPE)
+              for i in range(STORM_IDS)]
+    stop = threading.Event()
+    sent_beats = [0]
+
+    def storm() -> None:  # STORM_RATE a second, in tenths, spread over the ids
+        per_tenth = STORM_RATE // 10 // STORM_IDS
+        while not stop.wait(0.1):
+            for i, process in enumerate(storms):
+                assert process.stdin is not None
+                lines = b"".join(orjson.dumps({"worker": f"storm-{i}", "inflight": n % 7}) + b"\n"
+                                 for n in range(per_tenth))
+                process.stdin.write(lines)
+                process.stdin.flush()
+                sent_beats[0] += per_tenth
+
+    storming = threading.Thread(target=storm, daemon=True)
+    storming.start()
+    try:
+        devices = clients(Client, "devices")
+        for n in range(DEVICES):
+            devices.publish(f"devices/d{n}/telemetry", orjson.dumps({"n": -1, "sent": time.monotonic()}))
+        wait_for(lambda: len(inboxes.messages()) >= DEVICES, what="every device routed once")
+        start = time.monotonic()
+        seconds = 5
+        for n in range(RATE * seconds):
+            delay = start + n / RATE - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            devices.client.publish(f"devices/d{n % DEVICES}/telemetry", orjson.dumps({"n": n, "sent": time.monotonic()}),
+                                   1)
+        window = time.monotonic() + GRACE
+        wait_for(lambda: len(inboxes.messages()) >= DEVICES + RATE * seconds or time.monotonic() > window,
+                 timeout=GRACE + 5, what="the window to close")
+        received = [m for m in inboxes.messages() if m.timestamp <= window and orjson.loads(m.payload)["n"] >= 0]
+        latencies = sorted(m.timestamp - orjson.loads(m.payload)["sent"] for m in received)
+        assert sent_beats[0] >= STORM_RATE * seconds * 0.8  # the storm blew all along
+    finally:
+        stop.set()
+        storming.join(5)
+        for process in storms:
+            process.kill()
+            process.communicate()  # closes its stdin
+    assert router.process.poll() is None
+    delivered = len({orjson.loads(m.payload)["n"] for m in received}) / (RATE * seconds)
+    p99 = latencies[int(len(latencies) * 0.99)] if latencies else float("inf")
+    print(f"\n{STORM_RATE} heartbeats/s from {STORM_IDS} ids, {RATE} msg/s: delivered {delivered:.1%}, "
+          f"p99 {p99 * 1000:.1f} ms")
+    assert delivered >= 0.95
+    assert p99 <= 0.100

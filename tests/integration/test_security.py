@@ -348,7 +348,7 @@ def test_credentials_refuse_devices_named_as_a_router_instance_or_a_worker(files
                        "--device", "w1", "--device", "d3")
     assert (made.returncode, made.stdout) == (2, "")
     for device, clash in ((f"{CLIENT_ID}-0", "the client id of router instance 0's session"),
-                          (f"{CLIENT_ID}-7-fleet", "the client id of router instance 7's heartbeat connection"),
+                          (f"{CLIENT_ID}-7-fleet", "the client id of router instance 7's publishing connection"),
                           ("w1", "a worker's id")):
         assert f"--device {device!r}: reserved: {clash}" in made.stderr
     assert "'d3'" not in made.stderr  # a name outside the reserved space is no problem: it waits for the others

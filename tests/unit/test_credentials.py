@@ -180,10 +180,11 @@ def edge_router(folder: Path) -> str:
 
 @pytest.mark.parametrize("device, clash", [
     ("edge-router", "the client id of the router's session"),
-    ("edge-router-fleet", "the client id of the router's heartbeat connection"),
+    ("edge-router-fleet", "the client id of the router's publishing connection"),
     ("edge-router-0", "the client id of router instance 0's session (mqttlb run --processes)"),
-    ("edge-router-7-fleet", "the client id of router instance 7's heartbeat connection (mqttlb run --processes)"),
-    ("edge-router-beats", "it starts with 'edge-router-'"),  # a connection the router may add later
+    ("edge-router-7-fleet", "the client id of router instance 7's publishing connection (mqttlb run --processes)"),
+    ("edge-router-beats", "the client id of the router's heartbeat connection"),
+    ("edge-router-check", "it starts with 'edge-router-'"),  # mqttlb check --connect, and connections to come
     ("edge-router-", "it starts with 'edge-router-'"),
     ("mqttlb-worker-w1", "device ids may not start with 'mqttlb-'"),
 ])
