@@ -176,14 +176,14 @@ def test_drain_on_stop_loses_nothing(broker, make_router, clients):
     forwards = clients(Client, "forwards")
     forwards.subscribe("mqttlb/workers/+/in/#")
     make_router()
-    stream = Stream(clients(Client, "device"), count=2000, rate=500)
+    stream = Stream(clients(Client, "device"), count=4000, rate=500)  # long enough to stop wa mid-stream, even on a busy machine
     wait_for(lambda: len(a.payloads()) >= 100 and len(b.payloads()) >= 200, what="both workers busy")
     held = wa.inflight
     wa.stop()
     assert held > 20 and len(stream.sent) < stream.count, "nothing held or the stream over: nothing was tested"
     assert (wa.state, wa.inflight, wa.failed, wa.handled) == ("down", 0, 0, wa.received)
     assert retained_heartbeat(clients, "wa", "watcher")["state"] == "down"
-    stream.thread.join(10)
+    stream.thread.join(20)
     sent = set(stream.sent)
     wait_for(lambda: len(forwards.messages()) >= len(sent), what="every message forwarded")
     to_wa = {m.payload for m in forwards.messages() if m.topic.startswith("mqttlb/workers/wa/")}
