@@ -176,7 +176,7 @@ def test_drain_on_stop_loses_nothing(broker, make_router, clients):
     forwards = clients(Client, "forwards")
     forwards.subscribe("mqttlb/workers/+/in/#")
     make_router()
-    stream = Stream(clients(Client, "device"), count=4000, rate=500)  # long enough to stop wa mid-stream, even on a busy machine
+    stream = Stream(clients(Client, "device"), count=4000, rate=500)  # wa stops mid-stream, even on a busy machine
     wait_for(lambda: len(a.payloads()) >= 100 and len(b.payloads()) >= 200, what="both workers busy")
     held = wa.inflight
     wa.stop()
