@@ -24,7 +24,10 @@ unacknowledged. It reports:
   children included) over the burst, divided by the messages delivered.
 
 ``--processes N`` then compares ``mqttlb run`` with ``mqttlb run --processes N``
-(a share group) on 3 workers x 100 devices, at both QoS.
+(a share group) on 3 workers x 100 devices, at both QoS, with the broker's CPU
+per message and how busy the machine's cores were (whoever used them): on a
+machine whose cores the broker, the clients and one router already fill, a
+second router adds overhead and no core.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import orjson
 import paho.mqtt.client as paho
@@ -73,6 +76,10 @@ class Cell:
     delivered: int
     msgs_per_second: float
     cpu_us_per_message: float
+    """The router's CPU time over the burst (all its processes) per message delivered."""
+    broker_cpu_us_per_message: float
+    machine_busy: float
+    """The share of all the machine's cores busy during the burst, whoever used them (1.0: saturated)."""
 
 
 # The raw publisher's packets (MQTT 3.1.1): pure, so the tests check them byte for byte.
@@ -203,12 +210,10 @@ class Arrivals:
     def poll(self) -> int:
         with self._path.open("rb") as out:
             out.seek(self._offset)
-            data = out.read()
-        whole = data[:data.rfind(b"\n") + 1]
-        if whole:
-            self._offset += len(whole)
-            self.count += whole.count(b"\n")
-            self.last = float(whole[whole.rfind(b"\n", 0, -1) + 1:])
+            used, count, last = stamps(out.read())
+        self._offset += used
+        self.count += count
+        self.last = last or self.last
         return self.count
 
     def stop(self) -> None:
@@ -216,11 +221,19 @@ class Arrivals:
         self._process.wait(10)
 
 
+def stamps(data: bytes) -> tuple[int, int, float | None]:
+    """Of ``%U`` lines, a last one perhaps cut short: (bytes of whole lines, how many, the last one's stamp)."""
+    whole = data[:data.rfind(b"\n") + 1]
+    if not whole:
+        return 0, 0, None
+    return len(whole), whole.count(b"\n"), float(whole[whole.rfind(b"\n", 0, -1) + 1:])
+
+
 class StatsWatch:
     """The routers' stats snapshots (``mqttlb/stats`` and ``mqttlb/stats/<i>``), the latest per router."""
 
     def __init__(self, broker: PrivateBroker) -> None:
-        self.latest: dict[str, dict[str, object]] = {}
+        self.latest: dict[str, dict[str, Any]] = {}
         self._client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="bench-scale-stats")
         self._client.on_message = self._on_message
         self._client.on_connect = lambda client, *_: client.subscribe([("mqttlb/stats", 0), ("mqttlb/stats/+", 0)])
@@ -235,7 +248,7 @@ class StatsWatch:
     def ready(self, routers: Sequence[str], workers: int) -> bool:
         """Every router connected and knowing all the workers as up."""
         return all((s := self.latest.get(r)) is not None and s.get("connected") is True and not s.get("stopping")
-                   and s.get("pools", {}).get("default", {}).get("up") == workers  # type: ignore[union-attr]
+                   and s.get("pools", {}).get("default", {}).get("up") == workers
                    for r in routers)
 
     def close(self) -> None:
@@ -284,6 +297,13 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def machine_times() -> tuple[int, int]:
+    """(busy, total) clock ticks of all the cores since boot, from /proc/stat."""
+    ticks = [int(t) for t in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle and iowait
+    return sum(ticks) - idle, sum(ticks)
+
+
 def announce(broker: PrivateBroker, workers: int) -> None:
     publisher = RawPublisher(broker, "bench-scale-workers")
     try:
@@ -307,14 +327,19 @@ def measure(broker: PrivateBroker, stats: StatsWatch, workdir: Path, workers: in
         publisher = RawPublisher(broker, f"{name}-devices")
         stack.callback(publisher.close)
         warm_up(publisher, arrivals, qos)
-        before, cpu_before = arrivals.count, router.cpu_seconds()
+        assert broker.process is not None
+        before, cpu_before, broker_before, idle_before = (arrivals.count, router.cpu_seconds(),
+                                                          process_cpu_seconds(broker.process.pid), machine_times())
         start = time.time()
         publisher.send(packets, qos)
         wait_for_arrivals(arrivals, before + messages)
-        cpu = router.cpu_seconds() - cpu_before
+        cpu, broker_cpu = router.cpu_seconds() - cpu_before, process_cpu_seconds(broker.process.pid) - broker_before
+        busy, total = (after - earlier for after, earlier in zip(machine_times(), idle_before))
         delivered = arrivals.count - before
     rate = delivered / (arrivals.last - start) if delivered else 0.0
-    return Cell(workers, devices, qos, processes, messages, delivered, rate, cpu / max(delivered, 1) * 1e6)
+    per_message = 1e6 / max(delivered, 1)
+    return Cell(workers, devices, qos, processes, messages, delivered, rate, cpu * per_message,
+                broker_cpu * per_message, busy / total if total else 0.0)
 
 
 def warm_up(publisher: RawPublisher, arrivals: Arrivals, qos: int) -> None:
@@ -399,13 +424,15 @@ def table(cells: Sequence[Cell]) -> str:
 
 
 def processes_table(compared: Sequence[Cell]) -> str:
-    """1 vs N router processes: rate, the ratio, CPU per message (all processes)."""
+    """1 vs N router processes: rate, the ratio, CPU per message of the routers and of the broker, cores busy."""
     one = {c.qos: c.msgs_per_second for c in compared if c.processes == 1}
-    lines = ["| routers | QoS | msg/s | × 1 process | router µs CPU/msg (all processes) |", "|---|---:|---:|---:|---:|"]
+    lines = ["| routers | QoS | msg/s | × 1 process | routers µs CPU/msg | broker µs CPU/msg | machine busy |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for c in compared:
         command = "mqttlb run" if c.processes == 1 else f"mqttlb run --processes {c.processes}"
         ratio = f"{c.msgs_per_second / one[c.qos]:.2f}" if one.get(c.qos) else "-"
-        lines.append(f"| `{command}` | {c.qos} | {c.msgs_per_second:,.0f} | {ratio} | {c.cpu_us_per_message:.1f} |")
+        lines.append(f"| `{command}` | {c.qos} | {c.msgs_per_second:,.0f} | {ratio} | {c.cpu_us_per_message:.1f} "
+                     f"| {c.broker_cpu_us_per_message:.1f} | {c.machine_busy:.0%} |")
     return "\n".join(lines)
 
 
