@@ -9,12 +9,14 @@ problems are printed one per line, never as a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Sequence
 
 from . import config as config_module
 from . import logs
 from .errors import EXIT_CONFIG, ConfigError
+from .processes import AUTO, count_option
 
 DEFAULT_CONFIG = "config/mqttlb.yaml"
 
@@ -33,8 +35,9 @@ def _parser() -> argparse.ArgumentParser:
         return sub
 
     run = command("run", "run the router")
-    run.add_argument("--processes", type=int, default=1, metavar="N",
-                     help="run N routers in the config's share group, one per core (default 1)")
+    run.add_argument("--processes", type=count_option, default=1, metavar="N",
+                     help="run N routers in the config's share group, one per core (default 1); "
+                     "auto: one per core the broker leaves")
     run.add_argument("--instance", type=int, default=None, help=argparse.SUPPRESS)
     check = command("check", "validate the config file")
     check.add_argument("--connect", action="store_true",
@@ -149,6 +152,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from . import credentials
 
         return credentials.main(args, config)
+    if args.processes == AUTO:
+        from .processes import auto_count
+
+        args.processes = auto_count(config.broker.host, os.cpu_count() or 1)
     if args.processes > 1:
         from . import processes
 
