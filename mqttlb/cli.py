@@ -9,12 +9,14 @@ problems are printed one per line, never as a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Sequence
 
 from . import config as config_module
 from . import logs
 from .errors import EXIT_CONFIG, ConfigError
+from .processes import AUTO, count_option
 
 DEFAULT_CONFIG = "config/mqttlb.yaml"
 
@@ -33,8 +35,9 @@ def _parser() -> argparse.ArgumentParser:
         return sub
 
     run = command("run", "run the router")
-    run.add_argument("--processes", type=int, default=1, metavar="N",
-                     help="run N routers in the config's share group, one per core (default 1)")
+    run.add_argument("--processes", type=count_option, default=1, metavar="N",
+                     help="run N routers in the config's share group, one per core (default 1); "
+                     "auto: one per core the broker leaves")
     run.add_argument("--instance", type=int, default=None, help=argparse.SUPPRESS)
     check = command("check", "validate the config file")
     check.add_argument("--connect", action="store_true",
@@ -79,6 +82,16 @@ def _parser() -> argparse.ArgumentParser:
                                description="mqttlb at a steady rate for a long while: its memory over time")
     soak.add_argument("--seconds", type=float, default=600.0, help="how long (default 600)")
     soak.add_argument("--rate", type=float, default=2000.0, help="messages per second (default 2000)")
+    scale = measures.add_parser("scale", help="msg/s and router CPU per message from 3 to 10,000 workers and "
+                                "100 to 1M devices; 1 vs N router processes",
+                                description="msg/s and router CPU per message as the fleet grows")
+    scale.add_argument("--workers", default="3,100,1000,10000", help="fleet sizes (default 3,100,1000,10000)")
+    scale.add_argument("--devices", default="100,100k,1M", help="distinct devices (default 100,100k,1M)")
+    scale.add_argument("--qos", default="0,1", choices=["0", "1", "0,1"], help="(default 0,1)")
+    scale.add_argument("--messages", type=int, default=100_000, help="messages per burst (default 100000)")
+    scale.add_argument("--processes", type=int, default=2, metavar="N",
+                       help="also compare mqttlb run with --processes N on 3 workers x 100 devices (0: skip; default 2)")
+    scale.add_argument("--json", action="store_true", help="figures as JSON")
     return parser
 
 
@@ -93,6 +106,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from . import bench_balance
 
         return bench_balance.main(args)
+    if args.command == "bench" and args.measure == "scale":
+        from . import bench_scale
+
+        return bench_scale.main(args)
     if args.command == "bench":
         from . import bench_throughput
 
@@ -135,6 +152,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from . import credentials
 
         return credentials.main(args, config)
+    if args.processes == AUTO:
+        from .processes import auto_count
+
+        args.processes = auto_count(config.broker.host, os.cpu_count() or 1)
     if args.processes > 1:
         from . import processes
 

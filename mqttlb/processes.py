@@ -10,12 +10,21 @@ per-device order holds within an instance, not across them.
 
 This parent only supervises: it passes SIGTERM, SIGINT and SIGHUP on, starts
 again an instance that crashes, and exits when they all have.
+
+More routers pay only with cores to run them. The broker is one thread too,
+and on a 2-core machine with the broker on it, the broker, the clients and
+one router already fill both cores at QoS 1: a second router there only
+adds its overhead (``mqttlb bench scale``: 0.8-1.1x at QoS 1, README "Scaling
+out"). ``--processes auto`` runs one router per core the broker leaves, and
+a count that leaves none is warned about.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -29,6 +38,46 @@ from .errors import EXIT_CONFIG
 log = logging.getLogger("mqttlb.processes")
 
 RESTART_DELAY = 1.0
+
+
+AUTO = "auto"
+
+
+def count_option(text: str) -> int | str:
+    """``--processes``: a count of at least 1, or ``auto``."""
+    if text == AUTO:
+        return AUTO
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"must be a number of at least 1, or {AUTO}, got {text!r}")
+    return count
+
+
+def broker_is_local(host: str) -> bool:
+    """Whether the broker runs on this machine, as far as its address says (loopback)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def auto_count(broker_host: str, cores: int) -> int:
+    """One router per core, less the broker's own core when it runs here: 1 on a 2-core machine with the broker."""
+    return max(1, cores - 1 if broker_is_local(broker_host) else cores)
+
+
+def too_many(count: int, broker_host: str, cores: int) -> str | None:
+    """Why ``count`` routers will not be faster than fewer here, or None."""
+    if count <= auto_count(broker_host, cores):
+        return None
+    beside = " and the broker" if broker_is_local(broker_host) else ""
+    return (f"{count} routers{beside} on {cores} cores: the routers past {auto_count(broker_host, cores)} have no "
+            f"core of their own and may make the whole slower (--processes {AUTO} picks the count)")
 
 
 def instance_config(config: Config, index: int) -> Config:
@@ -62,6 +111,9 @@ def main(args: argparse.Namespace, config: Config) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
     log.info("%d routers in share group %s", len(children), config.router.share_group)
+    warning = too_many(args.processes, config.broker.host, os.cpu_count() or 1)
+    if warning is not None:
+        log.warning("%s", warning)
     codes: dict[int, int] = {}
     while len(codes) < len(children):
         for index, child in children.items():

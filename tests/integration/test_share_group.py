@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections import defaultdict
 
 import orjson
 import pytest
+
+from mqttlb.processes import auto_count, too_many
 
 from .conftest import Client, RouterProcess, TestWorker, wait_for, write_config
 from .test_faults import Publisher, account
@@ -56,6 +59,21 @@ def test_run_processes_starts_routers_in_the_group_and_stops_them(tmp_path, brok
     assert {"mqttlb-test-many-0", "mqttlb-test-many-1"} <= set(broker.log().split())  # one session each
     assert parent.stop() == 0
     assert "Traceback" not in parent.log()
+    warned = too_many(2, broker.host, os.cpu_count() or 1) is not None  # 2 routers and the broker on 2 cores
+    assert ("have no core of their own" in parent.log()) is warned
+
+
+def test_run_processes_auto_runs_one_router_per_core_the_broker_leaves(tmp_path, broker):
+    expected = auto_count(broker.host, os.cpu_count() or 1)
+    parent = RouterProcess(write_config(tmp_path / "auto.yaml", broker, router={"share_group": "mqttlb"}),
+                           "--processes", "auto")
+    wait_for(lambda: sum("routing link connected" in line for line in parent.lines) == expected, timeout=15,
+             what=f"{expected} router(s) connected")
+    sessions = set(broker.log().split())
+    assert ("mqttlb-test-auto" in sessions) is (expected == 1)  # one router: no instance suffix
+    assert ("mqttlb-test-auto-0" in sessions) is (expected > 1)
+    assert parent.stop() == 0
+    assert "have no core of their own" not in parent.log()
 
 
 def test_run_processes_needs_a_share_group(tmp_path, broker):
