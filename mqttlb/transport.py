@@ -197,8 +197,7 @@ class Transport(Generic[Tag]):
             if link.due(now):
                 link.open(now)
         if self._waiting and room > 0:
-            self._hand_on(events, room)
-            room -= len(events)
+            room -= self._hand_on(events, room)
             timeout = 0.0
         reading = room > 0 and not self._waiting
         readers: list[Any] = [self._wake_r]
@@ -320,8 +319,8 @@ class Transport(Generic[Tag]):
             if not lost.taken_over:
                 log.warning("%s: disconnected (%s); reconnecting", link.name, lost.detail)
 
-    def _hand_on(self, events: list[Event[Tag]], room: int) -> None:
-        """Up to ``room`` of the device messages read, in order."""
+    def _hand_on(self, events: list[Event[Tag]], room: int) -> int:
+        """Up to ``room`` of the device messages read, in order; how many."""
         waiting = self._waiting
         count = min(room, len(waiting))
         messages: list[Publish] = []
@@ -335,6 +334,7 @@ class Transport(Generic[Tag]):
         del waiting[:count]
         if messages:
             events.append(DeviceMessages(self._routing.generation, messages))
+        return count
 
     def flush(self) -> None:
         """Send what is queued, without waiting for the sockets."""
