@@ -4,6 +4,8 @@ Everything runs against one private Mosquitto on this machine, driven by the
 C clients: ``mosquitto_pub -l`` publishes JSON lines to ``bench/in`` and two
 ``mosquitto_sub`` stand in for the workers, stamping each arrival (``%U``).
 
+- *wire*: ``mqttlb.bench_wire``, a relay with no routing on mqttlb's own MQTT session, so the gap
+  between it and mqttlb is what routing costs;
 - *relay*: ``mqttlb.bench_relay``, the ten-minute paho relay;
 - *mqttlb*: ``mqttlb run`` with a consistent-hash route on ``payload.device``,
   health, dead letters, stats and metrics on, acknowledging at QoS 1 only
@@ -39,7 +41,7 @@ from .broker import PrivateBroker
 
 WORKERS = ("w0", "w1")
 DEVICES = 1000
-SYSTEMS = ("mqttlb", "relay", "shared")
+SYSTEMS = ("mqttlb", "wire", "relay", "shared")
 """mqttlb first: half its peak is the rate at which every system's latency is measured."""
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -103,8 +105,9 @@ class Middle:
 
     def __init__(self, broker: PrivateBroker, system: str, qos: int, workdir: Path) -> None:
         self.process: subprocess.Popen[bytes] | None = None
-        if system == "relay":
-            command = [sys.executable, "-m", "mqttlb.bench_relay", broker.host, str(broker.port), str(qos), *WORKERS]
+        if system in ("relay", "wire"):
+            module = "mqttlb.bench_relay" if system == "relay" else "mqttlb.bench_wire"
+            command = [sys.executable, "-m", module, broker.host, str(broker.port), str(qos), *WORKERS]
         elif system == "mqttlb":
             config = workdir / "mqttlb.yaml"
             config.write_text(yaml.safe_dump(router_config(broker, qos)))

@@ -91,3 +91,11 @@ def test_a_fleet_too_big_to_list_shows_the_routers_counts_and_the_heartbeats() -
     lines = render(shown, "mqttlb/stats")
     assert "new workers refused 3 (max_workers)" in lines[2]
     assert "pool default: 5 up" in lines
+
+
+def test_the_routers_problem_is_the_second_line() -> None:
+    figures = stats(1000.0, 125.0, {"w1": 3})
+    figures["problem"] = "session taken over: another client connected with client id 'r'"
+    lines = render(view(figures), "mqttlb/stats")
+    assert lines[1] == "  problem: session taken over: another client connected with client id 'r'"
+    assert render(view(stats(1000.0, 125.0, {"w1": 3})), "mqttlb/stats")[1].startswith("  forwarded")
