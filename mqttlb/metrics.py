@@ -31,7 +31,7 @@ from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from .pool import Health
+from .core.pool import Health
 
 STALLED = 10.0
 """Seconds without a pulse from the routing loop (it hands one over every tick) before /healthz fails."""

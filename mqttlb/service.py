@@ -21,16 +21,16 @@ from typing import Callable
 
 import orjson
 
-from . import config as config_module
-from .config import Config
+from .core import config as config_module
+from .core.config import Config
 from .errors import BadHeartbeat, ConfigError
-from .inflight import InFlight, Receipt
+from .core.inflight import InFlight, Receipt
 from .logs import RateLimited
 from .metrics import MetricsServer, Pulse
 from .mqtt.events import Publish, Subscription
-from .pool import Departure, Fleet, FleetFull, Health
-from .router import Action, DeadLetter, Forward, Message, Reason, Router
-from .stats import Counters, Inbound, Moment, snapshot
+from .core.pool import Departure, Fleet, FleetFull, Health
+from .core.router import Action, DeadLetter, Forward, Message, Reason, Router
+from .core.stats import Counters, Inbound, Moment, snapshot
 from .transport import (DeviceMessages, Outcome, PublishesDropped, PublishingConnected, RoutingConnected, Settled,
                         Transport, WorkerBeat)
 

@@ -39,9 +39,9 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Generic, TypeVar, Union
 
-from .config import BrokerSettings
+from .core.config import BrokerSettings
 from .errors import TransportError
-from .limits import UserProperties
+from .core.limits import UserProperties
 from .mqtt.client import Client
 from .mqtt.codec import encode_user_properties
 from .mqtt.events import BadPublish, ConnAck, PubAck, Publish, SubAck, Subscription, UnsubAck

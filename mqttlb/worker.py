@@ -29,10 +29,10 @@ from typing import Any, Callable, Iterable
 
 import orjson
 
-from .config import BrokerSettings, Config
+from .core.config import BrokerSettings, Config
 from .errors import EXIT_CONFIG, TransportError
 from .logs import RateLimited
-from .topics import TopicTemplate, filter_matches, key_problem
+from .core.topics import TopicTemplate, filter_matches, key_problem
 from .mqtt.client import Client, Inbound, Publication
 from .mqtt.events import Will
 

@@ -26,7 +26,7 @@ import ssl
 import time
 from dataclasses import dataclass
 
-from ..config import BrokerSettings
+from ..core.config import BrokerSettings
 from .errors import RemoteProtocolError
 from .events import ConnAck, Disconnect, Event, PingResp
 from .net import open_socket

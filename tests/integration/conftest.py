@@ -15,7 +15,7 @@ import paho.mqtt.client as paho
 import pytest
 import yaml
 
-from mqttlb.broker import PrivateBroker, find_mosquitto
+from mqttlb.commands.broker import PrivateBroker, find_mosquitto
 
 ROOT = Path(__file__).resolve().parents[2]
 

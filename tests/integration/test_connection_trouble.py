@@ -12,8 +12,8 @@ from typing import Iterator
 import orjson
 import pytest
 
-from mqttlb.broker import PrivateBroker, free_port
-from mqttlb.credentials import hash_password
+from mqttlb.commands.broker import PrivateBroker, free_port
+from mqttlb.commands.credentials import hash_password
 
 from .conftest import ROOT, Client, RouterProcess, TestWorker, wait_for, write_config
 from .test_metrics import endpoint, get

@@ -19,7 +19,7 @@ from typing import Callable, Iterable
 import orjson
 import pytest
 
-from mqttlb.broker import PrivateBroker
+from mqttlb.commands.broker import PrivateBroker
 
 from .conftest import Client, TestWorker, wait_for
 

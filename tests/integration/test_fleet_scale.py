@@ -16,7 +16,7 @@ import orjson
 import paho.mqtt.client as paho
 import pytest
 
-from mqttlb.broker import PrivateBroker
+from mqttlb.commands.broker import PrivateBroker
 
 from .conftest import Client, RouterProcess, wait_for
 from .test_metrics import METRICS, endpoint, scrape

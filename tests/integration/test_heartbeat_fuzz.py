@@ -17,8 +17,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from mqttlb.broker import PrivateBroker
-from mqttlb.topics import key_problem
+from mqttlb.commands.broker import PrivateBroker
+from mqttlb.core.topics import key_problem
 
 from ..unit.test_fuzz import json_value, level, payload
 from .conftest import Client, RouterProcess, TestWorker, wait_for, write_config

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator
 import orjson
 import pytest
 
-from mqttlb.broker import PrivateBroker
+from mqttlb.commands.broker import PrivateBroker
 
 from .conftest import Client, RouterProcess, TestWorker, wait_for, write_config
 
@@ -131,8 +131,8 @@ def test_a_limit_the_router_cannot_know_is_quarantined_before_and_after_a_restar
 BOOM = """\
 import sys
 from mqttlb import balancers
-from mqttlb.balancers.stateless import RoundRobin
-from mqttlb.cli import main
+from mqttlb.core.balancers.stateless import RoundRobin
+from mqttlb.commands.cli import main
 
 
 class Boom(RoundRobin):

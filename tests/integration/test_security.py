@@ -39,8 +39,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from mqttlb import Delivery, Worker
-from mqttlb.broker import PrivateBroker, mosquitto_dir
-from mqttlb.config import BrokerSettings, TlsSettings
+from mqttlb.commands.broker import PrivateBroker, mosquitto_dir
+from mqttlb.core.config import BrokerSettings, TlsSettings
 
 from .conftest import ROOT, RouterProcess, wait_for
 

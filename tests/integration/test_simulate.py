@@ -14,9 +14,9 @@ from typing import Any
 import orjson
 import pytest
 
-from mqttlb.broker import PrivateBroker
-from mqttlb.config import Config, load, parse
-from mqttlb.simulate import Fleet, TopicMaker, device_ids
+from mqttlb.commands.broker import PrivateBroker
+from mqttlb.core.config import Config, load, parse
+from mqttlb.commands.simulate import Fleet, TopicMaker, device_ids
 
 from .conftest import ROOT, Client, wait_for, write_config
 

@@ -6,9 +6,9 @@ import itertools
 
 import pytest
 
-from mqttlb.bench_scale import (Cell, burst, connect_packet, device_draw, heartbeats, packet_ids, processes_table,
+from mqttlb.commands.bench_scale import (Cell, burst, connect_packet, device_draw, heartbeats, packet_ids, processes_table,
                                 publish_packet, remaining_length, sizes, stamps, table)
-from mqttlb.cli import _parser
+from mqttlb.commands.cli import _parser
 
 
 @pytest.mark.parametrize(("n", "encoded"), [(0, b"\x00"), (127, b"\x7f"), (128, b"\x80\x01"), (16_383, b"\xff\x7f"),

@@ -12,8 +12,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mqttlb import config
-from mqttlb.config import (
+from mqttlb.core import config
+from mqttlb.core.config import (
     BrokerSettings,
     Config,
     DeadLetterSettings,

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mqttlb.cli import main
-from mqttlb.credentials import hash_password
+from mqttlb.commands.cli import main
+from mqttlb.commands.credentials import hash_password
 
 ROUTES = [{"name": "telemetry", "match": "devices/{device}/telemetry", "key": "device"},
           {"name": "logs", "match": "devices/+/logs/#", "algorithm": "round_robin"}]

@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mqttlb.errors import BadHeartbeat
-from mqttlb.router import DeadLetter, Forward, Message, Reason, Router
-from mqttlb.topics import MAX_TOPIC_BYTES, key_problem, topic_problem
+from mqttlb.core.router import DeadLetter, Forward, Message, Reason, Router
+from mqttlb.core.topics import MAX_TOPIC_BYTES, key_problem, topic_problem
 
 from .test_router import beat, make_router
 

@@ -9,8 +9,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from mqttlb.metrics import STALLED, Pulse, families, health
-from mqttlb.pool import Health, WorkerView
-from mqttlb.stats import Counters, Inbound, Moment, snapshot
+from mqttlb.core.pool import Health, WorkerView
+from mqttlb.core.stats import Counters, Inbound, Moment, snapshot
 
 from .test_stats import census_of, stats_of
 

@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from mqttlb.cli import _parser
+from mqttlb.commands.cli import _parser
 from mqttlb.processes import AUTO, auto_count, broker_is_local, count_option, too_many
 
 

@@ -9,10 +9,10 @@ from typing import Any
 import orjson
 import pytest
 
-from mqttlb.config import Config, parse
+from mqttlb.core.config import Config, parse
 from mqttlb.errors import BadHeartbeat
-from mqttlb.pool import Departure, Fleet, FleetFull, Health
-from mqttlb.router import DeadLetter, Forward, Message, Router
+from mqttlb.core.pool import Departure, Fleet, FleetFull, Health
+from mqttlb.core.router import DeadLetter, Forward, Message, Router
 
 ROUTES: list[dict[str, Any]] = [
     {"name": "telemetry", "match": "devices/{device}/telemetry", "key": "device", "algorithm": "consistent_hash"},

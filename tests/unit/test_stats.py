@@ -7,8 +7,8 @@ from typing import Any, Iterable, Mapping
 
 import orjson
 
-from mqttlb.pool import Census, Health, WorkerView
-from mqttlb.stats import FORWARD_BUCKETS, Counters, Histogram, Inbound, Moment, snapshot
+from mqttlb.core.pool import Census, Health, WorkerView
+from mqttlb.core.stats import FORWARD_BUCKETS, Counters, Histogram, Inbound, Moment, snapshot
 
 MOMENT = Moment(ts=100.12345, now=50.0, uptime=5.0, connected=True)
 

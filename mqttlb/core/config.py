@@ -28,7 +28,7 @@ from typing import Any, Callable, Mapping, TypeVar
 import yaml
 
 from . import balancers
-from .errors import ConfigError
+from ..errors import ConfigError
 from .keys import KeySpec
 from .topics import TopicFilter, TopicTemplate, filters_overlap, topic_problem
 

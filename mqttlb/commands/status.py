@@ -25,10 +25,10 @@ from typing import Any, Iterable, Mapping, TextIO
 
 import orjson
 
-from .config import Config
-from .errors import BadHeartbeat, TransportError
-from .pool import Health, Heartbeat, WorkerState
-from .mqtt.client import Client, Inbound
+from ..core.config import Config
+from ..errors import BadHeartbeat, TransportError
+from ..core.pool import Health, Heartbeat, WorkerState
+from ..mqtt.client import Client, Inbound
 
 REFRESH = 1.0
 """Seconds between two redraws of the live table."""

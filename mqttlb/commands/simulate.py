@@ -31,9 +31,9 @@ from typing import Callable, Protocol
 
 import orjson
 
-from .config import Config, RouteSettings
-from .errors import EXIT_CONFIG, TransportError
-from .mqtt.client import Client
+from ..core.config import Config, RouteSettings
+from ..errors import EXIT_CONFIG, TransportError
+from ..mqtt.client import Client
 
 log = logging.getLogger("mqttlb.simulate")
 

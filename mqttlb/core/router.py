@@ -36,7 +36,7 @@ from typing import Callable, Generic, NamedTuple, TypeVar, Union
 
 from . import balancers
 from .config import Config, RouteSettings
-from .errors import BadHeartbeat, BadKey
+from ..errors import BadHeartbeat, BadKey
 from .limits import BrokerLimits, UserProperties, plain
 from .pool import Departure, Fleet, Heartbeat
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 from typing import Callable
 
-from mqttlb.errors import MqttlbError
+from ...errors import MqttlbError
 
 from .base import BadOption, Balancer
 from .hashing import ConsistentHash, Ring

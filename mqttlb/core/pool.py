@@ -32,7 +32,7 @@ from typing import Mapping
 import orjson
 
 from .config import DEFAULT_MAX_WORKERS, PoolSettings
-from .errors import BadHeartbeat
+from ..errors import BadHeartbeat
 from .topics import key_problem
 
 MAX_HEARTBEAT_BYTES = 16384

@@ -4,7 +4,7 @@ Everything runs against one private Mosquitto on this machine, driven by the
 C clients: ``mosquitto_pub -l`` publishes JSON lines to ``bench/in`` and two
 ``mosquitto_sub`` stand in for the workers, stamping each arrival (``%U``).
 
-- *relay*: ``mqttlb.bench_relay``, the ten-minute paho relay;
+- *relay*: ``mqttlb.commands.bench_relay``, the ten-minute paho relay;
 - *mqttlb*: ``mqttlb run`` with a consistent-hash route on ``payload.device``,
   health, dead letters, stats and metrics on, acknowledging at QoS 1 only
   after the forward is acknowledged;
@@ -104,7 +104,7 @@ class Middle:
     def __init__(self, broker: PrivateBroker, system: str, qos: int, workdir: Path) -> None:
         self.process: subprocess.Popen[bytes] | None = None
         if system == "relay":
-            command = [sys.executable, "-m", "mqttlb.bench_relay", broker.host, str(broker.port), str(qos), *WORKERS]
+            command = [sys.executable, "-m", "mqttlb.commands.bench_relay", broker.host, str(broker.port), str(qos), *WORKERS]
         elif system == "mqttlb":
             config = workdir / "mqttlb.yaml"
             config.write_text(yaml.safe_dump(router_config(broker, qos)))

@@ -3,7 +3,7 @@
 Subscribe, take the device id from the JSON payload, hash it onto a worker,
 publish in ``on_message``. No health, no dead letters, no acknowledgement
 tied to the forward (paho acknowledges QoS 1 as the callback returns). Run
-as ``python -m mqttlb.bench_relay HOST PORT QOS WORKER...``.
+as ``python -m mqttlb.commands.bench_relay HOST PORT QOS WORKER...``.
 """
 
 from __future__ import annotations

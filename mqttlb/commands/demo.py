@@ -35,13 +35,13 @@ from typing import Callable
 import orjson
 import yaml
 
-from . import config as config_module
+from ..core import config as config_module
 from .broker import PrivateBroker, find_mosquitto, mosquitto_dir
-from .config import Config
-from .errors import MqttlbError
+from ..core.config import Config
+from ..errors import MqttlbError
 from .simulate import Simulator
-from .topics import filter_matches
-from .mqtt.client import Client, Inbound
+from ..core.topics import filter_matches
+from ..mqtt.client import Client, Inbound
 
 WORKERS = {"w1": 1.0, "w2": 1.0, "w3": 2.0}
 """Worker id and weight; consistent hashing gives w3 about twice the devices of the others."""

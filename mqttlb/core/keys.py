@@ -20,7 +20,7 @@ from typing import Any, Mapping
 
 import orjson
 
-from .errors import BadKey
+from ..errors import BadKey
 from .topics import key_problem
 
 PAYLOAD_PREFIX = "payload."

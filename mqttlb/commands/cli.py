@@ -13,10 +13,10 @@ import os
 import sys
 from typing import Sequence
 
-from . import config as config_module
-from . import logs
-from .errors import EXIT_CONFIG, ConfigError
-from .processes import AUTO, count_option
+from ..core import config as config_module
+from .. import logs
+from ..errors import EXIT_CONFIG, ConfigError
+from ..processes import AUTO, count_option
 
 DEFAULT_CONFIG = "config/mqttlb.yaml"
 
@@ -127,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     if args.command == "check":
         if args.connect:
-            from .transport import probe
+            from ..transport import probe
 
             refused = probe(config.broker)
             if refused is not None:
@@ -137,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{args.config}: ok ({len(config.routes)} routes{connected})")
         return 0
     if args.command == "worker":
-        from . import worker
+        from .. import worker
 
         return worker.main(args, config)
     if args.command == "simulate":
@@ -153,17 +153,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return credentials.main(args, config)
     if args.processes == AUTO:
-        from .processes import auto_count
+        from ..processes import auto_count
 
         args.processes = auto_count(config.broker.host, os.cpu_count() or 1)
     if args.processes > 1:
-        from . import processes
+        from .. import processes
 
         return processes.main(args, config)
-    from .service import Service
+    from ..service import Service
 
     if args.instance is not None:
-        from .processes import instance_config
+        from ..processes import instance_config
 
         return Service(config, adapt=lambda loaded: instance_config(loaded, args.instance)).run()
     return Service(config).run()

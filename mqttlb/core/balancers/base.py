@@ -20,7 +20,7 @@ import abc
 import math
 from typing import ClassVar, Mapping
 
-from mqttlb.errors import MqttlbError
+from ...errors import MqttlbError
 
 
 MIN_RELATIVE_WEIGHT = 1e-12
