@@ -44,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="also connect to the broker with the file's settings (exit 1 with the reason if refused)")
     worker = command("worker", "run a worker that logs and counts what it gets (demos, smoke tests)")
     worker.add_argument("--id", required=True, help="worker id (one topic level)")
-    worker.add_argument("--pool", default="default")
+    worker.add_argument("--pool", default=config_module.DEFAULT_POOL)
     worker.add_argument("--weight", type=float, default=1.0)
     worker.add_argument("--interval", type=float, default=2.0, help="seconds between heartbeats")
     simulate = command("simulate", "a device fleet publishing to the topics the routes match")

@@ -261,7 +261,7 @@ class Watch:
         return True
 
     def _heartbeat(self, message: Inbound) -> None:
-        worker = message.topic.split("/")[self.config.heartbeat.worker_level]
+        worker = self.config.heartbeat.worker_of(message.topic)
         try:
             beat = Heartbeat.parse(worker, message.payload)
         except BadHeartbeat:

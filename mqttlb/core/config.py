@@ -106,6 +106,10 @@ class HeartbeatSettings:
         """The index of the topic level that holds the worker id."""
         return self.topic.split("/").index("+")
 
+    def worker_of(self, topic: str) -> str:
+        """The worker id in ``topic``, a topic this filter matches: the one place a heartbeat topic is read."""
+        return topic.split("/")[self.worker_level]
+
 
 @dataclass(frozen=True, slots=True)
 class WorkerOverride:

@@ -119,7 +119,6 @@ class Router(Generic[Ref]):
         self.fleet = fleet
         self.limits = limits or BrokerLimits(config.broker.protocol == "5", config.broker.max_packet_size)
         """What the broker refuses; the service narrows it with what the broker says when it connects."""
-        self.bad_heartbeats = 0
         self._routes = [
             _Route(r, balancers.create(r.algorithm, rng=rng, **config.balancers.get(r.algorithm, {})))
             for r in config.routes
@@ -295,12 +294,8 @@ class Router(Generic[Ref]):
 
     def heartbeat(self, worker: str, payload: bytes, now: float) -> list[Action[Ref]]:
         """Take a heartbeat in; may release held messages. Raises BadHeartbeat."""
-        try:
-            beat = Heartbeat.parse(worker, payload)
-            self.fleet.check_allowed(beat)
-        except BadHeartbeat:
-            self.bad_heartbeats += 1
-            raise
+        beat = Heartbeat.parse(worker, payload)
+        self.fleet.check_allowed(beat)
         changed = self.fleet.apply(beat, now)
         for pool in changed:
             self._stale.setdefault(pool, {})

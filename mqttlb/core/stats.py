@@ -68,8 +68,8 @@ class Counters:
 
 
 @dataclass(frozen=True, slots=True)
-class Inbound:
-    """The inbound messages the router holds, against its window."""
+class Backlog:
+    """The inbound messages the router holds, against its window (the stats' ``inbound`` section)."""
 
     unacked: int
     """Taken from the broker and not yet acknowledged: held plus those whose forward is on its way."""
@@ -96,7 +96,7 @@ class Moment:
     """Why the router is not, or not steadily, connected: refused, taken over, unreachable."""
 
 
-def snapshot(*, router: str, moment: Moment, inbound: Inbound, counters: Counters, pools: Iterable[str],
+def snapshot(*, router: str, moment: Moment, inbound: Backlog, counters: Counters, pools: Iterable[str],
              census: Census, workers: Iterable[WorkerView] | None, reconnects: int,
              awaiting_ack: int) -> dict[str, Any]:
     """The stats topic's payload (before JSON encoding); ``pools`` are the configured ones.

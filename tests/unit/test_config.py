@@ -407,7 +407,9 @@ def test_tls_paths_are_resolved_and_must_exist(tmp_path: Path) -> None:
 def test_heartbeat_topic() -> None:
     heartbeat = parse(with_routes(heartbeat={"topic": "fleet/{worker}/hb"})).heartbeat
     assert (heartbeat.topic, heartbeat.worker_level) == ("fleet/+/hb", 1)
+    assert heartbeat.worker_of("fleet/w-7/hb") == "w-7"
     assert HeartbeatSettings().worker_level == 2
+    assert HeartbeatSettings().worker_of("mqttlb/workers/w1/heartbeat") == "w1"
     for bad in ("fleet/+/+/hb", "fleet/hb", "fleet/+/#"):
         assert problem(with_routes(heartbeat={"topic": bad})) == (
             f"heartbeat.topic: must have exactly one '+' level, the worker id, and no '#', got {bad!r}")
