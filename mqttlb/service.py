@@ -16,23 +16,31 @@ import logging
 import random
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Callable
 
 import orjson
 
 from .core import config as config_module
 from .core.config import Config
-from .errors import BadHeartbeat, ConfigError
 from .core.inflight import InFlight, Receipt
-from .logs import RateLimited
-from .metrics import MetricsServer, Pulse
-from .mqtt.events import Publish, Subscription
 from .core.pool import Departure, Fleet, FleetFull, Health
 from .core.router import Action, DeadLetter, Forward, Message, Reason, Router
 from .core.stats import Backlog, Counters, Moment, snapshot
-from .transport import (DeviceMessages, Outcome, PublishesDropped, PublishingConnected, RoutingConnected, Settled,
-                        Transport, WorkerBeat)
+from .errors import BadHeartbeat, ConfigError
+from .logs import RateLimited
+from .metrics import MetricsServer, Pulse
+from .mqtt.events import Publish, Subscription
+from .transport import (
+    DeviceMessages,
+    Outcome,
+    PublishesDropped,
+    PublishingConnected,
+    RoutingConnected,
+    Settled,
+    Transport,
+    WorkerBeat,
+)
 
 Publishable = Forward[Receipt] | DeadLetter[Receipt]
 """What the router publishes for a message: the tag its publish carries until the broker settles it."""

@@ -33,15 +33,14 @@ from __future__ import annotations
 import logging
 import select
 import socket
-import ssl
 import time
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Generic, TypeVar, Union
+from typing import Any, Generic, TypeVar
 
 from .core.config import BrokerSettings
-from .errors import TransportError
 from .core.limits import UserProperties
+from .errors import TransportError
 from .mqtt.client import Client
 from .mqtt.codec import encode_user_properties
 from .mqtt.events import BadPublish, ConnAck, PubAck, Publish, SubAck, Subscription, UnsubAck
@@ -114,7 +113,7 @@ class RoutingConnected:
     generation: int
 
 
-Event = Union[DeviceMessages, WorkerBeat, Settled[Tag], PublishesDropped[Tag], PublishingConnected, RoutingConnected]
+Event = DeviceMessages | WorkerBeat | Settled[Tag] | PublishesDropped[Tag] | PublishingConnected | RoutingConnected
 
 
 class Transport(Generic[Tag]):
@@ -328,7 +327,7 @@ class Transport(Generic[Tag]):
         messages: list[Publish] = []
         for event in waiting[:count]:
             if type(event) is Publish:
-                messages.append(event)  # type: ignore[arg-type]
+                messages.append(event)
             else:  # a broker passing a topic that is not UTF-8: acknowledge, it cannot be routed
                 log.warning("dropping a message whose topic is not UTF-8: %r", event.topic[:200])
                 if event.qos:

@@ -23,16 +23,17 @@ import threading
 import time
 import traceback
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import orjson
 
 from .core.config import DEFAULT_POOL, BrokerSettings, Config
+from .core.topics import TopicTemplate, filter_matches, key_problem
 from .errors import EXIT_CONFIG, TransportError
 from .logs import RateLimited
-from .core.topics import TopicTemplate, filter_matches, key_problem
 from .mqtt.client import Client, Inbound, Publication
 from .mqtt.events import Will
 

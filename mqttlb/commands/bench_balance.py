@@ -17,8 +17,9 @@ import argparse
 import random
 import time
 from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Protocol
 
 import orjson
 

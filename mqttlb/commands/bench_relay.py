@@ -15,11 +15,12 @@ import zlib
 from typing import Any
 
 import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
 
 
 def main(argv: list[str]) -> None:
     host, port, qos, workers = argv[0], int(argv[1]), int(argv[2]), argv[3:]
-    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="bench-relay", protocol=paho.MQTTv5)
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-relay", protocol=paho.MQTTv5)
     client.max_inflight_messages_set(1000)
 
     def on_connect(client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:

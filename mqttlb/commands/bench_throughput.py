@@ -27,13 +27,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Any
 
 import orjson
 import paho.mqtt.client as paho
 import yaml
+from paho.mqtt.enums import CallbackAPIVersion
 
 from .broker import PrivateBroker
 
@@ -70,7 +72,7 @@ class Subscribers:
         self.files = [workdir / f"{system}-{qos}-{w}.out" for w in WORKERS]
         topics = ["$share/bench/bench/in" if system == "shared" else f"mqttlb/workers/{w}/in/#" for w in WORKERS]
         self.processes = []
-        for topic, path in zip(topics, self.files):
+        for topic, path in zip(topics, self.files, strict=True):
             with path.open("wb") as out:  # the child has its own copy of the descriptor
                 self.processes.append(subprocess.Popen(
                     ["mosquitto_sub", "-h", broker.host, "-p", str(broker.port), "-q", str(qos), "-V", "5",
@@ -104,7 +106,8 @@ class Middle:
     def __init__(self, broker: PrivateBroker, system: str, qos: int, workdir: Path) -> None:
         self.process: subprocess.Popen[bytes] | None = None
         if system == "relay":
-            command = [sys.executable, "-m", "mqttlb.commands.bench_relay", broker.host, str(broker.port), str(qos), *WORKERS]
+            command = [sys.executable, "-m", "mqttlb.commands.bench_relay", broker.host, str(broker.port), str(qos),
+                       *WORKERS]
         elif system == "mqttlb":
             config = workdir / "mqttlb.yaml"
             config.write_text(yaml.safe_dump(router_config(broker, qos)))
@@ -201,7 +204,7 @@ def paced(broker: PrivateBroker, qos: int, rate: float, seconds: float, subscrib
     its socket while lines keep coming, so at QoS 1 it would hold messages back itself.
     """
     before = subscribers.count()
-    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="bench-paced", protocol=paho.MQTTv5)
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-paced", protocol=paho.MQTTv5)
     client.max_inflight_messages_set(0)
     client.connect(broker.host, broker.port)
     client.loop_start()
@@ -305,7 +308,8 @@ def table(results: list[Result]) -> str:
                      f"{r.p50_ms:>7.2f} {r.p99_ms:>7.2f} {cpu:>10} {rss:>13} {r.delivered:>10,}")
     if any(r.delivered < r.sent for r in results):
         lines += ["", "Fewer delivered than sent: at QoS 0 the broker may drop under overload; at QoS 1, "
-                  "mosquitto_pub -l gave up part of the way through a 100,000-message burst here: use fewer --messages."]
+                  "mosquitto_pub -l gave up part of the way through a 100,000-message burst here: "
+                  "use fewer --messages."]
     return "\n".join(lines)
 
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
-from ..core import config as config_module
 from .. import logs
+from ..core import config as config_module
 from ..errors import EXIT_CONFIG, ConfigError
 from ..processes import AUTO, count_option
 
@@ -90,7 +90,8 @@ def _parser() -> argparse.ArgumentParser:
     scale.add_argument("--qos", default="0,1", choices=["0", "1", "0,1"], help="(default 0,1)")
     scale.add_argument("--messages", type=int, default=100_000, help="messages per burst (default 100000)")
     scale.add_argument("--processes", type=int, default=2, metavar="N",
-                       help="also compare mqttlb run with --processes N on 3 workers x 100 devices (0: skip; default 2)")
+                       help="also compare mqttlb run with --processes N on 3 workers x 100 devices "
+                       "(0: skip; default 2)")
     scale.add_argument("--json", action="store_true", help="figures as JSON")
     return parser
 

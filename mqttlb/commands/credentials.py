@@ -42,8 +42,8 @@ import yaml
 
 from ..core import config as config_module
 from ..core.config import Config
-from ..errors import EXIT_CONFIG, ConfigError
 from ..core.topics import TopicError, TopicFilter, filters_overlap, key_problem
+from ..errors import EXIT_CONFIG, ConfigError
 from ..transport import SYNC_TOPIC
 from ..worker import inbox_filter
 

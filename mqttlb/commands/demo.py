@@ -26,22 +26,22 @@ import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Callable
 
 import orjson
 import yaml
 
 from ..core import config as config_module
-from .broker import PrivateBroker, find_mosquitto, mosquitto_dir
 from ..core.config import Config
-from ..errors import MqttlbError
-from .simulate import Simulator
 from ..core.topics import filter_matches
+from ..errors import MqttlbError
 from ..mqtt.client import Client, Inbound
+from .broker import PrivateBroker, find_mosquitto, mosquitto_dir
+from .simulate import Simulator
 
 WORKERS = {"w1": 1.0, "w2": 1.0, "w3": 2.0}
 """Worker id and weight; consistent hashing gives w3 about twice the devices of the others."""

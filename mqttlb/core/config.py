@@ -19,16 +19,17 @@ import math
 import os
 import re
 import tomllib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, TypeVar
 
 import yaml
 
-from . import balancers
 from ..errors import ConfigError
+from . import balancers
 from .keys import KeySpec
 from .topics import TopicFilter, TopicTemplate, filters_overlap, topic_problem
 

@@ -24,15 +24,15 @@ import fnmatch
 import heapq
 import math
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Mapping
 
 import orjson
 
-from .config import DEFAULT_MAX_WORKERS, DEFAULT_POOL, PoolSettings
 from ..errors import BadHeartbeat
+from .config import DEFAULT_MAX_WORKERS, DEFAULT_POOL, PoolSettings
 from .topics import key_problem
 
 MAX_HEARTBEAT_BYTES = 16384

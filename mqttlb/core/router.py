@@ -7,8 +7,9 @@ transport keeps them unacknowledged) and released in arrival order as soon as
 one appears, or dead-lettered as ``no_worker`` once ``dead_letter.hold`` has
 passed, or sooner when held messages would take more than
 ``router.max_held`` of the broker's in-flight window while another pool could
-use it. Workers that die are reported as a ``Departure``. Heartbeats and the clock come in as calls, so all of this is tested
-without a broker and without sleeping.
+use it. Workers that die are reported as a ``Departure``. Heartbeats and the
+clock come in as calls, so all of this is tested without a broker and without
+sleeping.
 
 Every forward and dead letter is measured against the broker's limits
 (``limits``) before it is handed out: one that the broker would refuse, and
@@ -31,12 +32,13 @@ from __future__ import annotations
 
 import random
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Callable, Generic, NamedTuple, TypeVar, Union
+from typing import Generic, NamedTuple, TypeVar
 
+from ..errors import BadKey
 from . import balancers
 from .config import Config, RouteSettings
-from ..errors import BadHeartbeat, BadKey
 from .limits import BrokerLimits, UserProperties, plain
 from .pool import Departure, Fleet, Heartbeat
 
@@ -82,7 +84,7 @@ class DeadLetter(Generic[Ref]):
     """For ``internal``: what went wrong, for the log."""
 
 
-Action = Union[Forward[Ref], DeadLetter[Ref], Departure]
+Action = Forward[Ref] | DeadLetter[Ref] | Departure
 
 
 class Reason:

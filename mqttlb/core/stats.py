@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from .pool import Census, Health, WorkerView
 
@@ -42,7 +43,7 @@ class Histogram:
         """Count, sum and cumulative buckets keyed by their upper bound ("+Inf" last), for JSON."""
         buckets: dict[str, int] = {}
         running = 0
-        for bound, count in zip((*map(repr, self.bounds), "+Inf"), self.counts):
+        for bound, count in zip((*map(repr, self.bounds), "+Inf"), self.counts, strict=True):
             running += count
             buckets[bound] = running
         return {"count": running, "sum": round(self.sum, 6), "buckets": buckets}

@@ -22,8 +22,8 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from ..core.config import BrokerSettings
 from ..errors import TransportError

@@ -98,8 +98,8 @@ def test_thousands_of_workers_beating_leave_real_traffic_flowing(make_router, cl
             delay = start + n / RATE - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            devices.client.publish(f"devices/d{n % DEVICES}/telemetry", orjson.dumps({"n": n, "sent": time.monotonic()}),
-                                   1)
+            body = orjson.dumps({"n": n, "sent": time.monotonic()})
+            devices.client.publish(f"devices/d{n % DEVICES}/telemetry", body, 1)
         window = time.monotonic() + GRACE
         wait_for(lambda: len(inboxes.messages()) >= DEVICES + RATE * SECONDS or time.monotonic() > window,
                  timeout=GRACE + 5, what="the window to close")
@@ -184,8 +184,8 @@ def test_a_storm_of_heartbeats_never_holds_back_forwards(make_router, clients, b
             delay = start + n / RATE - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            devices.client.publish(f"devices/d{n % DEVICES}/telemetry", orjson.dumps({"n": n, "sent": time.monotonic()}),
-                                   1)
+            body = orjson.dumps({"n": n, "sent": time.monotonic()})
+            devices.client.publish(f"devices/d{n % DEVICES}/telemetry", body, 1)
         window = time.monotonic() + GRACE
         wait_for(lambda: len(inboxes.messages()) >= DEVICES + RATE * seconds or time.monotonic() > window,
                  timeout=GRACE + 5, what="the window to close")

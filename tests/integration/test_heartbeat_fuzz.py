@@ -9,8 +9,8 @@ After every example a device's message must still reach the genuine worker.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import orjson
 import pytest

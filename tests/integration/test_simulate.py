@@ -15,8 +15,8 @@ import orjson
 import pytest
 
 from mqttlb.commands.broker import PrivateBroker
-from mqttlb.core.config import Config, load, parse
 from mqttlb.commands.simulate import Devices, TopicMaker, device_ids
+from mqttlb.core.config import Config, load, parse
 
 from .conftest import ROOT, Client, wait_for, write_config
 

@@ -458,7 +458,8 @@ def test_pool_allow() -> None:
 def test_pool_slow_start() -> None:
     assert parse(with_routes(pools={"gpu": {"slow_start": "30s"}})).pools["gpu"].slow_start == 30.0
     assert parse(with_routes()).pools["default"].slow_start == 0.0
-    assert problem(with_routes(pools={"gpu": {"slow_start": "soon"}})).startswith("pools.gpu.slow_start: must be a duration")
+    assert problem(with_routes(pools={"gpu": {"slow_start": "soon"}})).startswith(
+        "pools.gpu.slow_start: must be a duration")
 
 
 def test_pools() -> None:

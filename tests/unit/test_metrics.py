@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from mqttlb.metrics import STALLED, Pulse, families, health
 from mqttlb.core.pool import Health, WorkerView
 from mqttlb.core.stats import Backlog, Counters, Moment, snapshot
+from mqttlb.metrics import STALLED, Pulse, families, health
 
 from .test_stats import census_of, stats_of
 

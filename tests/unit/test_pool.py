@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 import pytest
@@ -12,9 +13,17 @@ from hypothesis import strategies as st
 
 from mqttlb.balancers import create
 from mqttlb.core.config import PoolSettings, WorkerOverride
+from mqttlb.core.pool import (
+    MAX_HEARTBEAT_BYTES,
+    UNNAMED_POOLS,
+    Fleet,
+    FleetFull,
+    Health,
+    Heartbeat,
+    WorkerState,
+    WorkerView,
+)
 from mqttlb.errors import BadHeartbeat, RemoteInputError
-from mqttlb.core.pool import (MAX_HEARTBEAT_BYTES, UNNAMED_POOLS, Fleet, FleetFull, Health, Heartbeat, WorkerState,
-                         WorkerView)
 
 properties = settings(derandomize=True, max_examples=150, deadline=None)
 TIMEOUT, EXPIRE = 6.0, 60.0

@@ -10,9 +10,9 @@ import orjson
 import pytest
 
 from mqttlb.core.config import Config, parse
-from mqttlb.errors import BadHeartbeat
 from mqttlb.core.pool import Departure, Fleet, FleetFull, Health
 from mqttlb.core.router import DeadLetter, Forward, Message, Router
+from mqttlb.errors import BadHeartbeat
 
 ROUTES: list[dict[str, Any]] = [
     {"name": "telemetry", "match": "devices/{device}/telemetry", "key": "device", "algorithm": "consistent_hash"},

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import orjson
 
@@ -56,8 +57,8 @@ def test_snapshot_carries_the_counters_per_route_and_worker() -> None:
 
 def test_snapshot_of_a_router_that_has_done_nothing() -> None:
     stats = snapshot(router="r", moment=Moment(0.0, 0.0, 0.0, connected=False, stopping=True),
-                     inbound=Backlog(0, 0, 0, 10), counters=Counters(), pools=["default"], census=census_of([]), workers=[],
-                     reconnects=0, awaiting_ack=0)
+                     inbound=Backlog(0, 0, 0, 10), counters=Counters(), pools=["default"], census=census_of([]),
+                     workers=[], reconnects=0, awaiting_ack=0)
     assert stats["workers"] == {} and stats["forwarded"] == {} and stats["connected"] is False
     assert stats["per_worker"] is True and stats["heartbeats_refused"] == {}
     assert stats["stopping"] is True

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from mqttlb.commands.status import Sighting, board, render
 from mqttlb.core.pool import Health, Heartbeat, WorkerState, WorkerView
 from mqttlb.core.stats import Backlog, Counters, Moment, snapshot
-from mqttlb.commands.status import Sighting, board, render
 
 from .test_stats import census_of
 
