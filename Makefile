@@ -8,7 +8,10 @@ PY := $(VENV)/bin/python
 
 .PHONY: test demo venv mosquitto clean
 
+# The style first (seconds), then the tests: a lint or type regression fails CI as a test would.
 test: venv mosquitto
+	$(VENV)/bin/ruff check mqttlb tests
+	$(PY) -m mypy
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: venv mosquitto

@@ -1,5 +1,5 @@
 """``python -m mqttlb`` is the ``mqttlb`` command."""
 
-from .cli import main
+from .commands.cli import main
 
 raise SystemExit(main())

@@ -20,8 +20,9 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from wsgiref.types import StartResponse, WSGIEnvironment
 
@@ -31,7 +32,7 @@ from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from .pool import Health
+from .core.pool import Health
 
 STALLED = 10.0
 """Seconds without a pulse from the routing loop (it hands one over every tick) before /healthz fails."""
@@ -145,8 +146,12 @@ def _nested(family: CounterMetricFamily | GaugeMetricFamily,
     return family
 
 
+_go_float: Callable[[float], str] = floatToGoString
+"""A bucket bound as Prometheus writes it (``+Inf``, ``0.005``); prometheus-client leaves it untyped."""
+
+
 def _latency(figures: Figures) -> Metric:
-    buckets = [(floatToGoString(float(bound)), count) for bound, count in figures["buckets"].items()]
+    buckets = [(_go_float(float(bound)), count) for bound, count in figures["buckets"].items()]
     return HistogramMetricFamily("mqttlb_forward_seconds", "From a message's arrival at the router to the "
                                  "broker's acknowledgement of its forward", buckets=buckets,
                                  sum_value=figures["sum"])
@@ -213,7 +218,7 @@ class MetricsServer:
         registry.register(_SnapshotCollector(self))
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
-        self._prometheus = make_wsgi_app(registry)
+        self._prometheus: Callable[[WSGIEnvironment, StartResponse], Iterable[bytes]] = make_wsgi_app(registry)
         host, port = listen
         self._server = make_server(host, port, self._app, server_class=_server_class(host), handler_class=_Quiet)
         self._thread = threading.Thread(target=self._server.serve_forever, name="mqttlb-metrics", daemon=True)

@@ -32,7 +32,7 @@ import time
 from dataclasses import replace
 from types import FrameType
 
-from .config import Config
+from .core.config import Config
 from .errors import EXIT_CONFIG
 
 log = logging.getLogger("mqttlb.processes")

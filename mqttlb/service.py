@@ -3,7 +3,7 @@
 A message's whole life reads top to bottom in ``_turn``: the transport's
 ``poll`` returns what happened as events; a device's message goes to the pure
 ``Router``, which answers with actions (forward, dead letter, hold); each
-becomes a publish on the fleet link tagged with its action; when the broker
+becomes a publish on the publishing link tagged with its action; when the broker
 settles that publish, the inbound message is acknowledged, by the rules of
 ``inflight``. This module also owns the clock, the signals, the counters, the
 stats topic and the metrics endpoint, which it hands a pulse every tick and
@@ -16,23 +16,31 @@ import logging
 import random
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Callable
 
 import orjson
 
-from . import config as config_module
-from .config import Config
+from .core import config as config_module
+from .core.config import Config
+from .core.inflight import InFlight, Receipt
+from .core.pool import Departure, Fleet, FleetFull, Health
+from .core.router import Action, DeadLetter, Forward, Message, Reason, Router
+from .core.stats import Backlog, Counters, Moment, snapshot
 from .errors import BadHeartbeat, ConfigError
-from .inflight import InFlight, Receipt
 from .logs import RateLimited
 from .metrics import MetricsServer, Pulse
 from .mqtt.events import Publish, Subscription
-from .pool import Departure, Fleet, FleetFull, Health
-from .router import Action, DeadLetter, Forward, Message, Reason, Router
-from .stats import Counters, Inbound, Moment, snapshot
-from .transport import (DeviceMessages, Outcome, PublishesDropped, PublishingConnected, RoutingConnected, Settled,
-                        Transport, WorkerBeat)
+from .transport import (
+    DeviceMessages,
+    Outcome,
+    PublishesDropped,
+    PublishingConnected,
+    RoutingConnected,
+    Settled,
+    Transport,
+    WorkerBeat,
+)
 
 Publishable = Forward[Receipt] | DeadLetter[Receipt]
 """What the router publishes for a message: the tag its publish carries until the broker settles it."""
@@ -249,8 +257,7 @@ class Service:
 
     def _heartbeat(self, topic: str, payload: bytes) -> None:
         now = self.clock()
-        levels = topic.split("/")
-        worker = levels[self.config.heartbeat.worker_level]
+        worker = self.config.heartbeat.worker_of(topic)
         try:
             actions = self.router.heartbeat(worker, payload, now)
         except FleetFull as error:  # counted by the fleet; logged by pool, however many ids there are
@@ -309,7 +316,7 @@ class Service:
         """The stats topic's figures as of ``now``."""
         moment = Moment(ts=time.time(), now=now, uptime=now - self._started, connected=self.transport.connected,
                         stopping=self._stopping, problem=self.transport.problem)
-        inbound = Inbound(unacked=self.inflight.unsettled, held=self.router.held, peak=self.inflight.peak,
+        inbound = Backlog(unacked=self.inflight.unsettled, held=self.router.held, peak=self.inflight.peak,
                           max_inflight=self.config.router.max_inflight)
         fleet = self.router.fleet
         census = fleet.census()

@@ -5,7 +5,7 @@
   the service says so. It publishes nothing, so the loop can stop reading it
   when the router holds as many unacknowledged messages as it may (``poll``'s
   ``room``): TCP then holds the broker back.
-* The *fleet link* (``<client_id>-fleet``) is a clean session that publishes
+* The *publishing link* (``<client_id>-fleet``) is a clean session that publishes
   forwards, dead letters and stats, and receives nothing else but their
   acknowledgements, so they never wait behind a routing link the loop is not
   reading, nor behind heartbeats.
@@ -22,7 +22,7 @@ fleet that is already known.
 
 ``poll`` returns what happened as events, in order; the service handles them
 top to bottom. A publish carries a tag of the service's choosing, which comes
-back in ``Settled`` (or in ``PublishesDropped`` when the fleet connection went
+back in ``Settled`` (or in ``PublishesDropped`` when the publishing link went
 with it in flight: it is never sent again by itself; see ``inflight``, rule 5).
 The MQTT itself is ``mqttlb.mqtt``'s pure session; this module only moves its
 bytes.
@@ -33,15 +33,14 @@ from __future__ import annotations
 import logging
 import select
 import socket
-import ssl
 import time
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Generic, TypeVar, Union
+from typing import Any, Generic, TypeVar
 
-from .config import BrokerSettings
+from .core.config import BrokerSettings
+from .core.limits import UserProperties
 from .errors import TransportError
-from .limits import UserProperties
 from .mqtt.client import Client
 from .mqtt.codec import encode_user_properties
 from .mqtt.events import BadPublish, ConnAck, PubAck, Publish, SubAck, Subscription, UnsubAck
@@ -77,7 +76,7 @@ class DeviceMessages:
 
 @dataclass(frozen=True, slots=True)
 class WorkerBeat:
-    """A heartbeat (or a will, or a cleared retained heartbeat) from the fleet link."""
+    """A heartbeat (or a will, or a cleared retained heartbeat) from the beats link."""
 
     topic: str
     payload: bytes
@@ -93,7 +92,7 @@ class Settled(Generic[Tag]):
 
 @dataclass(frozen=True, slots=True)
 class PublishesDropped(Generic[Tag]):
-    """The fleet link went with these publishes unacknowledged, in the order they were made. ``suspect``:
+    """The publishing link went with these publishes unacknowledged, in the order they were made. ``suspect``:
     the drop may have been the broker refusing one of them (not a takeover; the routing link stayed up)."""
 
     tags: list[Tag]
@@ -102,7 +101,7 @@ class PublishesDropped(Generic[Tag]):
 
 @dataclass(frozen=True, slots=True)
 class PublishingConnected:
-    """The fleet link is up: the broker's Maximum Packet Size and Receive Maximum (MQTT 5), if it said them."""
+    """The publishing link is up: the broker's Maximum Packet Size and Receive Maximum (MQTT 5), if it said them."""
 
     max_packet_size: int | None
     receive_maximum: int
@@ -114,7 +113,7 @@ class RoutingConnected:
     generation: int
 
 
-Event = Union[DeviceMessages, WorkerBeat, Settled[Tag], PublishesDropped[Tag], PublishingConnected, RoutingConnected]
+Event = DeviceMessages | WorkerBeat | Settled[Tag] | PublishesDropped[Tag] | PublishingConnected | RoutingConnected
 
 
 class Transport(Generic[Tag]):
@@ -125,13 +124,14 @@ class Transport(Generic[Tag]):
         self._heartbeat_filter = heartbeat_filter
         self._routes = routes
         self._routing = Link(broker, broker.client_id, persistent=True, receive_maximum=max_inflight)
-        self._fleet = Link(broker, broker.client_id + "-fleet", persistent=False)
+        # "-fleet" is the publishing link's name on the wire: broker ACLs and the README name it, so it stays.
+        self._publishing = Link(broker, broker.client_id + "-fleet", persistent=False)
         self._beats = Link(broker, broker.client_id + "-beats", persistent=False)
-        self._links = (self._fleet, self._beats, self._routing)
+        self._links = (self._publishing, self._beats, self._routing)
         self._pending: dict[int, Tag] = {}
-        """QoS 1 publishes in flight on the fleet link, by packet id, in the order they were made."""
+        """QoS 1 publishes in flight on the publishing link, by packet id, in the order they were made."""
         self._unsent: list[tuple[str, bytes, bytes, Tag]] = []
-        """QoS 1 publishes made while the fleet link was down: sent, in order, once it is back."""
+        """QoS 1 publishes made while the publishing link was down: sent, in order, once it is back."""
         self._dropped: tuple[list[Tag], bool] | None = None
         self._waiting: list[Publish | BadPublish] = []
         """Device messages read but not yet handed on: the window had no room for them."""
@@ -156,12 +156,12 @@ class Transport(Generic[Tag]):
     @property
     def connected(self) -> bool:
         """Both links are up: messages come in and their forwards and acknowledgements can go out."""
-        return self._routing.connected and self._fleet.connected and self._beats.connected
+        return self._routing.connected and self._publishing.connected and self._beats.connected
 
     @property
     def problem(self) -> str | None:
         """Why the router is not (or not steadily) connected: refused, taken over, unreachable; None if fine."""
-        return self._fleet.problem or self._beats.problem or self._routing.problem
+        return self._publishing.problem or self._beats.problem or self._routing.problem
 
     @property
     def pending(self) -> int:
@@ -169,7 +169,7 @@ class Transport(Generic[Tag]):
         return len(self._pending) + len(self._unsent)
 
     def start(self) -> None:
-        self._fleet.enabled = self._beats.enabled = True
+        self._publishing.enabled = self._beats.enabled = True
 
     def update_routes(self, routes: list[Subscription]) -> None:
         """Subscribe to the filters a reloaded config adds and unsubscribe from those it drops, now if
@@ -214,13 +214,13 @@ class Transport(Generic[Tag]):
         now = time.monotonic()
         if self._wake_r in readable:
             self._drain_wake()
-        if self._fleet.sock is not None and self._fleet.sock in readable:
-            self._from_fleet(self._fleet.read(now), events)
+        if self._publishing.sock is not None and self._publishing.sock in readable:
+            self._from_publishing(self._publishing.read(now), events)
         if self._beats.sock is not None and self._beats.sock in readable:
             self._from_beats(self._beats.read(now), events)
         if self._routing.sock is not None and self._routing.sock in readable:
             self._from_routing(self._routing.read(now), events, room)
-        self._from_fleet(self._fleet.keep_alive(now, reading=True), events)
+        self._from_publishing(self._publishing.keep_alive(now, reading=True), events)
         self._from_beats(self._beats.keep_alive(now, reading=True), events)
         self._from_routing(self._routing.keep_alive(now, reading=reading), events, 0)
         if self._dropped is not None:  # said once the routing link was read too: if it went as well, no refusal
@@ -236,7 +236,7 @@ class Transport(Generic[Tag]):
         except BlockingIOError:
             pass
 
-    def _from_fleet(self, events_in: list[Any], events: list[Event[Tag]]) -> None:
+    def _from_publishing(self, events_in: list[Any], events: list[Event[Tag]]) -> None:
         pending = self._pending
         acked: list[Tag] = []
         refused: list[Tag] = []
@@ -251,10 +251,10 @@ class Transport(Generic[Tag]):
                 events.append(Settled(acked, refused))
                 acked, refused = [], []
             if kind is ConnAck:
-                if self._fleet.connected:
-                    self._fleet_up(event, events)
+                if self._publishing.connected:
+                    self._publishing_up(event, events)
             elif kind is Lost:
-                self._fleet_lost(event)
+                self._publishing_lost(event)
         if acked or refused:
             events.append(Settled(acked, refused))
 
@@ -280,7 +280,7 @@ class Transport(Generic[Tag]):
                 self._count_lost(self._beats, event)
         events.extend(WorkerBeat(topic, payload) for topic, payload in latest.items())
 
-    def _fleet_up(self, ack: ConnAck, events: list[Event[Tag]]) -> None:
+    def _publishing_up(self, ack: ConnAck, events: list[Event[Tag]]) -> None:
         self.publish_window = ack.receive_maximum if self.mqtt5 else MAX_RECEIVE
         self.max_packet_size = ack.maximum_packet_size
         unsent, self._unsent = self._unsent, []
@@ -288,8 +288,8 @@ class Transport(Generic[Tag]):
             self._send(topic, payload, 1, properties, tag)
         events.append(PublishingConnected(self.max_packet_size, self.publish_window))
 
-    def _fleet_lost(self, lost: Lost) -> None:
-        self._count_lost(self._fleet, lost)
+    def _publishing_lost(self, lost: Lost) -> None:
+        self._count_lost(self._publishing, lost)
         dropped, self._pending = list(self._pending.values()), {}
         if dropped:
             self._dropped = (dropped, lost.taken_over)
@@ -326,7 +326,7 @@ class Transport(Generic[Tag]):
         messages: list[Publish] = []
         for event in waiting[:count]:
             if type(event) is Publish:
-                messages.append(event)  # type: ignore[arg-type]
+                messages.append(event)
             else:  # a broker passing a topic that is not UTF-8: acknowledge, it cannot be routed
                 log.warning("dropping a message whose topic is not UTF-8: %r", event.topic[:200])
                 if event.qos:
@@ -342,10 +342,10 @@ class Transport(Generic[Tag]):
             link.flush()
 
     def publish(self, topic: str, payload: bytes, qos: int, properties: bytes, tag: Tag) -> Outcome | None:
-        """Publish on the fleet link. None: ``Settled`` (or ``PublishesDropped``) comes later; a QoS 1 publish
+        """Publish on the publishing link. None: ``Settled`` (or ``PublishesDropped``) comes later; a QoS 1 publish
         made while the link is down is sent when it is back. A QoS 0 one is settled at once: ACKED once
         queued, LOST without a connection."""
-        if not self._fleet.connected:
+        if not self._publishing.connected:
             if qos == 0:
                 return Outcome.LOST
             self._unsent.append((topic, payload, properties, tag))
@@ -353,7 +353,7 @@ class Transport(Generic[Tag]):
         return self._send(topic, payload, qos, properties, tag)
 
     def _send(self, topic: str, payload: bytes, qos: int, properties: bytes, tag: Tag) -> Outcome | None:
-        link = self._fleet
+        link = self._publishing
         packet_id, data = link.session.publish(topic.encode("utf-8"), payload, qos, properties=properties)
         link.send(data)
         if qos == 0:
@@ -370,11 +370,11 @@ class Transport(Generic[Tag]):
     def announce(self, topic: str, payload: bytes) -> bool:
         """Publish retained, fire-and-forget (stats): the next one takes its place anyway. False when the
         broker's Maximum Packet Size would not take it (the broker would drop the connection)."""
-        if not self._fleet.connected:
+        if not self._publishing.connected:
             return True
         if self.max_packet_size is not None and 64 + len(topic.encode("utf-8")) + len(payload) > self.max_packet_size:
             return False
-        self._fleet.send(self._fleet.session.publish(topic.encode("utf-8"), payload, 0, retain=True)[1])
+        self._publishing.send(self._publishing.session.publish(topic.encode("utf-8"), payload, 0, retain=True)[1])
         return True
 
     def ack(self, packet_id: int) -> None:
@@ -389,7 +389,7 @@ class Transport(Generic[Tag]):
         left behind would bring its message back, as a duplicate, to the next router.
         """
         self._routing.close(grace)  # its acknowledgements first
-        self._fleet.close(grace)
+        self._publishing.close(grace)
         self._beats.close(grace)
         self._wake_r.close()
         self._wake_w.close()

@@ -23,16 +23,17 @@ import threading
 import time
 import traceback
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import orjson
 
-from .config import BrokerSettings, Config
+from .core.config import DEFAULT_POOL, BrokerSettings, Config
+from .core.topics import TopicTemplate, filter_matches, key_problem
 from .errors import EXIT_CONFIG, TransportError
 from .logs import RateLimited
-from .topics import TopicTemplate, filter_matches, key_problem
 from .mqtt.client import Client, Inbound, Publication
 from .mqtt.events import Will
 
@@ -98,7 +99,7 @@ class Worker:
     ``handled`` and ``failed`` may be read from any thread.
     """
 
-    def __init__(self, worker_id: str, handler: Handler, *, broker: BrokerSettings, pool: str = "default",
+    def __init__(self, worker_id: str, handler: Handler, *, broker: BrokerSettings, pool: str = DEFAULT_POOL,
                  weight: float = 1.0, interval: float = 2.0, heartbeat_topic: str = "mqttlb/workers/+/heartbeat",
                  inbox: str | Iterable[str] = DEFAULT_INBOX, drain_quiet: float = 1.0) -> None:
         problems = _problems(worker_id, pool, weight, interval, heartbeat_topic)

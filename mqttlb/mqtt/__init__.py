@@ -9,8 +9,19 @@ workers and tools. Errors say whose fault: ``LocalProtocolError`` (ours) or ``Re
 
 from .codec import MQTT_5, MQTT_311, encode_user_properties, user_properties
 from .errors import LocalProtocolError, ProtocolError, RemoteProtocolError
-from .events import (BadPublish, ConnAck, Disconnect, Event, PingResp, PubAck, Publish, SubAck, Subscription,
-                     UnsubAck, Will)
+from .events import (
+                     BadPublish,
+                     ConnAck,
+                     Disconnect,
+                     Event,
+                     PingResp,
+                     PubAck,
+                     Publish,
+                     SubAck,
+                     Subscription,
+                     UnsubAck,
+                     Will,
+)
 from .session import Session
 
 __all__ = [

@@ -22,10 +22,10 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
-from ..config import BrokerSettings
+from ..core.config import BrokerSettings
 from ..errors import TransportError
 from .codec import MQTT_5, MQTT_311, encode_topic_name, user_properties
 from .errors import LocalProtocolError, ProtocolError, RemoteProtocolError

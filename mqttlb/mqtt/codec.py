@@ -16,11 +16,29 @@ router passes on. The rest is written for clarity.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from .errors import LocalProtocolError, RemoteProtocolError
-from .events import (BadPublish, ConnAck, Connect, Disconnect, Packet, PingReq, PingResp, PubAck, Publish,
-                     SubAck, Subscribe, Subscription, UnsubAck, Unsubscribe, Will, publish_event, puback_event)
+from .events import (
+    BadPublish,
+    ConnAck,
+    Connect,
+    Disconnect,
+    Packet,
+    PingReq,
+    PingResp,
+    PubAck,
+    Publish,
+    SubAck,
+    Subscribe,
+    Subscription,
+    UnsubAck,
+    Unsubscribe,
+    Will,
+    puback_event,
+    publish_event,
+)
 
 MQTT_311 = 4
 MQTT_5 = 5

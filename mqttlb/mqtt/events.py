@@ -13,8 +13,9 @@ event.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Union, cast
+from typing import cast
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +97,7 @@ class Disconnect:
     session_expiry: int | None = None
 
 
-Event = Union[ConnAck, Publish, BadPublish, PubAck, SubAck, UnsubAck, PingResp, Disconnect]
+Event = ConnAck | Publish | BadPublish | PubAck | SubAck | UnsubAck | PingResp | Disconnect
 
 
 # -- what a client hands the session --------------------------------------------------------------------
@@ -152,7 +153,7 @@ class PingReq:
     pass
 
 
-Packet = Union[Event, Connect, Subscribe, Unsubscribe, PingReq]
+Packet = Event | Connect | Subscribe | Unsubscribe | PingReq
 
 
 class _PublishTwin:

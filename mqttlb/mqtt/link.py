@@ -26,7 +26,7 @@ import ssl
 import time
 from dataclasses import dataclass
 
-from ..config import BrokerSettings
+from ..core.config import BrokerSettings
 from .errors import RemoteProtocolError
 from .events import ConnAck, Disconnect, Event, PingResp
 from .net import open_socket
@@ -85,7 +85,6 @@ class Link:
         self.takeovers = 0
         self._out = bytearray()
         self._last_sent = 0.0
-        self._last_heard = 0.0
         self._ping_sent: float | None = None
         self._disconnect_reason: int | None = None
 
@@ -123,7 +122,7 @@ class Link:
             self.name, clean_start=not self.persistent, keepalive=self.broker.keepalive,
             session_expiry=int(self.broker.session_expiry) if self.persistent else None,
             receive_maximum=self.receive_maximum, username=self.broker.username, password=self.broker.password))
-        self._last_sent = self._last_heard = now
+        self._last_sent = now
         self._ping_sent = None
         self.flush()
 
@@ -164,7 +163,6 @@ class Link:
     def _decode(self, now: float, chunks: list[bytes]) -> list[Event | Lost]:
         if not chunks:
             return []
-        self._last_heard = now
         self.session.receive_data(chunks[0] if len(chunks) == 1 else b"".join(chunks))
         try:
             events: list[Event | Lost] = list(self.session.events())

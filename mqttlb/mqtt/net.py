@@ -8,7 +8,7 @@ from __future__ import annotations
 import socket
 import ssl
 
-from ..config import BrokerSettings
+from ..core.config import BrokerSettings
 
 
 def tls_context(broker: BrokerSettings) -> ssl.SSLContext:

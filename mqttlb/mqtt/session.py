@@ -25,14 +25,42 @@ router passes them on, and a worker decodes its user properties with ``codec.use
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
-from .codec import (MAX_PACKET_ID, MQTT_5, PINGREQ_PACKET, PROTOCOLS, PUBLISH, SUBSCRIBE, UNSUBSCRIBE, decode,
-                    decode_publish, encode_connect, encode_disconnect, encode_publish, encode_puback,
-                    encode_subscribe, encode_topic_name, encode_unsubscribe, frame)
+from .codec import (
+    MAX_PACKET_ID,
+    MQTT_5,
+    PINGREQ_PACKET,
+    PROTOCOLS,
+    PUBLISH,
+    SUBSCRIBE,
+    UNSUBSCRIBE,
+    decode,
+    decode_publish,
+    encode_connect,
+    encode_disconnect,
+    encode_puback,
+    encode_publish,
+    encode_subscribe,
+    encode_topic_name,
+    encode_unsubscribe,
+    frame,
+)
 from .errors import LocalProtocolError, RemoteProtocolError
-from .events import (ConnAck, Disconnect, Event, PubAck, SubAck, Subscription, UnsubAck, Will, PingResp,
-                     BadPublish, Publish, puback_event)
+from .events import (
+    BadPublish,
+    ConnAck,
+    Disconnect,
+    Event,
+    PingResp,
+    PubAck,
+    Publish,
+    SubAck,
+    Subscription,
+    UnsubAck,
+    Will,
+    puback_event,
+)
 
 _SERVER_PACKETS = (ConnAck, Publish, BadPublish, PubAck, SubAck, UnsubAck, PingResp, Disconnect)
 

@@ -6,16 +6,16 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 import paho.mqtt.client as paho
 import pytest
 import yaml
 
-from mqttlb.broker import PrivateBroker, find_mosquitto
+from mqttlb.commands.broker import PrivateBroker, find_mosquitto
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -59,8 +59,8 @@ class Client:
         if will is not None:
             self.client.will_set(will[0], will[1], qos=1, retain=True)
         self.client.max_inflight_messages_set(1000)
-        from paho.mqtt.properties import Properties
         from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
         props = None
         if protocol == paho.MQTTv5:
             props = Properties(PacketTypes.CONNECT)

@@ -11,7 +11,7 @@ import sys
 import time
 
 from mqttlb import Delivery, Worker
-from mqttlb.config import BrokerSettings
+from mqttlb.core.config import BrokerSettings
 
 
 def main() -> None:

@@ -6,14 +6,14 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import orjson
 import pytest
 
-from mqttlb.broker import PrivateBroker, free_port
-from mqttlb.credentials import hash_password
+from mqttlb.commands.broker import PrivateBroker, free_port
+from mqttlb.commands.credentials import hash_password
 
 from .conftest import ROOT, Client, RouterProcess, TestWorker, wait_for, write_config
 from .test_metrics import endpoint, get

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from mqttlb import demo
-from mqttlb.demo import VICTIM, Arrival, summarize
+from mqttlb.commands import demo
+from mqttlb.commands.demo import VICTIM, Arrival, summarize
 
 from .conftest import ROOT
 

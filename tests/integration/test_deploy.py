@@ -11,7 +11,7 @@ import orjson
 import pytest
 import yaml
 
-from mqttlb.broker import PrivateBroker
+from mqttlb.commands.broker import PrivateBroker
 
 from .conftest import ROOT, Client, RouterProcess, wait_for
 from .test_metrics import endpoint, forwarded, get, health_check, scrape

@@ -13,13 +13,13 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import orjson
 import pytest
 
-from mqttlb.broker import PrivateBroker
+from mqttlb.commands.broker import PrivateBroker
 
 from .conftest import Client, TestWorker, wait_for
 
@@ -300,7 +300,7 @@ def test_a_pool_without_workers_does_not_stall_the_others(make_router, clients):
     device = clients(Client, "device")
     jobs = [orjson.dumps({"job": n}) for n in range(300)]
     readings = [orjson.dumps({"reading": n}) for n in range(300)]
-    for job, reading in zip(jobs, readings):
+    for job, reading in zip(jobs, readings, strict=True):
         device.client.publish(f"jobs/j{orjson.loads(job)['job']}", job, qos=1)
         device.client.publish(telemetry("d1"), reading, qos=1)
     wait_for(lambda: account(readings, [worker])[0] == 0, timeout=10, what="telemetry past the stuck pool")

@@ -16,7 +16,7 @@ import orjson
 import paho.mqtt.client as paho
 import pytest
 
-from mqttlb.broker import PrivateBroker
+from mqttlb.commands.broker import PrivateBroker
 
 from .conftest import Client, RouterProcess, wait_for
 from .test_metrics import METRICS, endpoint, scrape
@@ -102,8 +102,8 @@ def test_thousands_of_workers_beating_leave_real_traffic_flowing(make_router, cl
             delay = start + n / RATE - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            devices.client.publish(f"devices/d{n % DEVICES}/telemetry", orjson.dumps({"n": n, "sent": time.monotonic()}),
-                                   1)
+            body = orjson.dumps({"n": n, "sent": time.monotonic()})
+            devices.client.publish(f"devices/d{n % DEVICES}/telemetry", body, 1)
         window = time.monotonic() + GRACE
         wait_for(lambda: len(inboxes.messages()) >= DEVICES + RATE * SECONDS or time.monotonic() > window,
                  timeout=GRACE + 5, what="the window to close")
@@ -188,8 +188,8 @@ def test_a_storm_of_heartbeats_never_holds_back_forwards(make_router, clients, b
             delay = start + n / RATE - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            devices.client.publish(f"devices/d{n % DEVICES}/telemetry", orjson.dumps({"n": n, "sent": time.monotonic()}),
-                                   1)
+            body = orjson.dumps({"n": n, "sent": time.monotonic()})
+            devices.client.publish(f"devices/d{n % DEVICES}/telemetry", body, 1)
         window = time.monotonic() + GRACE
         wait_for(lambda: len(inboxes.messages()) >= DEVICES + RATE * seconds or time.monotonic() > window,
                  timeout=GRACE + 5, what="the window to close")

@@ -9,16 +9,16 @@ After every example a device's message must still reach the genuine worker.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import orjson
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from mqttlb.broker import PrivateBroker
-from mqttlb.topics import key_problem
+from mqttlb.commands.broker import PrivateBroker
+from mqttlb.core.topics import key_problem
 
 from ..unit.test_fuzz import json_value, level, payload
 from .conftest import Client, RouterProcess, TestWorker, wait_for, write_config

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from mqttlb.broker import PrivateBroker
-from mqttlb.config import BrokerSettings
+from mqttlb.commands.broker import PrivateBroker
+from mqttlb.core.config import BrokerSettings
 from mqttlb.mqtt import encode_user_properties
 from mqttlb.mqtt.client import Client, Inbound
 

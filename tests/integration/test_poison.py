@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import sys
 import textwrap
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import orjson
 import pytest
 
-from mqttlb.broker import PrivateBroker
+from mqttlb.commands.broker import PrivateBroker
 
 from .conftest import Client, RouterProcess, TestWorker, wait_for, write_config
 
@@ -82,7 +83,7 @@ def test_a_forward_over_the_brokers_packet_size_is_dead_lettered(limited_broker,
         big = b"b" * 1990  # the device's packet fits 2048 bytes; its forward, with topic and properties, does not
         device.publish("devices/d1/telemetry", big)
         sent = send_good(device, 50)
-        wait_for(lambda: delivered(worker) >= sent, what="the other devices' messages")
+        wait_for(lambda sent=sent: delivered(worker) >= sent, what="the other devices' messages")
         letter = wait_for(lambda: dead.messages(), what="the dead letter")[0]
         assert letter.topic == "mqttlb/deadletter/too_large/devices/d1/telemetry"
         assert letter.payload == b""
@@ -131,8 +132,8 @@ def test_a_limit_the_router_cannot_know_is_quarantined_before_and_after_a_restar
 BOOM = """\
 import sys
 from mqttlb import balancers
-from mqttlb.balancers.stateless import RoundRobin
-from mqttlb.cli import main
+from mqttlb.core.balancers.stateless import RoundRobin
+from mqttlb.commands.cli import main
 
 
 class Boom(RoundRobin):
@@ -190,7 +191,7 @@ def test_a_failing_balancer_costs_one_message_not_the_router_nor_its_restarts(pl
     sent = send_good(device, 30)
     for attempt in range(2):  # no crash loop: the first restart dead-letters it, the second does not meet it
         router = plugin_router().wait_ready()
-        wait_for(lambda: delivered(worker) >= sent, what="the other devices' messages")
+        wait_for(lambda sent=sent: delivered(worker) >= sent, what="the other devices' messages")
         assert router.process.poll() is None
         if attempt == 0:
             letter = wait_for(lambda: dead.messages(), what="the internal dead letter")[0]

@@ -39,8 +39,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from mqttlb import Delivery, Worker
-from mqttlb.broker import PrivateBroker, mosquitto_dir
-from mqttlb.config import BrokerSettings, TlsSettings
+from mqttlb.commands.broker import PrivateBroker, mosquitto_dir
+from mqttlb.core.config import BrokerSettings, TlsSettings
 
 from .conftest import ROOT, RouterProcess, wait_for
 
@@ -68,7 +68,7 @@ def _issue(folder: Path, name: str, cn: str, issuer: Issuer | None, *, server: b
     """Write ``name``.crt and ``name``.key: a CA when ``issuer`` is None, else a certificate it signs."""
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     builder = (x509.CertificateBuilder().subject_name(subject)
                .issuer_name(issuer.cert.subject if issuer else subject).public_key(key.public_key())
                .serial_number(x509.random_serial_number())

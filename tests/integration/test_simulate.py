@@ -14,9 +14,9 @@ from typing import Any
 import orjson
 import pytest
 
-from mqttlb.broker import PrivateBroker
-from mqttlb.config import Config, load, parse
-from mqttlb.simulate import Fleet, TopicMaker, device_ids
+from mqttlb.commands.broker import PrivateBroker
+from mqttlb.commands.simulate import Devices, TopicMaker, device_ids
+from mqttlb.core.config import Config, load, parse
 
 from .conftest import ROOT, Client, wait_for, write_config
 
@@ -78,19 +78,19 @@ def test_a_payload_key_on_the_simulators_own_fields_is_refused(key: str) -> None
 
 
 def test_the_fleet_takes_devices_in_turn_and_routes_by_rounds() -> None:
-    fleet = Fleet.from_config(config_with(*DEFAULT_ROUTES), 3)
-    order = [(maker.route, device, seq) for maker, device, seq in map(fleet.identity, range(7))]
+    devices = Devices.from_config(config_with(*DEFAULT_ROUTES), 3)
+    order = [(maker.route, device, seq) for maker, device, seq in map(devices.identity, range(7))]
     assert order == [("telemetry", "dev-0001", 0), ("telemetry", "dev-0002", 0), ("telemetry", "dev-0003", 0),
                      ("logs", "dev-0001", 0), ("logs", "dev-0002", 0), ("logs", "dev-0003", 0),
                      ("telemetry", "dev-0001", 1)]
-    topic, payload = fleet.message(6, 9.0)
+    topic, payload = devices.message(6, 9.0)
     assert topic == "devices/dev-0001/telemetry"
     assert orjson.loads(payload) == {"device": "dev-0001", "seq": 1, "ts": 9.0}
 
 
 def test_a_fleet_needs_a_device() -> None:
     with pytest.raises(ValueError, match="at least one device"):
-        Fleet.from_config(config_with(*DEFAULT_ROUTES), 0)
+        Devices.from_config(config_with(*DEFAULT_ROUTES), 0)
 
 
 # -- against a real broker -------------------------------------------------------------------

@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from mqttlb import Delivery, Worker
-from mqttlb.config import BrokerSettings
+from mqttlb.core.config import BrokerSettings
 
 from .conftest import ROOT, Client, wait_for
 

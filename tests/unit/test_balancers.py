@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mqttlb import balancers
-from mqttlb.balancers import BadOption, Balancer, UnknownAlgorithm, create, names, needs_key, register, rendezvous
-from mqttlb.balancers.base import MIN_RELATIVE_WEIGHT, checked, relative
+from mqttlb.core import balancers
+from mqttlb.core.balancers import BadOption, Balancer, UnknownAlgorithm, create, names, needs_key, register, rendezvous
+from mqttlb.core.balancers.base import MIN_RELATIVE_WEIGHT, checked, relative
 
 ALL = ("consistent_hash", "least_connections", "random", "ring", "round_robin", "weighted_round_robin")
 HASHING = ("consistent_hash", "ring")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from mqttlb.bench_balance import UHashRing, assign, pool
-from mqttlb.cli import main
+from mqttlb.commands.bench_balance import UHashRing, assign, pool
+from mqttlb.commands.cli import main
 
 
 def test_bench_balance_json(capsys: pytest.CaptureFixture[str]) -> None:

@@ -6,9 +6,21 @@ import itertools
 
 import pytest
 
-from mqttlb.bench_scale import (Cell, burst, connect_packet, device_draw, heartbeats, packet_ids, processes_table,
-                                publish_packet, remaining_length, sizes, stamps, table)
-from mqttlb.cli import _parser
+from mqttlb.commands.bench_scale import (
+    Cell,
+    burst,
+    connect_packet,
+    device_draw,
+    heartbeats,
+    packet_ids,
+    processes_table,
+    publish_packet,
+    remaining_length,
+    sizes,
+    stamps,
+    table,
+)
+from mqttlb.commands.cli import _parser
 
 
 @pytest.mark.parametrize(("n", "encoded"), [(0, b"\x00"), (127, b"\x7f"), (128, b"\x80\x01"), (16_383, b"\xff\x7f"),
@@ -47,7 +59,7 @@ def test_devices_drawn_over_all_ids_the_same_every_run() -> None:
 def test_burst_topics_carry_the_device_and_qos_1_has_packet_ids() -> None:
     devices = device_draw(1000, 3)
     packets = burst(1000, 3, qos=1)
-    for n, (device, packet) in enumerate(zip(devices, packets)):
+    for n, (device, packet) in enumerate(zip(devices, packets, strict=True)):
         topic = f"bench/d{device}/in".encode()
         assert packet[0] == 0x32
         assert packet[4:4 + len(topic)] == topic

@@ -12,8 +12,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mqttlb import config
-from mqttlb.config import (
+from mqttlb.core import config
+from mqttlb.core.config import (
     BrokerSettings,
     Config,
     DeadLetterSettings,
@@ -407,7 +407,9 @@ def test_tls_paths_are_resolved_and_must_exist(tmp_path: Path) -> None:
 def test_heartbeat_topic() -> None:
     heartbeat = parse(with_routes(heartbeat={"topic": "fleet/{worker}/hb"})).heartbeat
     assert (heartbeat.topic, heartbeat.worker_level) == ("fleet/+/hb", 1)
+    assert heartbeat.worker_of("fleet/w-7/hb") == "w-7"
     assert HeartbeatSettings().worker_level == 2
+    assert HeartbeatSettings().worker_of("mqttlb/workers/w1/heartbeat") == "w1"
     for bad in ("fleet/+/+/hb", "fleet/hb", "fleet/+/#"):
         assert problem(with_routes(heartbeat={"topic": bad})) == (
             f"heartbeat.topic: must have exactly one '+' level, the worker id, and no '#', got {bad!r}")
@@ -456,7 +458,8 @@ def test_pool_allow() -> None:
 def test_pool_slow_start() -> None:
     assert parse(with_routes(pools={"gpu": {"slow_start": "30s"}})).pools["gpu"].slow_start == 30.0
     assert parse(with_routes()).pools["default"].slow_start == 0.0
-    assert problem(with_routes(pools={"gpu": {"slow_start": "soon"}})).startswith("pools.gpu.slow_start: must be a duration")
+    assert problem(with_routes(pools={"gpu": {"slow_start": "soon"}})).startswith(
+        "pools.gpu.slow_start: must be a duration")
 
 
 def test_pools() -> None:

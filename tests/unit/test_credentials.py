@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mqttlb.cli import main
-from mqttlb.credentials import hash_password
+from mqttlb.commands.cli import main
+from mqttlb.commands.credentials import hash_password
 
 ROUTES = [{"name": "telemetry", "match": "devices/{device}/telemetry", "key": "device"},
           {"name": "logs", "match": "devices/+/logs/#", "algorithm": "round_robin"}]
@@ -77,8 +77,8 @@ def acl_blocks(folder: Path) -> dict[str, list[str]]:
 
 def test_the_hash_is_the_one_mosquitto_passwd_writes() -> None:
     # mosquitto_passwd 2.0.11: mosquitto_passwd -c -b file alice s3cret
-    written = "$7$101$8J60bf31TjoCadYB$LL+DF62Tae5SbN1U658E6cARCoPFziV56lSkPIiLWe63S3z2nBeEsjFOEhQ1mGZGteiGDa8uqgfsRWCrV" \
-              "1TNYw=="
+    written = ("$7$101$8J60bf31TjoCadYB$LL+DF62Tae5SbN1U658E6cARCoPFziV56lSkPIiLWe63S3z2nBeEsjFOEh"
+               "Q1mGZGteiGDa8uqgfsRWCrV1TNYw==")
     salt = base64.b64decode(written.split("$")[3])
     assert hash_password("s3cret", salt) == written
     fresh = hash_password("s3cret")

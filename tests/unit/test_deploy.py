@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mqttlb import cli
-from mqttlb.config import load
+from mqttlb.commands import cli
+from mqttlb.core.config import load
 from mqttlb.service import SHUTDOWN_GRACE
 
 ROOT = Path(__file__).resolve().parents[2]

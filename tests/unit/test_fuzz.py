@@ -17,9 +17,9 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mqttlb.core.router import DeadLetter, Forward, Message, Reason, Router
+from mqttlb.core.topics import MAX_TOPIC_BYTES, key_problem, topic_problem
 from mqttlb.errors import BadHeartbeat
-from mqttlb.router import DeadLetter, Forward, Message, Reason, Router
-from mqttlb.topics import MAX_TOPIC_BYTES, key_problem, topic_problem
 
 from .test_router import beat, make_router
 
@@ -67,7 +67,7 @@ def fleet_router() -> Router[int]:
     return router
 
 
-def check(action: object, sent: str, body: bytes, workers: set[str] = set(WORKERS)) -> None:
+def check(action: object, sent: str, body: bytes, workers: frozenset[str] = frozenset(WORKERS)) -> None:
     """One action of the router for a message on ``sent``: well-formed, and publishable if ``sent`` was."""
     publishable = topic_problem(sent) is None
     if isinstance(action, Forward):

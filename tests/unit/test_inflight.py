@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mqttlb.inflight import InFlight
+from mqttlb.core.inflight import InFlight
 
 
 def test_rule_1_a_message_counts_until_it_is_settled() -> None:

@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mqttlb.core.keys import KeySpec
+from mqttlb.core.topics import key_problem
 from mqttlb.errors import BadKey, RemoteInputError
-from mqttlb.keys import KeySpec
-from mqttlb.topics import key_problem
 
 properties = settings(derandomize=True, max_examples=150, deadline=None)
 

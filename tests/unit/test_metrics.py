@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
+from mqttlb.core.pool import Health, WorkerView
+from mqttlb.core.stats import Backlog, Counters, Moment, snapshot
 from mqttlb.metrics import STALLED, Pulse, families, health
-from mqttlb.pool import Health, WorkerView
-from mqttlb.stats import Counters, Inbound, Moment, snapshot
 
 from .test_stats import census_of, stats_of
 
@@ -28,7 +29,7 @@ def figures(*, connected: bool = True, stopping: bool = False, workers: list[Wor
         workers = [WorkerView("w1", "default", Health.UP, 2.0, 5, 99.0),
                    WorkerView("w2", "default", Health.DOWN, 1.0, 0, 90.0)]
     return snapshot(router="r", moment=Moment(1.0, 100.0, 10.0, connected, stopping),
-                    inbound=Inbound(unacked=12, held=4, peak=20, max_inflight=1000), counters=counters,
+                    inbound=Backlog(unacked=12, held=4, peak=20, max_inflight=1000), counters=counters,
                     pools=pools, census=census_of(workers, {("gpu", "max_workers"): 4}),
                     workers=workers if listed else None, reconnects=2, awaiting_ack=8)
 

@@ -7,8 +7,23 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mqttlb.mqtt import LocalProtocolError, RemoteProtocolError, codec
-from mqttlb.mqtt.events import (BadPublish, ConnAck, Connect, Disconnect, Packet, PingReq, PingResp, PubAck, Publish,
-                                SubAck, Subscribe, Subscription, UnsubAck, Unsubscribe, Will)
+from mqttlb.mqtt.events import (
+    BadPublish,
+    ConnAck,
+    Connect,
+    Disconnect,
+    Packet,
+    PingReq,
+    PingResp,
+    PubAck,
+    Publish,
+    SubAck,
+    Subscribe,
+    Subscription,
+    UnsubAck,
+    Unsubscribe,
+    Will,
+)
 
 
 def decoded(protocol: int, data: bytes) -> Packet:

@@ -6,9 +6,23 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mqttlb.mqtt import (BadPublish, ConnAck, Disconnect, LocalProtocolError, PingResp, PubAck, Publish,
-                         RemoteProtocolError, Session, SubAck, Subscription, UnsubAck, codec,
-                         encode_user_properties, user_properties)
+from mqttlb.mqtt import (
+    BadPublish,
+    ConnAck,
+    Disconnect,
+    LocalProtocolError,
+    PingResp,
+    PubAck,
+    Publish,
+    RemoteProtocolError,
+    Session,
+    SubAck,
+    Subscription,
+    UnsubAck,
+    codec,
+    encode_user_properties,
+    user_properties,
+)
 from mqttlb.mqtt.events import Connect, Packet, PingReq, Subscribe, Unsubscribe
 
 

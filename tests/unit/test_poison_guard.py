@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mqttlb.limits import BrokerLimits, plain
-from mqttlb.poison import PoisonGuard
+from mqttlb.core.limits import BrokerLimits, plain
+from mqttlb.core.poison import PoisonGuard
 
 
 def test_one_drop_names_nobody() -> None:

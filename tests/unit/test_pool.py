@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 import pytest
@@ -11,10 +12,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mqttlb.balancers import create
-from mqttlb.config import PoolSettings, WorkerOverride
+from mqttlb.core.config import PoolSettings, WorkerOverride
+from mqttlb.core.pool import (
+    MAX_HEARTBEAT_BYTES,
+    UNNAMED_POOLS,
+    Fleet,
+    FleetFull,
+    Health,
+    Heartbeat,
+    WorkerState,
+    WorkerView,
+)
 from mqttlb.errors import BadHeartbeat, RemoteInputError
-from mqttlb.pool import (MAX_HEARTBEAT_BYTES, UNNAMED_POOLS, Fleet, FleetFull, Health, Heartbeat, WorkerState,
-                         WorkerView)
 
 properties = settings(derandomize=True, max_examples=150, deadline=None)
 TIMEOUT, EXPIRE = 6.0, 60.0
@@ -526,7 +535,7 @@ def test_moving_into_a_full_pool_is_refused_and_the_worker_stays_where_it_was() 
 
 
 def test_the_pools_the_config_does_not_name_share_one_budget(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("mqttlb.pool.DEFAULT_MAX_WORKERS", 3)
+    monkeypatch.setattr("mqttlb.core.pool.DEFAULT_MAX_WORKERS", 3)
     fleet = Fleet(TIMEOUT, EXPIRE, pools={"default": PoolSettings("default")})
     for i in range(3):
         fleet.apply(hb(f"w{i}", pool=f"made-up-{i}"), 0)

@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from mqttlb.cli import _parser
+from mqttlb.commands.cli import _parser
 from mqttlb.processes import AUTO, auto_count, broker_is_local, count_option, too_many
 
 
@@ -31,7 +31,8 @@ def test_too_many_routers_for_the_cores_are_warned_about() -> None:
     assert too_many(2, "127.0.0.1", 4) is None
     assert too_many(2, "mqtt.example.com", 2) is None
     assert too_many(3, "mqtt.example.com", 2) == ("3 routers on 2 cores: the routers past 2 have no core of their "
-                                                  "own and may make the whole slower (--processes auto picks the count)")
+                                                  "own and may make the whole slower "
+                                                  "(--processes auto picks the count)")
 
 
 def test_processes_option_takes_a_count_or_auto() -> None:

@@ -9,10 +9,10 @@ from typing import Any
 import orjson
 import pytest
 
-from mqttlb.config import Config, parse
+from mqttlb.core.config import Config, parse
+from mqttlb.core.pool import Departure, Fleet, FleetFull, Health
+from mqttlb.core.router import DeadLetter, Forward, Message, Router
 from mqttlb.errors import BadHeartbeat
-from mqttlb.pool import Departure, Fleet, FleetFull, Health
-from mqttlb.router import DeadLetter, Forward, Message, Router
 
 ROUTES: list[dict[str, Any]] = [
     {"name": "telemetry", "match": "devices/{device}/telemetry", "key": "device", "algorithm": "consistent_hash"},
@@ -476,17 +476,15 @@ def test_worker_moving_pools_takes_its_traffic_along() -> None:
     orjson.dumps({"pool": "a/b"}),
     b"x" * 20_000,
 ])
-def test_bad_heartbeat_raises_is_counted_and_changes_nothing(payload: bytes) -> None:
+def test_bad_heartbeat_raises_and_changes_nothing(payload: bytes) -> None:
     router = make_router()
     beat(router, "w1", 0)
     router.route(msg("jobs/j1", ref=1))  # held for gpu
     with pytest.raises(BadHeartbeat):
         router.heartbeat("w1", payload, 1)
-    assert router.bad_heartbeats == 1
     assert forward(router, "devices/d1/telemetry").worker == "w1"
     with pytest.raises(BadHeartbeat):
         router.heartbeat("w1", payload, 2)
-    assert router.bad_heartbeats == 2
     assert refs(beat(router, "g1", 3, pool="gpu")) == [1]  # the held message still waits
 
 
@@ -495,16 +493,15 @@ def test_bad_worker_id_in_heartbeat_topic(worker: str) -> None:
     router = make_router()
     with pytest.raises(BadHeartbeat):
         router.heartbeat(worker, b"{}", 0)
-    assert router.bad_heartbeats == 1
     assert router.fleet.views(0) == []
 
 
-def test_good_heartbeats_are_not_counted_as_bad() -> None:
+def test_odd_but_good_heartbeats_are_taken() -> None:
     router = make_router()
     beat(router, "w1", 0)
     router.heartbeat("w1", b"", 1)
     beat(router, "w1", 2, state="draining", interval=2, ts=1.7e9, extra=[1])
-    assert router.bad_heartbeats == 0
+    assert [(view.worker, view.health) for view in router.fleet.views(2)] == [("w1", Health.DRAINING)]
 
 
 def test_slow_start_brings_a_new_worker_its_devices_gradually() -> None:
@@ -524,7 +521,6 @@ def test_a_pool_admits_only_the_worker_ids_it_allows() -> None:
     router = make_router(pools={"default": {"allow": ["w*"]}})
     with pytest.raises(BadHeartbeat, match="not allowed in pool 'default'"):
         beat(router, "intruder", 0)
-    assert router.bad_heartbeats == 1
     assert router.route(msg("devices/d1/telemetry", ref=1)) == []  # still no worker: held
     assert refs(beat(router, "w1", 1)) == [1]
     assert beat(router, "intruder", 2, state="down", pool="gpu") == []  # gpu allows anyone
@@ -568,7 +564,6 @@ def test_a_flood_of_new_ids_beyond_max_workers_is_refused_and_routing_goes_on() 
         with pytest.raises(FleetFull):
             beat(router, f"fake{i}", 1)
     assert router.fleet.census().refused == {("default", "max_workers"): 500}
-    assert router.bad_heartbeats == 0  # well-formed: refused for room, not as malformed
     assert router.fleet.healthy("default") == {"w1": 1.0, "w2": 1.0, "w3": 1.0}
     [forward] = router.route(msg("devices/d1/telemetry", now=2))
     assert isinstance(forward, Forward) and forward.worker in {"w1", "w2", "w3"}

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import orjson
 
-from mqttlb.pool import Census, Health, WorkerView
-from mqttlb.stats import FORWARD_BUCKETS, Counters, Histogram, Inbound, Moment, snapshot
+from mqttlb.core.pool import Census, Health, WorkerView
+from mqttlb.core.stats import FORWARD_BUCKETS, Backlog, Counters, Histogram, Moment, snapshot
 
 MOMENT = Moment(ts=100.12345, now=50.0, uptime=5.0, connected=True)
 
@@ -24,7 +25,7 @@ def census_of(workers: Iterable[WorkerView], refused: Mapping[tuple[str, str], i
 
 def stats_of(workers: list[WorkerView], counters: Counters | None = None, listed: bool = True,
              **fields: Any) -> dict[str, Any]:
-    return snapshot(router="r", moment=MOMENT, inbound=Inbound(0, 0, 0, 10), counters=counters or Counters(),
+    return snapshot(router="r", moment=MOMENT, inbound=Backlog(0, 0, 0, 10), counters=counters or Counters(),
                     pools=["default"], census=census_of(workers, **fields), workers=workers if listed else None,
                     reconnects=0, awaiting_ack=0)
 
@@ -36,7 +37,7 @@ def test_snapshot_carries_the_counters_per_route_and_worker() -> None:
     counters.stranded[("default", "w2")] += 7
     workers = [WorkerView("w1", "default", Health.UP, 1.0, 3, 49.5),
                WorkerView("w2", "default", Health.DOWN, 2.0, 0, 40.0)]
-    stats = snapshot(router="r", moment=MOMENT, inbound=Inbound(unacked=12, held=4, peak=20, max_inflight=1000),
+    stats = snapshot(router="r", moment=MOMENT, inbound=Backlog(unacked=12, held=4, peak=20, max_inflight=1000),
                      counters=counters, pools=["default", "gpu"], census=census_of(workers), workers=workers,
                      reconnects=1, awaiting_ack=8)
     assert stats["inbound"] == {"unacked": 12, "held": 4, "peak": 20, "max_inflight": 1000}
@@ -56,8 +57,8 @@ def test_snapshot_carries_the_counters_per_route_and_worker() -> None:
 
 def test_snapshot_of_a_router_that_has_done_nothing() -> None:
     stats = snapshot(router="r", moment=Moment(0.0, 0.0, 0.0, connected=False, stopping=True),
-                     inbound=Inbound(0, 0, 0, 10), counters=Counters(), pools=["default"], census=census_of([]), workers=[],
-                     reconnects=0, awaiting_ack=0)
+                     inbound=Backlog(0, 0, 0, 10), counters=Counters(), pools=["default"], census=census_of([]),
+                     workers=[], reconnects=0, awaiting_ack=0)
     assert stats["workers"] == {} and stats["forwarded"] == {} and stats["connected"] is False
     assert stats["per_worker"] is True and stats["heartbeats_refused"] == {}
     assert stats["stopping"] is True

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from mqttlb.pool import Health, Heartbeat, WorkerState, WorkerView
-from mqttlb.stats import Counters, Inbound, Moment, snapshot
-from mqttlb.status import Sighting, board, render
+from mqttlb.commands.status import Sighting, board, render
+from mqttlb.core.pool import Health, Heartbeat, WorkerState, WorkerView
+from mqttlb.core.stats import Backlog, Counters, Moment, snapshot
 
 from .test_stats import census_of
 
@@ -16,7 +16,7 @@ def stats(ts: float, uptime: float, forwarded: dict[str, int], router: str = "r"
     counters = Counters()
     counters.forwarded.update({("telemetry", worker): count for worker, count in forwarded.items()})
     workers = [WorkerView(worker, "default", Health.UP, 1.0, 2, 99.0) for worker in forwarded]
-    return snapshot(router=router, moment=Moment(ts, 100.0, uptime, connected=True), inbound=Inbound(3, 0, 9, 1000),
+    return snapshot(router=router, moment=Moment(ts, 100.0, uptime, connected=True), inbound=Backlog(3, 0, 9, 1000),
                     counters=counters, pools=["default", "gpu"], census=census_of(workers, refused),
                     workers=workers if listed else None, reconnects=0, awaiting_ack=1)
 

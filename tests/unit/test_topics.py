@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mqttlb.topics import (
+from mqttlb.core.topics import (
     MAX_KEY_BYTES,
     TopicError,
     TopicFilter,

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from mqttlb import Delivery, Worker, config
-from mqttlb.config import BrokerSettings
+from mqttlb import Delivery, Worker
+from mqttlb.core import config
+from mqttlb.core.config import BrokerSettings
 from mqttlb.mqtt.client import Inbound
 from mqttlb.worker import Tally, delivery_of
 

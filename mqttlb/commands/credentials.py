@@ -40,12 +40,12 @@ from pathlib import Path
 
 import yaml
 
-from . import config as config_module
-from .config import Config
-from .errors import EXIT_CONFIG, ConfigError
-from .topics import TopicError, TopicFilter, filters_overlap, key_problem
-from .transport import SYNC_TOPIC
-from .worker import inbox_filter
+from ..core import config as config_module
+from ..core.config import Config
+from ..core.topics import TopicError, TopicFilter, filters_overlap, key_problem
+from ..errors import EXIT_CONFIG, ConfigError
+from ..transport import SYNC_TOPIC
+from ..worker import inbox_filter
 
 log = logging.getLogger("mqttlb.credentials")
 

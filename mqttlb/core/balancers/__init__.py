@@ -14,10 +14,9 @@ that keep a device on one worker.
 from __future__ import annotations
 
 import random
-from typing import Callable
+from collections.abc import Callable
 
-from mqttlb.errors import MqttlbError
-
+from ...errors import MqttlbError
 from .base import BadOption, Balancer
 from .hashing import ConsistentHash, Ring
 from .stateless import LeastConnections, RoundRobin, WeightedRandom, WeightedRoundRobin

@@ -3,7 +3,7 @@
 Subscribe, take the device id from the JSON payload, hash it onto a worker,
 publish in ``on_message``. No health, no dead letters, no acknowledgement
 tied to the forward (paho acknowledges QoS 1 as the callback returns). Run
-as ``python -m mqttlb.bench_relay HOST PORT QOS WORKER...``.
+as ``python -m mqttlb.commands.bench_relay HOST PORT QOS WORKER...``.
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ import zlib
 from typing import Any
 
 import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
 
 
 def main(argv: list[str]) -> None:
     host, port, qos, workers = argv[0], int(argv[1]), int(argv[2]), argv[3:]
-    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="bench-relay", protocol=paho.MQTTv5)
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-relay", protocol=paho.MQTTv5)
     client.max_inflight_messages_set(1000)
 
     def on_connect(client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:

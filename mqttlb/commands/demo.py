@@ -26,22 +26,22 @@ import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Callable
 
 import orjson
 import yaml
 
-from . import config as config_module
+from ..core import config as config_module
+from ..core.config import Config
+from ..core.topics import filter_matches
+from ..errors import MqttlbError
+from ..mqtt.client import Client, Inbound
 from .broker import PrivateBroker, find_mosquitto, mosquitto_dir
-from .config import Config
-from .errors import MqttlbError
 from .simulate import Simulator
-from .topics import filter_matches
-from .mqtt.client import Client, Inbound
 
 WORKERS = {"w1": 1.0, "w2": 1.0, "w3": 2.0}
 """Worker id and weight; consistent hashing gives w3 about twice the devices of the others."""
@@ -88,18 +88,17 @@ class Observer:
 
     def __init__(self, config: Config) -> None:
         self._routes = config.routes
-        self._heartbeats = config.heartbeat.topic
-        self._worker_level = config.heartbeat.worker_level
+        self._heartbeats = config.heartbeat
         self._arrivals: list[Arrival] = []
         self._up: set[str] = set()
         self._lock = threading.Lock()
 
     def __call__(self, message: Inbound) -> None:
         """Runs on the client's network thread: parse, append, return."""
-        levels = message.topic.split("/")
-        if filter_matches(self._heartbeats, message.topic):
-            self._heartbeat(levels[self._worker_level], message.payload)
+        if filter_matches(self._heartbeats.topic, message.topic):
+            self._heartbeat(self._heartbeats.worker_of(message.topic), message.payload)
         elif filter_matches(INBOX_FILTER, message.topic):
+            levels = message.topic.split("/")
             self._arrived(levels[2], "/".join(levels[4:]), message.payload)
 
     def _arrived(self, worker: str, topic: str, payload: bytes) -> None:
@@ -378,13 +377,13 @@ def _demo(cleanup: ExitStack) -> list[str]:
     watch.subscribe(config.heartbeat.topic, 0)
     watch.start()
     cleanup.callback(watch.stop)
-    _start_fleet(processes, observer, config_path)
+    _start_workers_and_router(processes, observer, config_path)
     simulator = Simulator(config, DEVICES, RATE, qos=1)
     background = Background(simulator)
     cleanup.callback(background.stop)
     start, killed, end = _scenario(processes, background)
     _await_delivery(processes, observer, simulator)
-    expected = {(maker.route, device, seq) for maker, device, seq in map(simulator.fleet.identity,
+    expected = {(maker.route, device, seq) for maker, device, seq in map(simulator.devices.identity,
                                                                            range(simulator.sent))}
     sticky = {r.name for r in config.routes if r.algorithm == STICKY}
     summary = summarize(observer.arrivals(), expected, sticky, killed)
@@ -408,7 +407,7 @@ def _write_config(workdir: Path, broker: PrivateBroker) -> Path:
     return path
 
 
-def _start_fleet(processes: Processes, observer: Observer, config_path: Path) -> None:
+def _start_workers_and_router(processes: Processes, observer: Observer, config_path: Path) -> None:
     """The workers first, then the router, which learns them from their retained heartbeats before routing."""
     pids = []
     for worker, weight in WORKERS.items():

@@ -11,12 +11,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
-from . import config as config_module
-from . import logs
-from .errors import EXIT_CONFIG, ConfigError
-from .processes import AUTO, count_option
+from .. import logs
+from ..core import config as config_module
+from ..errors import EXIT_CONFIG, ConfigError
+from ..processes import AUTO, count_option
 
 DEFAULT_CONFIG = "config/mqttlb.yaml"
 
@@ -44,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="also connect to the broker with the file's settings (exit 1 with the reason if refused)")
     worker = command("worker", "run a worker that logs and counts what it gets (demos, smoke tests)")
     worker.add_argument("--id", required=True, help="worker id (one topic level)")
-    worker.add_argument("--pool", default="default")
+    worker.add_argument("--pool", default=config_module.DEFAULT_POOL)
     worker.add_argument("--weight", type=float, default=1.0)
     worker.add_argument("--interval", type=float, default=2.0, help="seconds between heartbeats")
     simulate = command("simulate", "a device fleet publishing to the topics the routes match")
@@ -90,7 +90,8 @@ def _parser() -> argparse.ArgumentParser:
     scale.add_argument("--qos", default="0,1", choices=["0", "1", "0,1"], help="(default 0,1)")
     scale.add_argument("--messages", type=int, default=100_000, help="messages per burst (default 100000)")
     scale.add_argument("--processes", type=int, default=2, metavar="N",
-                       help="also compare mqttlb run with --processes N on 3 workers x 100 devices (0: skip; default 2)")
+                       help="also compare mqttlb run with --processes N on 3 workers x 100 devices "
+                       "(0: skip; default 2)")
     scale.add_argument("--json", action="store_true", help="figures as JSON")
     return parser
 
@@ -127,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     if args.command == "check":
         if args.connect:
-            from .transport import probe
+            from ..transport import probe
 
             refused = probe(config.broker)
             if refused is not None:
@@ -137,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{args.config}: ok ({len(config.routes)} routes{connected})")
         return 0
     if args.command == "worker":
-        from . import worker
+        from .. import worker
 
         return worker.main(args, config)
     if args.command == "simulate":
@@ -153,17 +154,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return credentials.main(args, config)
     if args.processes == AUTO:
-        from .processes import auto_count
+        from ..processes import auto_count
 
         args.processes = auto_count(config.broker.host, os.cpu_count() or 1)
     if args.processes > 1:
-        from . import processes
+        from .. import processes
 
         return processes.main(args, config)
-    from .service import Service
+    from ..service import Service
 
     if args.instance is not None:
-        from .processes import instance_config
+        from ..processes import instance_config
 
         return Service(config, adapt=lambda loaded: instance_config(loaded, args.instance)).run()
     return Service(config).run()

@@ -7,8 +7,9 @@ transport keeps them unacknowledged) and released in arrival order as soon as
 one appears, or dead-lettered as ``no_worker`` once ``dead_letter.hold`` has
 passed, or sooner when held messages would take more than
 ``router.max_held`` of the broker's in-flight window while another pool could
-use it. Workers that die are reported as a ``Departure``. Heartbeats and the clock come in as calls, so all of this is tested
-without a broker and without sleeping.
+use it. Workers that die are reported as a ``Departure``. Heartbeats and the
+clock come in as calls, so all of this is tested without a broker and without
+sleeping.
 
 Every forward and dead letter is measured against the broker's limits
 (``limits``) before it is handed out: one that the broker would refuse, and
@@ -31,12 +32,13 @@ from __future__ import annotations
 
 import random
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Callable, Generic, NamedTuple, TypeVar, Union
+from typing import Generic, NamedTuple, TypeVar
 
+from ..errors import BadKey
 from . import balancers
 from .config import Config, RouteSettings
-from .errors import BadHeartbeat, BadKey
 from .limits import BrokerLimits, UserProperties, plain
 from .pool import Departure, Fleet, Heartbeat
 
@@ -82,7 +84,7 @@ class DeadLetter(Generic[Ref]):
     """For ``internal``: what went wrong, for the log."""
 
 
-Action = Union[Forward[Ref], DeadLetter[Ref], Departure]
+Action = Forward[Ref] | DeadLetter[Ref] | Departure
 
 
 class Reason:
@@ -119,7 +121,6 @@ class Router(Generic[Ref]):
         self.fleet = fleet
         self.limits = limits or BrokerLimits(config.broker.protocol == "5", config.broker.max_packet_size)
         """What the broker refuses; the service narrows it with what the broker says when it connects."""
-        self.bad_heartbeats = 0
         self._routes = [
             _Route(r, balancers.create(r.algorithm, rng=rng, **config.balancers.get(r.algorithm, {})))
             for r in config.routes
@@ -295,12 +296,8 @@ class Router(Generic[Ref]):
 
     def heartbeat(self, worker: str, payload: bytes, now: float) -> list[Action[Ref]]:
         """Take a heartbeat in; may release held messages. Raises BadHeartbeat."""
-        try:
-            beat = Heartbeat.parse(worker, payload)
-            self.fleet.check_allowed(beat)
-        except BadHeartbeat:
-            self.bad_heartbeats += 1
-            raise
+        beat = Heartbeat.parse(worker, payload)
+        self.fleet.check_allowed(beat)
         changed = self.fleet.apply(beat, now)
         for pool in changed:
             self._stale.setdefault(pool, {})

@@ -10,8 +10,8 @@ device id must never cost the router its connection.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 MAX_KEY_BYTES = 256
 MAX_TOPIC_BYTES = 65535
@@ -111,7 +111,7 @@ class TopicFilter:
         pattern = self.levels
         if len(levels) != len(pattern) and (pattern[-1] != "#" or len(levels) < len(pattern) - 1):
             return None
-        for wanted, level in zip(pattern, levels):
+        for wanted, level in zip(pattern, levels, strict=False):  # a trailing # stands for the rest
             if wanted != level and wanted != "+":
                 if wanted == "#":
                     break

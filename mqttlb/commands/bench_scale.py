@@ -42,14 +42,16 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import orjson
 import paho.mqtt.client as paho
 import yaml
+from paho.mqtt.enums import CallbackAPIVersion
 
 from .bench_throughput import CLOCK_TICKS, wait_until
 from .broker import PrivateBroker
@@ -179,7 +181,7 @@ class RawPublisher:
         step = 500
         for start in range(0, len(packets), step):
             with lock:
-                if not lock.wait_for(lambda: start - acked[0] < WINDOW, 60):
+                if not lock.wait_for(lambda start=start: start - acked[0] < WINDOW, 60):  # type: ignore[misc]
                     raise TimeoutError(f"the broker stopped acknowledging after {acked[0]} publishes")
             self._sock.sendall(b"".join(packets[start:start + step]))
         reader.join(60)
@@ -234,7 +236,7 @@ class StatsWatch:
 
     def __init__(self, broker: PrivateBroker) -> None:
         self.latest: dict[str, dict[str, Any]] = {}
-        self._client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="bench-scale-stats")
+        self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-scale-stats")
         self._client.on_message = self._on_message
         self._client.on_connect = lambda client, *_: client.subscribe([("mqttlb/stats", 0), ("mqttlb/stats/+", 0)])
         self._client.connect(broker.host, broker.port)
@@ -256,7 +258,8 @@ class StatsWatch:
         self._client.loop_stop()
 
 
-def router_config(broker: PrivateBroker, client_id: str, workers: int, qos: int, share_group: bool) -> dict[str, object]:
+def router_config(broker: PrivateBroker, client_id: str, workers: int, qos: int,
+                  share_group: bool) -> dict[str, object]:
     return {
         "broker": {"host": broker.host, "port": broker.port, "client_id": client_id, "session_expiry": 0},
         "router": {"share_group": "mqttlb" if share_group else None},
@@ -334,7 +337,7 @@ def measure(broker: PrivateBroker, stats: StatsWatch, workdir: Path, workers: in
         publisher.send(packets, qos)
         wait_for_arrivals(arrivals, before + messages)
         cpu, broker_cpu = router.cpu_seconds() - cpu_before, process_cpu_seconds(broker.process.pid) - broker_before
-        busy, total = (after - earlier for after, earlier in zip(machine_times(), idle_before))
+        busy, total = (after - earlier for after, earlier in zip(machine_times(), idle_before, strict=True))
         delivered = arrivals.count - before
     rate = delivered / (arrivals.last - start) if delivered else 0.0
     per_message = 1e6 / max(delivered, 1)
@@ -345,7 +348,7 @@ def measure(broker: PrivateBroker, stats: StatsWatch, workdir: Path, workers: in
 def warm_up(publisher: RawPublisher, arrivals: Arrivals, qos: int) -> None:
     """Until a message goes all the way through (the router's subscription is in place)."""
     ids = packet_ids()
-    for n in range(600):
+    for _ in range(600):
         publisher.send([publish_packet("bench/warm-up/in", b"{}", qos, next(ids) if qos else 0)], qos)
         if wait_until(lambda: arrivals.poll() > 0, 0.1):
             return

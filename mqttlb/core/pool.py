@@ -24,19 +24,18 @@ import fnmatch
 import heapq
 import math
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Mapping
 
 import orjson
 
-from .config import DEFAULT_MAX_WORKERS, PoolSettings
-from .errors import BadHeartbeat
+from ..errors import BadHeartbeat
+from .config import DEFAULT_MAX_WORKERS, DEFAULT_POOL, PoolSettings
 from .topics import key_problem
 
 MAX_HEARTBEAT_BYTES = 16384
-DEFAULT_POOL = "default"
 _SMALLEST_WEIGHT = math.ulp(0.0)
 """5e-324, the smallest float > 0: any weight > 0 is valid, and the balancers cope with all of them."""
 UNNAMED_POOLS = "+"

@@ -25,7 +25,8 @@ Pure: receipts and generations are values; the transport does the sending.
 
 from __future__ import annotations
 
-from typing import Generic, Hashable, NamedTuple, Sequence, TypeVar
+from collections.abc import Hashable, Sequence
+from typing import Generic, NamedTuple, TypeVar
 
 from .poison import PoisonGuard
 

@@ -1,4 +1,4 @@
-"""``python -m mqttlb.mqtt.bench``: the session's cost per packet on the router's hot path, in microseconds.
+"""``python -m mqttlb.commands.bench_codec``: the session's cost per packet on the router's hot path, in microseconds.
 
 A micro benchmark, not a test: inbound PUBLISH decode (64 KiB buffers of small packets, as one ``recv``
 brings them), outbound PUBLISH encode (topic already encoded, and as a checked str), PUBACK both ways.
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import time
 
-from . import codec
-from .session import Session
+from ..mqtt import codec
+from ..mqtt.session import Session
 
 TOPIC = b"mqttlb/workers/w1/in/devices/dev-0001/telemetry"
 PAYLOAD = b'{"device":"dev-0001","seq":12345,"ts":1700000000.123}'

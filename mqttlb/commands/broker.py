@@ -18,8 +18,8 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 INSTALL_HINT = "Mosquitto is not installed: run 'apt-get install mosquitto mosquitto-clients' (as root), then try again"
 _LISTENER = re.compile(r"(?m)^listener[ \t]+\d+([ \t]+\S+)?")

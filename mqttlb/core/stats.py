@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from .pool import Census, Health, WorkerView
 
@@ -42,7 +43,7 @@ class Histogram:
         """Count, sum and cumulative buckets keyed by their upper bound ("+Inf" last), for JSON."""
         buckets: dict[str, int] = {}
         running = 0
-        for bound, count in zip((*map(repr, self.bounds), "+Inf"), self.counts):
+        for bound, count in zip((*map(repr, self.bounds), "+Inf"), self.counts, strict=True):
             running += count
             buckets[bound] = running
         return {"count": running, "sum": round(self.sum, 6), "buckets": buckets}
@@ -68,8 +69,8 @@ class Counters:
 
 
 @dataclass(frozen=True, slots=True)
-class Inbound:
-    """The inbound messages the router holds, against its window."""
+class Backlog:
+    """The inbound messages the router holds, against its window (the stats' ``inbound`` section)."""
 
     unacked: int
     """Taken from the broker and not yet acknowledged: held plus those whose forward is on its way."""
@@ -96,7 +97,7 @@ class Moment:
     """Why the router is not, or not steadily, connected: refused, taken over, unreachable."""
 
 
-def snapshot(*, router: str, moment: Moment, inbound: Inbound, counters: Counters, pools: Iterable[str],
+def snapshot(*, router: str, moment: Moment, inbound: Backlog, counters: Counters, pools: Iterable[str],
              census: Census, workers: Iterable[WorkerView] | None, reconnects: int,
              awaiting_ack: int) -> dict[str, Any]:
     """The stats topic's payload (before JSON encoding); ``pools`` are the configured ones.

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import bisect
 import random
-from typing import ClassVar, Mapping
+from collections.abc import Mapping
+from typing import ClassVar
 
 from .base import Balancer, checked, reject_unknown, relative
 
@@ -67,7 +68,7 @@ class WeightedRoundRobin(Balancer):
 
     def update(self, workers: Mapping[str, float]) -> None:
         weights = relative(workers)
-        old = dict(zip(self._workers, self._credit))
+        old = dict(zip(self._workers, self._credit, strict=True))
         credit = [old.get(worker, 0.0) for worker in weights]
         # Keep the credits summing to zero, as they do between updates.
         mean = sum(credit) / len(credit) if credit else 0.0

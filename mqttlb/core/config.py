@@ -19,16 +19,17 @@ import math
 import os
 import re
 import tomllib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, TypeVar
 
 import yaml
 
+from ..errors import ConfigError
 from . import balancers
-from .errors import ConfigError
 from .keys import KeySpec
 from .topics import TopicFilter, TopicTemplate, filters_overlap, topic_problem
 
@@ -105,6 +106,10 @@ class HeartbeatSettings:
     def worker_level(self) -> int:
         """The index of the topic level that holds the worker id."""
         return self.topic.split("/").index("+")
+
+    def worker_of(self, topic: str) -> str:
+        """The worker id in ``topic``, a topic this filter matches: the one place a heartbeat topic is read."""
+        return topic.split("/")[self.worker_level]
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,8 @@ Pure: it sees receipts (whatever identifies an inbound message), no sockets.
 
 from __future__ import annotations
 
-from typing import Generic, Hashable, Sequence, TypeVar
+from collections.abc import Hashable, Sequence
+from typing import Generic, TypeVar
 
 Ref = TypeVar("Ref", bound=Hashable)
 

@@ -36,8 +36,9 @@ from __future__ import annotations
 import bisect
 import hashlib
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence, cast
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
@@ -103,13 +104,13 @@ def _mixed(a: Hashes | int, b: Hashes) -> Hashes:
 
 
 def premix_many(values: Hashes) -> Hashes:
-    return values ^ (values >> np.uint64(30))  # type: ignore[no-any-return]
+    return values ^ (values >> np.uint64(30))
 
 
 def _approximate(raw: Hashes, log_weights: npt.NDArray[np.float64] | float) -> npt.NDArray[np.float64]:
     """``f`` over arrays, to within ``TOLERANCE``."""
     u = ((raw >> _12).astype(np.float64) + 0.5) / _TWO_52
-    return log_weights - np.log(-np.log(u))  # type: ignore[no-any-return]
+    return log_weights - np.log(-np.log(u))
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +188,7 @@ class Pool:
                     best, best_raw = i, raw
             return best
         best_f = -math.inf
-        for i, (seed, log_weight) in enumerate(zip(self.seeds, self.log_weights)):
+        for i, (seed, log_weight) in enumerate(zip(self.seeds, self.log_weights, strict=True)):
             f, raw = score(key_hash, seed, log_weight)
             if f > best_f or (f == best_f and raw > best_raw):
                 best, best_f, best_raw = i, f, raw
@@ -280,7 +281,7 @@ class Rendezvous:
                 [w for w in weights if w in old and weights[w] != old[w]] + \
                 [w for w in old if w not in weights]  # joins first: no pool on the way is empty
         if not self._keys or not weights or len(steps) > MAX_STEPS:
-            self._pool = Pool.of(weights, dict(zip(self._pool.names, self._pool.seeds)))
+            self._pool = Pool.of(weights, dict(zip(self._pool.names, self._pool.seeds, strict=True)))
             self._forget()
             return
         for worker in steps:  # one change at a time, each from a pool the cache is true for
@@ -304,7 +305,7 @@ class Rendezvous:
             winners[moved] = pool.best_of_many(hashes[moved])
         self._winners[:rows] = winners
         names, keys, cache = pool.names, self._keys, self.cache
-        for row, winner in zip(moved.tolist(), winners[moved].tolist()):
+        for row, winner in zip(moved.tolist(), winners[moved].tolist(), strict=True):
             cache[keys[row]] = names[winner]
 
     def _remember(self, key: str, key_hash: int, winner: int) -> None:

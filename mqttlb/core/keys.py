@@ -15,12 +15,13 @@ with every number quoted, so orjson hands back the text itself.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import orjson
 
-from .errors import BadKey
+from ..errors import BadKey
 from .topics import key_problem
 
 PAYLOAD_PREFIX = "payload."

@@ -6,7 +6,7 @@ At QoS 1 an inbound message is acknowledged once its forward is, as the router
 does it; but there is no route table, no balancer, no health, no dead letter,
 no stats and no window. ``mqttlb bench`` shows it beside ``mqttlb run``, so the
 gap between the two is the routing. Run as
-``python -m mqttlb.bench_wire HOST PORT QOS WORKER...``.
+``python -m mqttlb.commands.bench_wire HOST PORT QOS WORKER...``.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import zlib
 
 import orjson
 
-from .config import BrokerSettings
-from .mqtt.events import Publish, PubAck, Subscription
-from .mqtt.link import Link
+from ..core.config import BrokerSettings
+from ..mqtt.events import PubAck, Publish, Subscription
+from ..mqtt.link import Link
 
 
 def main(argv: list[str]) -> None:

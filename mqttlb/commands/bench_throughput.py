@@ -4,9 +4,9 @@ Everything runs against one private Mosquitto on this machine, driven by the
 C clients: ``mosquitto_pub -l`` publishes JSON lines to ``bench/in`` and two
 ``mosquitto_sub`` stand in for the workers, stamping each arrival (``%U``).
 
-- *wire*: ``mqttlb.bench_wire``, a relay with no routing on mqttlb's own MQTT session, so the gap
-  between it and mqttlb is what routing costs;
-- *relay*: ``mqttlb.bench_relay``, the ten-minute paho relay;
+- *wire*: ``mqttlb.commands.bench_wire``, a relay with no routing on mqttlb's own MQTT session, so
+  the gap between it and mqttlb is what routing costs;
+- *relay*: ``mqttlb.commands.bench_relay``, the ten-minute paho relay;
 - *mqttlb*: ``mqttlb run`` with a consistent-hash route on ``payload.device``,
   health, dead letters, stats and metrics on, acknowledging at QoS 1 only
   after the forward is acknowledged;
@@ -29,13 +29,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Any
 
 import orjson
 import paho.mqtt.client as paho
 import yaml
+from paho.mqtt.enums import CallbackAPIVersion
 
 from .broker import PrivateBroker
 
@@ -72,7 +74,7 @@ class Subscribers:
         self.files = [workdir / f"{system}-{qos}-{w}.out" for w in WORKERS]
         topics = ["$share/bench/bench/in" if system == "shared" else f"mqttlb/workers/{w}/in/#" for w in WORKERS]
         self.processes = []
-        for topic, path in zip(topics, self.files):
+        for topic, path in zip(topics, self.files, strict=True):
             with path.open("wb") as out:  # the child has its own copy of the descriptor
                 self.processes.append(subprocess.Popen(
                     ["mosquitto_sub", "-h", broker.host, "-p", str(broker.port), "-q", str(qos), "-V", "5",
@@ -106,7 +108,7 @@ class Middle:
     def __init__(self, broker: PrivateBroker, system: str, qos: int, workdir: Path) -> None:
         self.process: subprocess.Popen[bytes] | None = None
         if system in ("relay", "wire"):
-            module = "mqttlb.bench_relay" if system == "relay" else "mqttlb.bench_wire"
+            module = f"mqttlb.commands.bench_{system}"
             command = [sys.executable, "-m", module, broker.host, str(broker.port), str(qos), *WORKERS]
         elif system == "mqttlb":
             config = workdir / "mqttlb.yaml"
@@ -204,7 +206,7 @@ def paced(broker: PrivateBroker, qos: int, rate: float, seconds: float, subscrib
     its socket while lines keep coming, so at QoS 1 it would hold messages back itself.
     """
     before = subscribers.count()
-    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="bench-paced", protocol=paho.MQTTv5)
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-paced", protocol=paho.MQTTv5)
     client.max_inflight_messages_set(0)
     client.connect(broker.host, broker.port)
     client.loop_start()
@@ -308,7 +310,8 @@ def table(results: list[Result]) -> str:
                      f"{r.p50_ms:>7.2f} {r.p99_ms:>7.2f} {cpu:>10} {rss:>13} {r.delivered:>10,}")
     if any(r.delivered < r.sent for r in results):
         lines += ["", "Fewer delivered than sent: at QoS 0 the broker may drop under overload; at QoS 1, "
-                  "mosquitto_pub -l gave up part of the way through a 100,000-message burst here: use fewer --messages."]
+                  "mosquitto_pub -l gave up part of the way through a 100,000-message burst here: "
+                  "use fewer --messages."]
     return "\n".join(lines)
 
 

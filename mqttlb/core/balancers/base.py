@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import abc
 import math
-from typing import ClassVar, Mapping
+from collections.abc import Mapping
+from typing import ClassVar
 
-from mqttlb.errors import MqttlbError
-
+from ...errors import MqttlbError
 
 MIN_RELATIVE_WEIGHT = 1e-12
 """The smallest share of the largest weight a worker is given: a weight below it counts as this much."""
@@ -45,7 +45,7 @@ class Balancer(abc.ABC):
     def pick(self, key: str | None) -> str | None:
         """The worker for a message with routing ``key``; None when there is none."""
 
-    def report_load(self, worker: str, inflight: int) -> None:
+    def report_load(self, worker: str, inflight: int) -> None:  # noqa: B027 - a no-op unless balancing by load
         """``worker`` reported ``inflight`` unfinished messages. Ignored by default."""
 
 

@@ -36,7 +36,8 @@ from __future__ import annotations
 import bisect
 import math
 import random
-from typing import ClassVar, Mapping
+from collections.abc import Mapping
+from typing import ClassVar
 
 from .base import BadOption, Balancer, checked, float_option, int_option, reject_unknown, relative
 from .rendezvous import Pool, Rendezvous, preference, stable_hash

@@ -20,15 +20,16 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, TextIO
+from typing import Any, TextIO
 
 import orjson
 
-from .config import Config
-from .errors import BadHeartbeat, TransportError
-from .pool import Health, Heartbeat, WorkerState
-from .mqtt.client import Client, Inbound
+from ..core.config import Config
+from ..core.pool import Health, Heartbeat, WorkerState
+from ..errors import BadHeartbeat, TransportError
+from ..mqtt.client import Client, Inbound
 
 REFRESH = 1.0
 """Seconds between two redraws of the live table."""
@@ -195,7 +196,7 @@ def _aligned(rows: list[tuple[str, ...]]) -> list[str]:
     """Text columns flush left (the first two), numbers flush right."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return ["  " + "  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in
-                             enumerate(zip(row, widths))).rstrip() for row in rows]
+                             enumerate(zip(row, widths, strict=True))).rstrip() for row in rows]
 
 
 def _duration(seconds: float) -> str:
@@ -261,7 +262,7 @@ class Watch:
         return True
 
     def _heartbeat(self, message: Inbound) -> None:
-        worker = message.topic.split("/")[self.config.heartbeat.worker_level]
+        worker = self.config.heartbeat.worker_of(message.topic)
         try:
             beat = Heartbeat.parse(worker, message.payload)
         except BadHeartbeat:

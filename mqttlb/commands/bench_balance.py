@@ -17,12 +17,13 @@ import argparse
 import random
 import time
 from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Protocol
 
 import orjson
 
-from . import balancers
+from ..core import balancers
 
 KEYS = [f"device-{i}" for i in range(200_000)]
 WEIGHTS = {"w1": 1.0, "w2": 2.0, "w3": 3.0, "w4": 4.0}

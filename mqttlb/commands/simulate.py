@@ -10,7 +10,7 @@ where ``seq`` counts the messages of one topic (one device on one route) from
 
 The schedule is pure: message ``i`` comes from device ``i mod N`` on route
 ``(i div N) mod R``, so what was sent follows from the count alone
-(``Fleet.identity``). Only ``Simulator`` touches the broker, through
+(``Devices.identity``). Only ``Simulator`` touches the broker, through
 ``mqtt.client.Client``.
 """
 
@@ -26,14 +26,15 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 import orjson
 
-from .config import Config, RouteSettings
-from .errors import EXIT_CONFIG, TransportError
-from .mqtt.client import Client
+from ..core.config import Config, RouteSettings
+from ..errors import EXIT_CONFIG, TransportError
+from ..mqtt.client import Client
 
 log = logging.getLogger("mqttlb.simulate")
 
@@ -101,26 +102,26 @@ class TopicMaker:
 
 
 @dataclass(frozen=True, slots=True)
-class Fleet:
-    """The devices and the routes they publish to, in a fixed round-robin order."""
+class Devices:
+    """The simulated devices and the routes they publish to, in a fixed round-robin order."""
 
     makers: tuple[TopicMaker, ...]
-    devices: tuple[str, ...]
+    ids: tuple[str, ...]
 
     @classmethod
-    def from_config(cls, config: Config, devices: int) -> Fleet:
-        if devices < 1:
-            raise ValueError(f"a fleet needs at least one device, got {devices}")
-        fleet = cls(tuple(TopicMaker.for_route(route) for route in config.routes), device_ids(devices))
-        for maker in fleet.makers:
-            _warn_if_shadowed(config, maker.route, maker.topic(fleet.devices[0]))
-        return fleet
+    def from_config(cls, config: Config, count: int) -> Devices:
+        if count < 1:
+            raise ValueError(f"a fleet needs at least one device, got {count}")
+        devices = cls(tuple(TopicMaker.for_route(route) for route in config.routes), device_ids(count))
+        for maker in devices.makers:
+            _warn_if_shadowed(config, maker.route, maker.topic(devices.ids[0]))
+        return devices
 
     def identity(self, index: int) -> tuple[TopicMaker, str, int]:
         """Message ``index``: its route's maker, its device and its seq."""
-        round_, device = divmod(index, len(self.devices))
+        round_, device = divmod(index, len(self.ids))
         seq, route = divmod(round_, len(self.makers))
-        return self.makers[route], self.devices[device], seq
+        return self.makers[route], self.ids[device], seq
 
     def message(self, index: int, ts: float) -> tuple[str, bytes]:
         """The topic and payload of message ``index``."""
@@ -140,10 +141,10 @@ class Simulator:
     def __init__(self, config: Config, devices: int, rate: float, qos: int = 1) -> None:
         if rate <= 0:
             raise ValueError(f"the rate must be above 0 messages a second, got {rate:g}")
-        self.fleet = Fleet.from_config(config, devices)
+        self.devices = Devices.from_config(config, devices)
         self.rate, self.qos = rate, qos
         self.sent = 0
-        """Messages handed to the client; message i is ``fleet.identity(i)``."""
+        """Messages handed to the client; message i is ``devices.identity(i)``."""
         self.unconfirmed = 0
         """Of those, how many the broker did not take (QoS 1: no acknowledgement in time; QoS 0: not connected)."""
         self._burst = max(1, int(rate * MAX_BURST))
@@ -190,7 +191,7 @@ class Simulator:
         self._settle(outstanding, time.monotonic() + SETTLE_TIMEOUT)
 
     def _publish_next(self) -> Published:
-        topic, payload = self.fleet.message(self.sent, time.time())
+        topic, payload = self.devices.message(self.sent, time.time())
         self.sent += 1
         info = self._client.publish(topic, payload, self.qos)
         if self.qos == 0 and info.rc != 0:
@@ -240,7 +241,7 @@ def main(args: argparse.Namespace, config: Config) -> int:
         log.warning("sent %d of the %d messages asked for: the broker or this machine could not keep up",
                     simulator.sent, planned)
     refused = f" ({simulator.unconfirmed} not taken by the broker)" if simulator.unconfirmed else ""
-    print(f"simulate: sent {simulator.sent} messages from {len(simulator.fleet.devices)} devices "
+    print(f"simulate: sent {simulator.sent} messages from {len(simulator.devices.ids)} devices "
           f"in {time.monotonic() - start:.1f} s{refused}")
     return 0
 
