@@ -124,11 +124,8 @@ class Service:
                 case DeviceMessages(generation, messages):
                     for publish in messages:
                         self._take(publish, generation)
-                case Settled(acked, refused):
-                    for action in acked:
-                        self._settled(action, Outcome.ACKED)
-                    for action in refused:
-                        self._settled(action, Outcome.REFUSED)
+                case Settled():
+                    self._settle_all(event)
                 case WorkerBeat(topic, payload):
                     self._heartbeat(topic, payload)
                 case PublishesDropped():
@@ -240,10 +237,7 @@ class Service:
         while self.transport.pending and self.transport.connected and self.clock() < give_up:
             for event in self.transport.poll(0.05, room=0):
                 if isinstance(event, Settled):
-                    for action in event.acked:
-                        self._settled(action, Outcome.ACKED)
-                    for action in event.refused:
-                        self._settled(action, Outcome.REFUSED)
+                    self._settle_all(event)
 
     # -- transport events ---------------------------------------------------------
 
@@ -386,6 +380,12 @@ class Service:
         else:
             self._bad_input.warning(f"dead:{route}:{action.reason}", self.clock(),
                                     "dead letter (%s) on route %s: %s", action.reason, route, action.detail)
+
+    def _settle_all(self, event: Settled[Publishable]) -> None:
+        for action in event.acked:
+            self._settled(action, Outcome.ACKED)
+        for action in event.refused:
+            self._settled(action, Outcome.REFUSED)
 
     def _settled(self, action: Publishable, outcome: Outcome) -> None:
         """The broker answered the publish made for ``action``'s message: what became of it is settled."""
