@@ -332,9 +332,12 @@ class Service:
             metrics.publish(figures)
         if announce:
             self._next_stats = now + self.config.stats.interval
-            if not self.transport.announce(self.config.stats.topic, orjson.dumps(figures)):
+            payload, limits = orjson.dumps(figures), self.router.limits
+            if limits.size_problem(limits.packet_size(self.config.stats.topic, len(payload), 0, 0, ())) is None:
+                self.transport.announce(self.config.stats.topic, payload)
+            else:  # the broker would drop the publishing connection, forwards in flight and all
                 self._bad_input.warning("stats-size", now, "stats not published: larger than the broker's "
-                                        "maximum packet size (%s bytes)", self.transport.max_packet_size)
+                                        "maximum packet size (%s bytes)", limits.max_packet_size)
 
     # -- actions ------------------------------------------------------------------
 

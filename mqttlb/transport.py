@@ -142,8 +142,6 @@ class Transport(Generic[Tag]):
         self.reconnects = 0
         self.publish_window = MAX_RECEIVE
         """The most QoS 1 publishes the broker takes unacknowledged (its MQTT 5 Receive Maximum)."""
-        self.max_packet_size: int | None = None
-        """The broker's Maximum Packet Size, when its MQTT 5 CONNACK names one."""
         self.mqtt5 = broker.protocol == "5"
 
     # -- public API ----------------------------------------------------------
@@ -155,7 +153,7 @@ class Transport(Generic[Tag]):
 
     @property
     def connected(self) -> bool:
-        """Both links are up: messages come in and their forwards and acknowledgements can go out."""
+        """All three links are up: messages and heartbeats come in, forwards and acknowledgements go out."""
         return self._routing.connected and self._publishing.connected and self._beats.connected
 
     @property
@@ -282,11 +280,10 @@ class Transport(Generic[Tag]):
 
     def _publishing_up(self, ack: ConnAck, events: list[Event[Tag]]) -> None:
         self.publish_window = ack.receive_maximum if self.mqtt5 else MAX_RECEIVE
-        self.max_packet_size = ack.maximum_packet_size
         unsent, self._unsent = self._unsent, []
         for topic, payload, properties, tag in unsent:
             self._send(topic, payload, 1, properties, tag)
-        events.append(PublishingConnected(self.max_packet_size, self.publish_window))
+        events.append(PublishingConnected(ack.maximum_packet_size, self.publish_window))
 
     def _publishing_lost(self, lost: Lost) -> None:
         self._count_lost(self._publishing, lost)
@@ -367,15 +364,11 @@ class Transport(Generic[Tag]):
             return b""
         return inbound + encode_user_properties(user)
 
-    def announce(self, topic: str, payload: bytes) -> bool:
-        """Publish retained, fire-and-forget (stats): the next one takes its place anyway. False when the
-        broker's Maximum Packet Size would not take it (the broker would drop the connection)."""
-        if not self._publishing.connected:
-            return True
-        if self.max_packet_size is not None and 64 + len(topic.encode("utf-8")) + len(payload) > self.max_packet_size:
-            return False
-        self._publishing.send(self._publishing.session.publish(topic.encode("utf-8"), payload, 0, retain=True)[1])
-        return True
+    def announce(self, topic: str, payload: bytes) -> None:
+        """Publish retained, fire-and-forget (stats): the next one takes its place anyway. The caller checked it
+        against the broker's limits."""
+        if self._publishing.connected:
+            self._publishing.send(self._publishing.session.publish(topic.encode("utf-8"), payload, 0, retain=True)[1])
 
     def ack(self, packet_id: int) -> None:
         """Acknowledge an inbound message (the service checked that it came on this connection)."""

@@ -204,16 +204,20 @@ def test_a_failing_balancer_costs_one_message_not_the_router_nor_its_restarts(pl
     assert len(dead.messages()) == 1
 
 
-def test_stats_over_the_brokers_packet_size_are_held_back_not_sent(limited_broker, tmp_path):
+@pytest.mark.parametrize("broker_settings", [{}, {"protocol": "3.1.1", "max_packet_size": 2048}],
+                         ids=["mqtt5-connack", "mqtt311-config"])
+def test_stats_over_the_brokers_packet_size_are_held_back_not_sent(limited_broker, tmp_path, broker_settings):
     """A stats snapshot grows with the fleet; one over the broker's limit would drop the publishing connection
-    at every stats interval, taking the forwards in flight with it."""
+    at every stats interval, taking the forwards in flight with it. The limit is the broker's own (MQTT 5
+    CONNACK) or ``broker.max_packet_size`` (MQTT 3.1.1, where the broker does not say it)."""
     beats = Client(limited_broker, "beats")
     beats.subscribe("mqttlb/workers/+/in/#")  # the fake workers' share of the traffic
     for n in range(40):  # each worker adds ~150 bytes to the snapshot: ~6 KiB against 2 KiB
         beats.publish(f"mqttlb/workers/w{n:02d}/heartbeat", orjson.dumps({"worker": f"w{n:02d}"}), retain=True)
     worker = TestWorker(limited_broker, "w1")
     device = Client(limited_broker, "device")
-    router = RouterProcess(write_config(tmp_path / "router.yaml", limited_broker, stats={"interval": "500ms"}))
+    router = RouterProcess(write_config(tmp_path / "router.yaml", limited_broker, stats={"interval": "500ms"},
+                                        broker=broker_settings))
     try:
         router.wait_ready()
         router.wait_log("stats not published: larger than the broker's maximum packet size (2048 bytes)")
