@@ -89,6 +89,9 @@ class RouterSettings:
     """The most inbound messages the router holds unacknowledged (its MQTT 5 Receive Maximum)."""
     max_held: int | None = None
     """The most of those that may wait for a worker while another pool has one; None: half of max_inflight."""
+    heartbeat_topic: str = "mqttlb/routers/+/heartbeat"
+    """Where routers announce themselves (retained, will = down), so a live one can reclaim a dead one's session;
+    the ``+`` is the router's client id."""
 
     @property
     def held_limit(self) -> int:
@@ -110,6 +113,16 @@ class HeartbeatSettings:
     def worker_of(self, topic: str) -> str:
         """The worker id in ``topic``, a topic this filter matches: the one place a heartbeat topic is read."""
         return topic.split("/")[self.worker_level]
+
+
+@dataclass(frozen=True, slots=True)
+class ReclaimSettings:
+    after: float | None = 10.0
+    """Seconds a departed worker (or router) has to come back before the router takes over its broker session
+    and routes what is queued there again; 0: at once; None: never (what is queued waits for its owner)."""
+    wait: float = 30.0
+    """The most a departed worker's devices' new messages wait for what it left to be reclaimed first, so that
+    each device's messages keep their order; 0: they never wait."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +189,7 @@ class Config:
     broker: BrokerSettings
     router: RouterSettings
     heartbeat: HeartbeatSettings
+    reclaim: ReclaimSettings
     pools: Mapping[str, PoolSettings]
     """Always holds ``default`` and every pool a route names."""
     routes: tuple[RouteSettings, ...]
@@ -232,8 +246,10 @@ def parse(data: object, *, base_dir: Path, environ: Mapping[str, str]) -> Config
     problems: list[str] = []
     top = _Section(data, "", _SECTIONS, problems)
     broker = _broker(top.section("broker", _BROKER_FIELDS), base_dir, environ)
-    router = _router(top.section("router", ("share_group", "max_inflight", "max_held")))
+    router = _router(top.section("router", ("share_group", "max_inflight", "max_held", "heartbeat_topic")))
     heartbeat = _heartbeat(top.section("heartbeat", ("topic", "timeout", "expire")))
+    reclaim = ReclaimSettings(**top.section("reclaim", ("after", "wait")).read(
+        after=_optional(parse_duration), wait=parse_duration))
     pools = _pools(top.raw("pools"), problems)
     routes = _routes(top.raw("routes"), problems)
     options = _balancer_options(top.raw("balancers"), problems)
@@ -244,17 +260,19 @@ def parse(data: object, *, base_dir: Path, environ: Mapping[str, str]) -> Config
     metrics = MetricsSettings(**top.section("metrics", ("listen", "per_worker")).read(
         listen=_optional(_listen), per_worker=_per_worker))
     _check_route_level(dead_letter.topic, "dead_letter.topic", [route for _, route in routes], problems)
-    problems.extend(_loop_problems(routes, dead_letter, stats, heartbeat))
+    problems.extend(_loop_problems(routes, dead_letter, stats, heartbeat, router))
     if problems:
         raise ConfigError(problems)
     for _, route in routes:
         pools.setdefault(route.pool, PoolSettings(route.pool))
-    return Config(broker=broker, router=router, heartbeat=heartbeat, pools=MappingProxyType(pools),
+    return Config(broker=broker, router=router, heartbeat=heartbeat, reclaim=reclaim,
+                  pools=MappingProxyType(pools),
                   routes=tuple(route for _, route in routes), balancers=options, dead_letter=dead_letter,
                   stats=stats, metrics=metrics)
 
 
-_SECTIONS = ("broker", "router", "heartbeat", "pools", "routes", "balancers", "dead_letter", "stats", "metrics")
+_SECTIONS = ("broker", "router", "heartbeat", "reclaim", "pools", "routes", "balancers", "dead_letter", "stats",
+             "metrics")
 _BROKER_FIELDS = ("host", "port", "client_id", "protocol", "username", "password", "password_file",
                   "password_env", "tls", "keepalive", "session_expiry", "max_packet_size")
 _PASSWORD_FIELDS = ("password", "password_file", "password_env")
@@ -362,7 +380,7 @@ def _from_environ(name: str, environ: Mapping[str, str]) -> str:
 
 def _router(section: _Section) -> RouterSettings:
     router = RouterSettings(**section.read(share_group=_optional(_level), max_inflight=_receive_maximum,
-                                           max_held=_optional(_message_count)))
+                                           max_held=_optional(_message_count), heartbeat_topic=_heartbeat_filter))
     if router.max_held is not None and router.max_held > router.max_inflight:
         section.problem("max_held", f"must be at most router.max_inflight ({router.max_inflight}), "
                                     f"got {router.max_held}")
@@ -510,7 +528,7 @@ def _named(data: object, where: str, what: str, problems: list[str],
 
 
 def _loop_problems(routes: list[tuple[int, RouteSettings]], dead_letter: DeadLetterSettings,
-                   stats: StatsSettings, heartbeat: HeartbeatSettings) -> list[str]:
+                   stats: StatsSettings, heartbeat: HeartbeatSettings, router: RouterSettings) -> list[str]:
     """Routes whose filter could take in what the router publishes itself, or the heartbeats."""
     forwards = dict.fromkeys(route.forward for _, route in routes)
     own = [(_published(forward), f"the router's own forwards ({forward.as_filter()}); it would loop")
@@ -520,6 +538,8 @@ def _loop_problems(routes: list[tuple[int, RouteSettings]], dead_letter: DeadLet
     own.append((stats.topic, f"the router's own stats ({stats.topic}); it would loop"))
     own.append((heartbeat.topic,
                 f"the workers' heartbeats ({heartbeat.topic}); they are the router's to read, not a route's"))
+    own.append((router.heartbeat_topic, f"the routers' heartbeats ({router.heartbeat_topic}); they are the "
+                                        "routers' to read, not a route's"))
     problems = []
     for index, route in routes:
         for topic, what in own:
@@ -744,7 +764,8 @@ def _file_in(base_dir: Path) -> Callable[[object], str]:
 def _heartbeat_filter(value: object) -> str:
     levels = TopicFilter.parse(_text(value)).mqtt.split("/")
     if levels.count("+") != 1 or "#" in levels:
-        raise ValueError(f"must have exactly one '+' level, the worker id, and no '#', got {_shown(value)}")
+        raise ValueError(f"must have exactly one '+' level (the worker's or router's id) and no '#', "
+                         f"got {_shown(value)}")
     return "/".join(levels)
 
 

@@ -20,6 +20,7 @@ from mqttlb.core.config import (
     HeartbeatSettings,
     MetricsSettings,
     PoolSettings,
+    ReclaimSettings,
     RouterSettings,
     StatsSettings,
     TlsSettings,
@@ -170,7 +171,7 @@ def test_unknown_fields_anywhere() -> None:
         "broker.hots: unknown field; expected one of client_id, host, keepalive, max_packet_size, password, "
         "password_env, password_file, port, protocol, session_expiry, tls, username")
     assert problem({**with_routes(), "brokers": {}}) == (
-        "brokers: unknown field; expected one of balancers, broker, dead_letter, heartbeat, metrics, pools, "
+        "brokers: unknown field; expected one of balancers, broker, dead_letter, heartbeat, metrics, pools, reclaim, "
         "router, routes, stats")
     assert problem(with_routes({**TELEMETRY, "algo": "random"})) == (
         "routes[0].algo: unknown field; expected one of algorithm, forward, key, match, name, pool, qos")
@@ -347,11 +348,21 @@ def test_routes_that_cannot_loop_are_accepted(match: str) -> None:
 
 def test_the_loop_check_follows_the_configured_topics() -> None:
     data = with_routes({"match": "mqttlb/#"}, heartbeat={"topic": "hb/+"}, stats={"topic": "stats"},
-                       dead_letter={"topic": "dead/{reason}/{topic}"})
+                       dead_letter={"topic": "dead/{reason}/{topic}"}, router={"heartbeat_topic": "routers/+"})
     assert problem(data) == (
         "routes[0].match: 'mqttlb/#' would also match the router's own forwards (mqttlb/workers/+/in/#); it would loop")
     data["routes"][0]["forward"] = "out/{worker}/{topic}"
     assert parse(data).routes[0].match.mqtt == "mqttlb/#"
+    data["routes"][0]["match"] = "routers/#"
+    assert problem(data) == ("routes[0].match: 'routers/#' would also match the routers' heartbeats (routers/+); "
+                             "they are the routers' to read, not a route's")
+
+
+def test_reclaim_settings() -> None:
+    assert parse(with_routes()).reclaim == ReclaimSettings(after=10.0, wait=30.0)
+    assert parse(with_routes(reclaim={"after": None, "wait": "2m"})).reclaim == ReclaimSettings(None, 120.0)
+    assert parse(with_routes(reclaim={"after": 0})).reclaim.after == 0
+    assert problem(with_routes(reclaim={"after": "soon"})).startswith("reclaim.after: ")
 
 
 # -- broker credentials and TLS ----------------------------------------------
@@ -412,7 +423,7 @@ def test_heartbeat_topic() -> None:
     assert HeartbeatSettings().worker_of("mqttlb/workers/w1/heartbeat") == "w1"
     for bad in ("fleet/+/+/hb", "fleet/hb", "fleet/+/#"):
         assert problem(with_routes(heartbeat={"topic": bad})) == (
-            f"heartbeat.topic: must have exactly one '+' level, the worker id, and no '#', got {bad!r}")
+            f"heartbeat.topic: must have exactly one '+' level (the worker's or router's id) and no '#', got {bad!r}")
 
 
 def test_heartbeat_timings() -> None:
