@@ -5,7 +5,9 @@ A message's whole life reads top to bottom in ``_turn``: the transport's
 ``Router``, which answers with actions (forward, dead letter, hold); each
 becomes a publish on the publishing link tagged with its action; when the broker
 settles that publish, the inbound message is acknowledged, by the rules of
-``inflight``. This module also owns the clock, the signals, the counters, the
+``inflight``. What a departed worker left in its broker session comes in on
+a reclaim link and takes the same path (``core.reclaim``). This module also
+owns the clock, the signals, the counters, the
 stats topic and the metrics endpoint, which it hands a pulse every tick and
 a snapshot when asked.
 """
@@ -25,17 +27,25 @@ from .core import config as config_module
 from .core.config import Config
 from .core.inflight import InFlight, Receipt
 from .core.pool import Departure, Fleet, FleetFull, Health
+from .core.reclaim import Owner, Reclaim, Reclaims
 from .core.router import Action, DeadLetter, Forward, Message, Reason, Router
 from .core.stats import Backlog, Counters, Moment, snapshot
+from .core.topics import inbox_filter, original_topic
 from .errors import BadHeartbeat, ConfigError
 from .logs import RateLimited
 from .metrics import MetricsServer, Pulse
+from .mqtt.codec import user_properties, without_user_properties
+from .mqtt.errors import ProtocolError
 from .mqtt.events import Publish, Subscription
 from .transport import (
+    RECLAIM_WINDOW,
     DeviceMessages,
     Outcome,
     PublishesDropped,
     PublishingConnected,
+    ReclaimConnected,
+    Reclaimed,
+    ReclaimLost,
     RoutingConnected,
     Settled,
     Transport,
@@ -63,6 +73,12 @@ def subscriptions(config: Config) -> list[Subscription]:
         qos[route.match.mqtt] = max(qos.get(route.match.mqtt, 0), route.qos)
     retain_handling = 1 if config.broker.protocol == "5" else 0
     return [Subscription(prefix + f, q, retain_handling=retain_handling) for f, q in qos.items()]
+
+
+def own_client_ids(config: Config) -> set[str]:
+    """The client ids of a router's own connections: never reclaimed, whatever a heartbeat says."""
+    client_id = config.broker.client_id
+    return {client_id, *(client_id + suffix for suffix in ("-fleet", "-beats", "-check"))}
 
 
 def _route_pools(config: Config) -> set[str]:
@@ -94,6 +110,7 @@ class Service:
         self._metrics: MetricsServer | None = None
         self._reload_requested = False
         self._broker_max_packet_size: int | None = None
+        self.reclaims = Reclaims(config.reclaim.after, config.reclaim.wait, own_client_ids(config))
 
     # -- the loop ---------------------------------------------------------------
 
@@ -118,8 +135,11 @@ class Service:
         if self._reload_requested:
             self._reload_requested = False
             self.reload()
-        room = self.inflight.room(self.transport.publish_window)
-        for event in self.transport.poll(max(0.0, self._next_tick - self.clock()), room):
+        window, reclaiming = self.transport.publish_window, self.reclaims.unsettled
+        room = self.inflight.room(window) - reclaiming
+        publishing = self.inflight.unsettled - self.router.held  # held ones have nothing in flight
+        reclaim_room = min(RECLAIM_WINDOW, window - publishing) - reclaiming
+        for event in self.transport.poll(max(0.0, self._next_tick - self.clock()), room, reclaim_room):
             match event:
                 case DeviceMessages(generation, messages):
                     for publish in messages:
@@ -134,6 +154,12 @@ class Service:
                     self._publishing_connected(max_packet_size)
                 case RoutingConnected():
                     self._routing_connected(event)
+                case Reclaimed(reclaim_id, generation, messages):
+                    self._reclaimed(reclaim_id, generation, messages)
+                case ReclaimConnected(reclaim_id, generation, present):
+                    self._reclaim_connected(reclaim_id, generation, present)
+                case ReclaimLost(reclaim_id, taken_back):
+                    self._reclaim_lost(reclaim_id, taken_back)
         now = self.clock()
         if self.router.balancer_failures:
             for route, error in self.router.balancer_failures:
@@ -148,6 +174,7 @@ class Service:
                 self._bad_input.error("tick", now, "applying heartbeat timeouts failed", exc_info=error)
                 actions = []
             self._execute(actions)
+            self._reclaim_tick(now)
             self._report(now, announce=now >= self._next_stats)
         self.transport.flush()
 
@@ -203,6 +230,9 @@ class Service:
         held = self.router.take_held()
         self.router = Router(new, self.router.fleet, self._rng)
         self._publishing_connected(self._broker_max_packet_size)
+        self.reclaims.configure(new.reclaim.after, new.reclaim.wait)
+        for reclaim in self.reclaims.active():
+            self._await(reclaim)
         self.config = new
         self.transport.update_routes(subscriptions(new))
         if self._metrics is not None:
@@ -217,7 +247,11 @@ class Service:
                  self.transport.pending)
         self._drain()
         self.transport.close()
-        self.inflight.forgot(self.router.forget_held(lambda receipt: True))  # the broker sends them again
+        self.inflight.forgot(self.router.forget_held(lambda receipt: not receipt.source))  # the broker sends them again
+        interrupted = [reclaim for reclaim in self.reclaims.active() if reclaim.started is not None]
+        self.router.forget_held(lambda receipt: receipt.source in {reclaim.id for reclaim in interrupted})
+        for reclaim in interrupted:  # their links went with the transport: they start again
+            self.reclaims.interrupted(reclaim, self.clock())
         if new.broker.client_id != self.config.broker.client_id:
             log.warning("reload: broker.client_id changed from %s to %s: what the old session holds stays "
                         "there until a router connects as %s", self.config.broker.client_id,
@@ -268,6 +302,8 @@ class Service:
                                   topic[:200], exc_info=error)
             return
         self._execute(actions)
+        if self.reclaims.pending(Owner.WORKER, worker) and self.router.fleet.live(worker):
+            self._came_back(worker)
 
     def _publishing_connected(self, max_packet_size: int | None) -> None:
         """The broker's Maximum Packet Size (MQTT 5 CONNACK) narrows ``broker.max_packet_size``; and the stats
@@ -299,7 +335,7 @@ class Service:
         if event.connected:
             self.inflight.connected(event.generation)
             return
-        forgotten = self.router.forget_held(lambda receipt: receipt.qos > 0)  # the broker delivers them again
+        forgotten = self.router.forget_held(lambda receipt: receipt.qos > 0 and not receipt.source)  # delivered again
         self.inflight.forgot(forgotten)
         if forgotten:
             log.info("%d held messages left to the broker, which delivers them again", forgotten)
@@ -351,13 +387,116 @@ class Service:
     def _departed(self, departure: Departure) -> None:
         how = "is down" if departure.health is Health.DOWN else \
             f"is silent (no heartbeat for {self.config.heartbeat.timeout:g}s)"
+        reclaim = self.reclaims.departed(Owner.WORKER, departure.worker, departure.session, self.clock(),
+                                         pool=departure.pool, weight=departure.weight, holding=departure.holding)
+        if reclaim is not None:
+            self._await(reclaim)
+            log.info("worker %s of pool %s %s; nothing more is routed to it. Unless it comes back within %gs, its "
+                     "session %s is reclaimed (it held about %d messages)%s", departure.worker, departure.pool, how,
+                     self.reclaims.after, reclaim.session, departure.holding,
+                     "; meanwhile its devices' new messages wait" if reclaim.waits else "")
+            return
         if not departure.holding:
             log.info("worker %s of pool %s %s; nothing more is routed to it", departure.worker, departure.pool, how)
             return
         self.counters.stranded[(departure.pool, departure.worker)] += departure.holding
         log.warning("worker %s of pool %s %s; nothing more is routed to it. It held about %d messages: they wait "
-                    "in its session at the broker and reach it when it comes back as %s", departure.worker,
-                    departure.pool, how, departure.holding, departure.worker)
+                    "in its session at the broker and reach it when it comes back as %s%s", departure.worker,
+                    departure.pool, how, departure.holding, departure.worker,
+                    "" if departure.session else " (its heartbeats name no session the router could reclaim)")
+
+    # -- reclaims -------------------------------------------------------------------
+
+    def _await(self, reclaim: Reclaim) -> None:
+        if reclaim.kind is Owner.WORKER and reclaim.waits and reclaim.pool is not None:
+            self.router.await_departed(reclaim.pool, reclaim.owner, reclaim.weight)
+
+    def _came_back(self, worker: str) -> None:
+        reclaim = self.reclaims.came_back(Owner.WORKER, worker)
+        self._execute(self.router.release_departed(worker))
+        if reclaim is not None:
+            log.info("worker %s is back, and its session its own (%d messages of it were reclaimed)", worker,
+                     reclaim.settled)
+
+    def _reclaim_tick(self, now: float) -> None:
+        """Start the reclaims that are due, end the ones that are done, let waiting devices go on."""
+        limit = self.config.router.held_limit
+        if self.router.waiting > limit:  # they fill the window: the reclaims they wait for cannot wait any longer
+            for reclaim in self.reclaims.hurry(now):
+                log.warning("%d messages wait for departed workers' sessions to be reclaimed (more than "
+                            "router.max_held, %d): reclaiming worker %s's session now, before reclaim.after",
+                            self.router.waiting, limit, reclaim.owner)
+        mine, theirs = self.reclaims.due(now, (), self.config.broker.client_id)
+        for reclaim in mine:
+            log.info("reclaiming %s %s's session %s", reclaim.kind, reclaim.owner, reclaim.session)
+            self.transport.reclaim(reclaim.id, reclaim.session)
+        for reclaim in theirs:
+            self._execute(self.router.release_departed(reclaim.owner))
+        for end in self.reclaims.finished(now):
+            reclaim = end.reclaim
+            self.transport.end_reclaim(reclaim.id, end_session=end.how == "reclaimed")
+            self._execute(self.router.release_departed(reclaim.owner))
+            if end.how == "reclaimed":
+                log.info("reclaimed %d messages from %s %s's session %s in %.1fs; the session is ended",
+                         reclaim.settled, reclaim.kind, reclaim.owner, reclaim.session, now - (reclaim.started or now))
+            else:
+                log.error("could not take over %s %s's session %s within %.0fs; what it holds stays there",
+                          reclaim.kind, reclaim.owner, reclaim.session, now - (reclaim.started or now))
+        for reclaim in self.reclaims.waited_out(now):
+            log.warning("worker %s's devices waited %gs for its session to be reclaimed: their new messages flow "
+                        "now, maybe ahead of older ones still in the session", reclaim.owner, self.reclaims.wait)
+            self._execute(self.router.release_departed(reclaim.owner))
+    def _reclaim_connected(self, reclaim_id: int, generation: int, present: bool) -> None:
+        reclaim = self.reclaims.get(reclaim_id)
+        if reclaim is None:
+            return
+        self.reclaims.connected(reclaim_id, generation, self.clock())
+        log.info("took over %s %s's session %s (%s)", reclaim.kind, reclaim.owner, reclaim.session,
+                 "it was there" if present else "the broker had none: nothing to reclaim")
+
+    def _reclaimed(self, reclaim_id: int, generation: int, messages: list[Publish]) -> None:
+        """Messages from a departed owner's session: routed again as if they had just arrived."""
+        reclaim = self.reclaims.get(reclaim_id)
+        if reclaim is None or generation != reclaim.generation:
+            return  # not acknowledged: they stay in the session
+        inboxes = [inbox_filter(route.forward, reclaim.owner) for route in self.config.routes] \
+            if reclaim.kind is Owner.WORKER else []
+        for publish in messages:
+            now = self.clock()
+            self.reclaims.took(reclaim_id, now)
+            topic, properties = publish.topic, publish.properties
+            if reclaim.kind is Owner.WORKER:  # a forward: back to the device's own topic and properties
+                topic, properties = self._unwrap(publish, inboxes)
+            receipt = Receipt(generation, publish.packet_id, publish.qos, properties, reclaim_id)
+            self._execute(self.router.route(Message(topic, publish.payload, receipt, now, len(properties)),
+                                            reclaimed=True))
+
+    def _unwrap(self, forward: Publish, inboxes: list[str]) -> tuple[str, bytes]:
+        """The device's topic and MQTT 5 properties, from a forward the router made."""
+        try:
+            ours = dict(user_properties(forward.properties)) if forward.properties else {}
+            properties = without_user_properties(forward.properties, "mqttlb-")
+        except ProtocolError:
+            ours, properties = {}, b""
+        return ours.get("mqttlb-topic") or original_topic(forward.topic, inboxes), properties
+
+    def _reclaim_lost(self, reclaim_id: int, taken_back: bool) -> None:
+        now = self.clock()
+        reclaim = self.reclaims.get(reclaim_id)
+        if reclaim is None:
+            return
+        unsettled = reclaim.unsettled
+        self.router.forget_held(lambda receipt: receipt.source == reclaim_id)
+        ended = self.reclaims.lost(reclaim_id, taken_back, now)
+        if ended is None:
+            log.warning("the connection to %s %s's session %s went while it was being reclaimed (its owner took "
+                        "it back, or the connection broke) after %d messages; %d taken and not settled go back to "
+                        "the session. Trying again in %gs unless the owner is heard from", reclaim.kind,
+                        reclaim.owner, reclaim.session, reclaim.settled, unsettled, self.reclaims.after)
+            return
+        self._execute(self.router.release_departed(reclaim.owner))
+        log.info("%s %s took its session back while it was being reclaimed (%d reclaimed; %d it gets again, "
+                 "already routed: duplicates)", reclaim.kind, reclaim.owner, reclaim.settled, unsettled)
 
     def _publish(self, action: Publishable) -> None:
         """Publish what the router decided for a message; settled now (QoS 0) or when the broker answers."""
@@ -415,5 +554,9 @@ class Service:
 
     def _settle(self, receipt: Receipt) -> None:
         """What became of the message is settled: acknowledge it, on the connection it came on."""
+        if receipt.source:
+            if self.reclaims.settle(receipt.source, receipt.generation) and receipt.qos:
+                self.transport.ack(receipt.packet_id, receipt.source)
+            return
         if self.inflight.settle(receipt.generation, receipt.qos):
             self.transport.ack(receipt.packet_id)

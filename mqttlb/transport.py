@@ -15,6 +15,12 @@
   brings, only the last of each worker is handed on (a heartbeat is the
   worker's whole state).
 
+* A *reclaim link* per session being reclaimed (``core.reclaim``) connects
+  with a departed worker's or router's client id, clean start off, and
+  receives what is queued there; like the routing link, it is read only while
+  there is room, and acknowledges only when the service says so. Its owner
+  may take it back at any time: that is no takeover to fight.
+
 The routing link connects only after the beats link has received the retained
 heartbeats (an UNSUBSCRIBE sent right after the SUBSCRIBE is answered only
 once they are out), so messages queued at the broker during a restart meet a
@@ -50,6 +56,11 @@ log = logging.getLogger("mqttlb.transport")
 
 MAX_RECEIVE = 65535
 """MQTT 5's Receive Maximum when the broker names none."""
+RECLAIM_WINDOW = 500
+"""The most messages a reclaim link holds unacknowledged (its Receive Maximum)."""
+RECLAIM_BUFFER = 32768
+"""Bytes of a reclaim link's kernel receive buffer. Mosquitto counts what waits there as delivered and sends
+it to the owner again if it takes its session back: a small buffer keeps those duplicates few."""
 
 SYNC_TOPIC = "mqttlb/router/sync"
 """Unsubscribed right after the heartbeat subscription: its UNSUBACK marks the end of the retained heartbeats."""
@@ -113,7 +124,33 @@ class RoutingConnected:
     generation: int
 
 
-Event = DeviceMessages | WorkerBeat | Settled[Tag] | PublishesDropped[Tag] | PublishingConnected | RoutingConnected
+@dataclass(frozen=True, slots=True)
+class Reclaimed:
+    """Messages taken from the session reclaim ``reclaim`` is emptying, in order, from its connection
+    ``generation``."""
+
+    reclaim: int
+    generation: int
+    messages: list[Publish]
+
+
+@dataclass(frozen=True, slots=True)
+class ReclaimConnected:
+    reclaim: int
+    generation: int
+    session_present: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ReclaimLost:
+    """A reclaim link went; ``taken_back``: the session's owner said it took it (MQTT 5)."""
+
+    reclaim: int
+    taken_back: bool
+
+
+Event = (DeviceMessages | WorkerBeat | Settled[Tag] | PublishesDropped[Tag] | PublishingConnected | RoutingConnected
+         | Reclaimed | ReclaimConnected | ReclaimLost)
 
 
 class Transport(Generic[Tag]):
@@ -121,6 +158,7 @@ class Transport(Generic[Tag]):
 
     def __init__(self, broker: BrokerSettings, *, heartbeat_filter: str, routes: list[Subscription],
                  max_inflight: int = 1000) -> None:
+        self._broker = broker
         self._heartbeat_filter = heartbeat_filter
         self._routes = routes
         self._routing = Link(broker, broker.client_id, persistent=True, receive_maximum=max_inflight)
@@ -128,6 +166,10 @@ class Transport(Generic[Tag]):
         self._publishing = Link(broker, broker.client_id + "-fleet", persistent=False)
         self._beats = Link(broker, broker.client_id + "-beats", persistent=False)
         self._links = (self._publishing, self._beats, self._routing)
+        self._reclaiming: dict[int, Link] = {}
+        """Reclaim links by reclaim id."""
+        self._ending: list[Link] = []
+        """MQTT 3.1.1 clean connections that end a reclaimed session (it has no session expiry to set)."""
         self._pending: dict[int, Tag] = {}
         """QoS 1 publishes in flight on the publishing link, by packet id, in the order they were made."""
         self._unsent: list[tuple[str, bytes, bytes, Tag]] = []
@@ -184,26 +226,31 @@ class Transport(Generic[Tag]):
         if routes:  # retain handling 1 (MQTT 5): retained device messages are not routed again
             self._routing.send(self._routing.session.subscribe(routes)[1])
 
-    def poll(self, timeout: float, room: int) -> list[Event[Tag]]:
+    def poll(self, timeout: float, room: int, reclaim_room: int = 0) -> list[Event[Tag]]:
         """One turn: connect what needs it, wait for the sockets (at most ``timeout``), read, keep alive.
 
-        Hands on at most ``room`` device messages; with no room the routing link is not read at all.
+        Hands on at most ``room`` device messages; with no room the routing link is not read at all, and
+        with no ``reclaim_room`` the reclaim links are not.
         """
         now = time.monotonic()
         events: list[Event[Tag]] = []
-        for link in self._links:
+        links = [*self._links, *self._reclaiming.values(), *self._ending]
+        for link in links:
             if link.due(now):
                 link.open(now)
         if self._waiting and room > 0:
             room -= self._hand_on(events, room)
             timeout = 0.0
         reading = room > 0 and not self._waiting
+        reclaiming = {link.sock: (reclaim_id, link) for reclaim_id, link in self._reclaiming.items()
+                      if link.sock is not None}
         readers: list[Any] = [self._wake_r]
-        for link in self._links:
-            if link.sock is not None and (reading or link is not self._routing):
+        for link in links:
+            if link.sock is not None and (reading or link is not self._routing) and \
+                    (reclaim_room > 0 or link.sock not in reclaiming):
                 readers.append(link.sock)
-        writers = [link.sock for link in self._links if link.sock is not None and link.wants_write()]
-        waits = [link.next_attempt - now for link in self._links if link.enabled and link.sock is None]
+        writers = [link.sock for link in links if link.sock is not None and link.wants_write()]
+        waits = [link.next_attempt - now for link in links if link.enabled and link.sock is None]
         timeout = max(0.0, min([timeout, *waits]))
         try:
             readable, _, _ = select.select(readers, writers, [], timeout)
@@ -218,6 +265,15 @@ class Transport(Generic[Tag]):
             self._from_beats(self._beats.read(now), events)
         if self._routing.sock is not None and self._routing.sock in readable:
             self._from_routing(self._routing.read(now), events, room)
+        for sock, (reclaim_id, link) in reclaiming.items():
+            if sock in readable:
+                self._from_reclaim(reclaim_id, link, link.read(now), events)
+            self._from_reclaim(reclaim_id, link, link.keep_alive(now, reading=reclaim_room > 0), events)
+        for link in list(self._ending):
+            if link.sock is not None and link.sock in readable and any(
+                    type(event) is ConnAck for event in link.read(now)) or not link.enabled:
+                link.close(0.5)  # a clean start has ended the old session: nothing more to do
+                self._ending.remove(link)
         self._from_publishing(self._publishing.keep_alive(now, reading=True), events)
         self._from_beats(self._beats.keep_alive(now, reading=True), events)
         self._from_routing(self._routing.keep_alive(now, reading=reading), events, 0)
@@ -310,6 +366,50 @@ class Transport(Generic[Tag]):
         if self._waiting:
             self._hand_on(events, room)
 
+    def _from_reclaim(self, reclaim_id: int, link: Link, events_in: list[Any], events: list[Event[Tag]]) -> None:
+        messages: list[Publish] = []
+        for event in events_in:
+            kind = type(event)
+            if kind is Publish:
+                messages.append(event)
+            elif kind is BadPublish:  # cannot be routed again, nor left to stall the session
+                log.warning("%s: dropping a message whose topic is not UTF-8: %r", link.name, event.topic[:200])
+                if event.qos:
+                    link.send(link.session.puback(event.packet_id))
+            elif kind is ConnAck and link.connected:
+                events.append(ReclaimConnected(reclaim_id, link.generation, event.session_present))
+            elif kind is Lost:
+                if messages:
+                    events.append(Reclaimed(reclaim_id, link.generation, messages))
+                    messages = []
+                link.enabled = False
+                self._reclaiming.pop(reclaim_id, None)
+                events.append(ReclaimLost(reclaim_id, event.taken_over))
+        if messages:
+            events.append(Reclaimed(reclaim_id, link.generation, messages))
+
+    def reclaim(self, reclaim_id: int, client_id: str) -> None:
+        """Take over the session of ``client_id`` (a departed worker or router) on a link of its own."""
+        link = Link(self._broker, client_id, persistent=True, receive_maximum=RECLAIM_WINDOW, borrowed=True,
+                    receive_buffer=RECLAIM_BUFFER)
+        link.enabled = True
+        self._reclaiming[reclaim_id] = link
+
+    def end_reclaim(self, reclaim_id: int, *, end_session: bool) -> None:
+        """Close reclaim ``reclaim_id``'s link; with ``end_session``, the session it emptied ends too."""
+        link = self._reclaiming.pop(reclaim_id, None)
+        if link is None:
+            return
+        if not (end_session and link.connected):
+            link.close(0.5)
+        elif link.mqtt5:
+            link.close(0.5, session_expiry=0)
+        else:
+            link.close(0.5)
+            cleaner = Link(self._broker, link.name, persistent=False, borrowed=True)
+            cleaner.enabled = True
+            self._ending.append(cleaner)
+
     def _count_lost(self, link: Link, lost: Lost) -> None:
         if link.enabled:
             self.reconnects += 1
@@ -336,6 +436,8 @@ class Transport(Generic[Tag]):
     def flush(self) -> None:
         """Send what is queued, without waiting for the sockets."""
         for link in self._links:
+            link.flush()
+        for link in self._reclaiming.values():
             link.flush()
 
     def publish(self, topic: str, payload: bytes, qos: int, properties: bytes, tag: Tag) -> Outcome | None:
@@ -370,10 +472,12 @@ class Transport(Generic[Tag]):
         if self._publishing.connected:
             self._publishing.send(self._publishing.session.publish(topic.encode("utf-8"), payload, 0, retain=True)[1])
 
-    def ack(self, packet_id: int) -> None:
-        """Acknowledge an inbound message (the service checked that it came on this connection)."""
-        if self._routing.connected:
-            self._routing.send(self._routing.session.puback(packet_id))
+    def ack(self, packet_id: int, source: int = 0) -> None:
+        """Acknowledge an inbound message on the routing link, or (``source``) on that reclaim's link; the
+        service checked that it came on this connection."""
+        link = self._reclaiming.get(source) if source else self._routing
+        if link is not None and link.connected:
+            link.send(link.session.puback(packet_id))
 
     def close(self, grace: float = 2.0) -> None:
         """Send what is queued (acknowledgements above all), then disconnect both links cleanly.
@@ -382,6 +486,10 @@ class Transport(Generic[Tag]):
         left behind would bring its message back, as a duplicate, to the next router.
         """
         self._routing.close(grace)  # its acknowledgements first
+        for link in [*self._reclaiming.values(), *self._ending]:
+            link.close(grace)  # a reclaim unfinished: the session keeps the rest, for the owner or the next router
+        self._reclaiming.clear()
+        self._ending.clear()
         self._publishing.close(grace)
         self._beats.close(grace)
         self._wake_r.close()

@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 
 from .core.config import DEFAULT_POOL, BrokerSettings, Config
-from .core.topics import TopicTemplate, filter_matches, key_problem
+from .core.topics import inbox_filter, key_problem, original_topic
 from .errors import EXIT_CONFIG, TransportError
 from .logs import RateLimited
 from .mqtt.client import Client, Inbound, Publication
@@ -68,16 +68,9 @@ def delivery_of(message: Inbound, inboxes: Iterable[str]) -> Delivery:
     user = dict(message.user_properties)
     topic = user.get("mqttlb-topic")
     if topic is None:  # MQTT 3.1.1: the original topic is what follows the inbox's '#'
-        inbox = next((f for f in inboxes if f.endswith("/#") and filter_matches(f, message.topic)), None)
-        topic = message.topic if inbox is None else message.topic.split("/", inbox.count("/"))[-1]
+        topic = original_topic(message.topic, inboxes)
     return Delivery(device=user.get("mqttlb-key"), topic=topic, payload=message.payload,
                     route=user.get("mqttlb-route"), properties=message.user_properties)
-
-
-def inbox_filter(forward: TopicTemplate, worker_id: str) -> str:
-    """The filter that takes every forward a route with this ``forward`` template sends ``worker_id``."""
-    levels = {name: "+" for name in forward.placeholders} | {"worker": worker_id, "topic": "#"}
-    return forward.render(levels)
 
 
 def _problems(worker_id: str, pool: str, weight: float, interval: float, heartbeat_topic: str) -> list[str]:
@@ -127,7 +120,10 @@ class Worker:
                                          daemon=True)
         self._failures = RateLimited(log)
         will = Will(self.heartbeat_topic, orjson.dumps({"worker": worker_id, "state": "down"}), qos=1, retain=True)
-        self._client = Client(broker, f"mqttlb-worker-{worker_id}", persistent=True, manual_ack=True, will=will,
+        self.session = f"mqttlb-worker-{worker_id}"
+        """The client id of its persistent session: heartbeats name it, so the router can reclaim what is queued
+        there if this worker never comes back."""
+        self._client = Client(broker, self.session, persistent=True, manual_ack=True, will=will,
                               on_message=self._arrived, on_connect=self._connected)
 
     @classmethod
@@ -282,7 +278,7 @@ class Worker:
             return None
         payload = orjson.dumps({"worker": self.worker_id, "pool": self.pool, "state": self._state,
                                 "weight": self.weight, "inflight": self.inflight, "interval": self.interval,
-                                "ts": round(time.time(), 3)})
+                                "session": self.session, "ts": round(time.time(), 3)})
         return self._client.publish(self.heartbeat_topic, payload, qos=1, retain=True)
 
 

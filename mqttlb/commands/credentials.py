@@ -42,10 +42,9 @@ import yaml
 
 from ..core import config as config_module
 from ..core.config import Config
-from ..core.topics import TopicError, TopicFilter, filters_overlap, key_problem
+from ..core.topics import TopicError, TopicFilter, filters_overlap, inbox_filter, key_problem
 from ..errors import EXIT_CONFIG, ConfigError
 from ..transport import SYNC_TOPIC
-from ..worker import inbox_filter
 
 log = logging.getLogger("mqttlb.credentials")
 

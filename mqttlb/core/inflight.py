@@ -40,6 +40,9 @@ class Receipt(NamedTuple):
     qos: int
     properties: bytes
     """The message's MQTT 5 properties as they came, encoded (empty with MQTT 3.1.1): its forward carries them."""
+    source: int = 0
+    """0: the routing connection; else the reclaim (``reclaim``) whose connection took it, which settles it
+    by its own count (the window here is the routing connection's)."""
 
 
 Ref = TypeVar("Ref", bound=Hashable)

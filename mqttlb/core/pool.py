@@ -66,6 +66,8 @@ class Heartbeat:
     state: WorkerState = WorkerState.UP
     weight: float = 1.0
     inflight: int = 0
+    session: str | None = None
+    """The client id of the worker's persistent broker session, which the router may reclaim once it is gone."""
 
     @classmethod
     def parse(cls, worker: str, payload: bytes) -> Heartbeat:
@@ -99,8 +101,20 @@ class Heartbeat:
         inflight = body.get("inflight", 0)
         if not isinstance(inflight, int) or isinstance(inflight, bool) or inflight < 0:
             raise BadHeartbeat(f"inflight must be an integer >= 0, got {inflight!r}")
+        session = body.get("session")
+        if session is not None and (not isinstance(session, str) or client_id_problem(session) is not None):
+            raise BadHeartbeat(f"session must be an MQTT client id, {client_id_problem(session)}")
         return cls(worker=worker, pool=pool, state=state, weight=float(weight), inflight=inflight,
-                   pool_named="pool" in body)
+                   pool_named="pool" in body, session=session)
+
+
+def client_id_problem(value: object) -> str | None:
+    """Why ``value`` cannot be a client id the router connects with (it must be a key: no control characters,
+    nothing a topic would mind), or None."""
+    if not isinstance(value, str):
+        return f"got {value!r}"
+    problem = key_problem(value)
+    return None if problem is None else f"got {value[:64]!r}: {problem}"
 
 
 def _is_number(value: object) -> bool:
@@ -129,7 +143,11 @@ class Departure:
     """``down`` (its will or its own word) or ``timeout`` (silent)."""
     holding: int
     """About how many messages it held: the inflight of its last live heartbeat plus what was routed to it
-    since. They wait in its session at the broker and reach it when it comes back under the same id."""
+    since. They wait in its session at the broker until it comes back, or the router reclaims them."""
+    session: str | None = None
+    """Its broker session's client id, when its heartbeats named one: what may be reclaimed."""
+    weight: float = 1.0
+    """Its weight in the healthy set it left (to tell which devices were its own)."""
 
 
 _LIVE = (Health.UP, Health.DRAINING)
@@ -225,6 +243,8 @@ class Fleet:
         old = self._records.get(beat.worker)
         if old is not None and not beat.pool_named and beat.state is not WorkerState.UP:
             beat = replace(beat, pool=old.beat.pool)  # a will names no pool: the worker stays where it was
+        if old is not None and beat.session is None and beat.state is WorkerState.DOWN:
+            beat = replace(beat, session=old.beat.session)  # nor a session: it is still the one to reclaim
         if old is None or old.beat.pool != beat.pool:
             self._check_room(beat)
         self._advance(now)
@@ -271,6 +291,11 @@ class Fleet:
         if snapshot is None:
             snapshot = self._snapshots[pool] = MappingProxyType(dict(self._healthy.get(pool, {})))
         return snapshot
+
+    def live(self, worker: str) -> bool:
+        """Whether ``worker`` is up or draining, and heard from within the timeout."""
+        record = self._records.get(worker)
+        return record is not None and record.health in _LIVE
 
     def is_healthy(self, pool: str, worker: str) -> bool:
         return worker in self._healthy.get(pool, {})
@@ -401,8 +426,9 @@ class Fleet:
     # -- one worker -------------------------------------------------------------------------------
 
     def _departed(self, record: _Record, health: Health) -> None:
+        weight = self._healthy.get(record.beat.pool, {}).get(record.beat.worker, record.beat.weight)
         self._departures.append(Departure(record.beat.worker, record.beat.pool, health,
-                                          record.beat.inflight + record.assigned))
+                                          record.beat.inflight + record.assigned, record.beat.session, weight))
 
     def _health(self, record: _Record, now: float) -> Health:
         if record.beat.state is WorkerState.UP and now - record.last_seen >= self._timeout:

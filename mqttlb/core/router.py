@@ -26,6 +26,12 @@ balancers catch up once at the next tick, or at once when messages wait for
 the pool or a pick falls on a worker that is no longer healthy: nothing is
 ever routed to a worker the fleet no longer counts as healthy, and a new worker
 gets its first messages within a tick.
+
+While what a departed worker left in its session is being reclaimed
+(``reclaim``, rule 5), the new messages of the devices that were its own wait
+behind it: the router asks a shadow balancer that still counts the departed
+worker (with its last weight) whom each key belonged to, and keeps those of
+the departed worker's keys in arrival order until ``release_departed``.
 """
 
 from __future__ import annotations
@@ -119,6 +125,7 @@ class Router(Generic[Ref]):
     def __init__(self, config: Config, fleet: Fleet, rng: random.Random, limits: BrokerLimits | None = None) -> None:
         self.config = config
         self.fleet = fleet
+        self._rng = rng
         self.limits = limits or BrokerLimits(config.broker.protocol == "5", config.broker.max_packet_size)
         """What the broker refuses; the service narrows it with what the broker says when it connects."""
         self._routes = [
@@ -131,15 +138,24 @@ class Router(Generic[Ref]):
         self._stale: dict[str, dict[str, int]] = {}
         """Pools whose balancers have not been handed their latest healthy set, with the loads reported since
         (a balancer ignores the load of a worker it does not know yet)."""
+        self._departed: dict[str, dict[str, float]] = {}
+        """pool -> departed worker -> its last weight: workers whose devices' new messages wait (module docstring)."""
+        self._departed_of: dict[str, str] = {}
+        """departed worker -> its pool."""
+        self._waiting: dict[str, deque[_Held[Ref]]] = {}
+        """departed worker -> the new messages of its devices, in arrival order."""
+        self._shadows: dict[str, tuple[str, object, balancers.Balancer]] = {}
+        """route -> (its pool, the healthy set it was made for, a balancer over that set and the departed workers)."""
         for pool in {r.pool for r in config.routes}:
             self._update_pool(pool)
 
     # -- messages -------------------------------------------------------
 
-    def route(self, message: Message[Ref]) -> list[Action[Ref]]:
-        """Decide what to do with one inbound message; [] means it is held."""
+    def route(self, message: Message[Ref], reclaimed: bool = False) -> list[Action[Ref]]:
+        """Decide what to do with one inbound message; [] means it is held. A ``reclaimed`` one (taken from a
+        departed worker's session) is older than any message waiting for it, so it never waits."""
         try:
-            return self._route(message)
+            return self._route(message, reclaimed)
         except Exception as error:  # noqa: BLE001 - whatever it is, this message must not stop the others
             return [self.internal(message, error)]
 
@@ -147,7 +163,7 @@ class Router(Generic[Ref]):
         """A dead letter for a message whose routing failed unforeseen, carrying the error for the log."""
         return self._dead_letter(message, Reason.INTERNAL, f"{type(error).__name__}: {error}", None, error=error)
 
-    def _route(self, message: Message[Ref]) -> list[Action[Ref]]:
+    def _route(self, message: Message[Ref], reclaimed: bool) -> list[Action[Ref]]:
         found = self._match(message.topic)
         if found is None:
             return [self._dead_letter(message, Reason.NO_ROUTE, "no route matches the topic", None)]
@@ -162,6 +178,11 @@ class Router(Generic[Ref]):
                 key = settings.key.extract(captures, message.payload)
             except BadKey as error:
                 return [self._dead_letter(message, Reason.BAD_KEY, str(error), settings.name)]
+        if key is not None and settings.pool in self._departed and not reclaimed:
+            owner = self._former_owner(route, key)
+            if owner is not None:  # it waits for what its departed worker left to be reclaimed first
+                self._waiting[owner].append(_Held(message, route, captures, key, message.arrived))
+                return []
         held = self._held_by_pool.get(settings.pool)
         actions = None if held else self._dispatch(message, route, captures, key)  # held: keep arrival order
         if actions is not None:
@@ -246,8 +267,67 @@ class Router(Generic[Ref]):
 
     @property
     def held(self) -> int:
-        """Messages waiting for a healthy worker."""
-        return sum(len(held) for held in self._held_by_pool.values())
+        """Messages waiting: for a healthy worker, or for a departed worker's session to be reclaimed."""
+        return sum(len(held) for held in self._held_by_pool.values()) + self.waiting
+
+    @property
+    def waiting(self) -> int:
+        """Messages waiting for a departed worker's session to be reclaimed."""
+        return sum(len(waiting) for waiting in self._waiting.values())
+
+    # -- departed workers' devices --------------------------------------
+
+    def await_departed(self, pool: str, worker: str, weight: float) -> None:
+        """From now on, new messages of ``worker``'s devices wait until ``release_departed(worker)``."""
+        self._departed.setdefault(pool, {})[worker] = weight
+        self._departed_of[worker] = pool
+        self._waiting.setdefault(worker, deque())
+        self._forget_shadows(pool)
+
+    def awaited(self) -> list[str]:
+        """The departed workers whose devices wait, the one whose messages have waited longest first."""
+        return sorted(self._waiting, key=lambda worker: self._waiting[worker][0].message.arrived
+                      if self._waiting[worker] else float("inf"))
+
+    def release_departed(self, worker: str) -> list[Action[Ref]]:
+        """``worker``'s devices wait no more: what waited is routed now, in the order it came."""
+        pool = self._departed_of.pop(worker, None)
+        if pool is None:
+            return []
+        departed = self._departed[pool]
+        del departed[worker]
+        if not departed:
+            del self._departed[pool]
+        self._forget_shadows(pool)
+        actions: list[Action[Ref]] = []
+        for item in self._waiting.pop(worker, ()):
+            held = self._held_by_pool.get(pool)
+            released = None if held else self._dispatch(item.message, item.route, dict(item.captures), item.key)
+            if released is None:  # the pool has no worker now: it waits for one, as any message would
+                self._held_by_pool.setdefault(pool, deque()).append(
+                    replace(item, deadline=item.message.arrived + self.config.dead_letter.hold))
+            else:
+                actions.extend(released)
+        return actions
+
+    def _former_owner(self, route: _Route, key: str) -> str | None:
+        """The departed worker ``key`` belonged to, if it belonged to one: the pick of a shadow balancer whose
+        workers are the healthy ones and the departed ones."""
+        if not route.balancer.needs_key:
+            return None  # no affinity: no device is any worker's own
+        pool = route.settings.pool
+        healthy = self.fleet.healthy(pool)
+        shadow = self._shadows.get(route.settings.name)
+        if shadow is None or shadow[1] is not healthy:
+            balancer = balancers.create(route.settings.algorithm, rng=self._rng,
+                                        **self.config.balancers.get(route.settings.algorithm, {}))
+            balancer.update({**healthy, **self._departed[pool]})
+            shadow = self._shadows[route.settings.name] = (pool, healthy, balancer)
+        owner = shadow[2].pick(key)
+        return owner if owner in self._departed[pool] else None
+
+    def _forget_shadows(self, pool: str) -> None:
+        self._shadows = {name: shadow for name, shadow in self._shadows.items() if shadow[0] != pool}
 
     def _make_room(self) -> list[Action[Ref]]:
         """Past ``router.max_held``, dead-letter the oldest held message if another pool has a worker.
@@ -269,10 +349,12 @@ class Router(Generic[Ref]):
                                   f"(router.max_held) while other pools had workers", item.route.settings.name)]
 
     def take_held(self) -> list[Message[Ref]]:
-        """Every held message, oldest first, no longer held here (a reloaded router routes them again)."""
-        items = sorted((item for held in self._held_by_pool.values() for item in held),
-                       key=lambda item: item.message.arrived)
+        """Every held or waiting message, oldest first, no longer held here (a reloaded router routes them
+        again, after it is told again which departed workers' devices wait)."""
+        queues = [*self._held_by_pool.values(), *self._waiting.values()]
+        items = sorted((item for held in queues for item in held), key=lambda item: item.message.arrived)
         self._held_by_pool = {}
+        self._waiting = {worker: deque() for worker in self._waiting}
         return [item.message for item in items]
 
     def forget_held(self, belongs_to_lost_connection: Callable[[Ref], bool]) -> int:
@@ -285,6 +367,10 @@ class Router(Generic[Ref]):
                 self._held_by_pool[pool] = kept
             else:
                 del self._held_by_pool[pool]
+        for worker, waiting in self._waiting.items():
+            kept = deque(item for item in waiting if not belongs_to_lost_connection(item.message.ref))
+            forgotten += len(waiting) - len(kept)
+            self._waiting[worker] = kept
         return forgotten
 
     def refused(self, forward: Forward[Ref]) -> DeadLetter[Ref]:

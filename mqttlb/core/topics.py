@@ -10,7 +10,7 @@ device id must never cost the router its connection.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 MAX_KEY_BYTES = 256
@@ -211,3 +211,16 @@ class TopicTemplate:
             out.append("#" if self.parts[index] == "topic" else "+")
             out.append(self.parts[index + 1])
         return "".join(out)
+
+
+def inbox_filter(forward: TopicTemplate, worker_id: str) -> str:
+    """The filter that takes every forward a route with this ``forward`` template sends ``worker_id``."""
+    levels = {name: "+" for name in forward.placeholders} | {"worker": worker_id, "topic": "#"}
+    return forward.render(levels)
+
+
+def original_topic(topic: str, inboxes: Iterable[str]) -> str:
+    """The device's topic inside a forward's ``topic``: what the ``#`` of the inbox filter it matched stands for
+    (MQTT 3.1.1 forwards carry no ``mqttlb-topic``); ``topic`` itself when no inbox matches."""
+    inbox = next((f for f in inboxes if f.endswith("/#") and filter_matches(f, topic)), None)
+    return topic if inbox is None else topic.split("/", inbox.count("/"))[-1]

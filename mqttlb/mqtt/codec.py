@@ -315,6 +315,19 @@ def user_properties(properties: bytes) -> tuple[tuple[str, str], ...]:
     return tuple(decode_properties(properties, 0, len(properties)).get(USER_PROPERTY, ()))
 
 
+def without_user_properties(properties: bytes, prefix: str) -> bytes:
+    """An encoded property block's content (a ``Publish.properties``) without the user properties whose name
+    starts with ``prefix``; the rest as it was, in order."""
+    if not properties:
+        return properties
+    decoded = decode_properties(properties, 0, len(properties))
+    pairs = decoded.pop(USER_PROPERTY, [])
+    kept = [(name, value) for name, value in pairs if not name.startswith(prefix)]
+    if len(kept) == len(pairs):
+        return properties
+    return encode_properties(decoded) + encode_user_properties(kept)
+
+
 def encode_user_properties(pairs: Iterable[tuple[str, str]]) -> bytes:
     """User properties as property block content, to append to a ``Publish.properties`` or pass to publish.
 

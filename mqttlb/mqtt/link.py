@@ -63,10 +63,15 @@ class Link:
     """One connection of one client id; see the module docstring."""
 
     def __init__(self, broker: BrokerSettings, client_id: str, *, persistent: bool,
-                 receive_maximum: int | None = None) -> None:
+                 receive_maximum: int | None = None, borrowed: bool = False,
+                 receive_buffer: int | None = None) -> None:
+        """``borrowed``: the session is another client's (a reclaim), which may take it back at any time; that
+        is no takeover to fight or to report."""
         self.name = client_id
         self.broker = broker
         self.persistent = persistent
+        self.borrowed = borrowed
+        self.receive_buffer = receive_buffer
         self.receive_maximum = receive_maximum
         self.session = Session(5 if broker.protocol == "5" else 4)
         self.sock: socket.socket | None = None
@@ -108,7 +113,7 @@ class Link:
         self.next_attempt = max(self.next_attempt, now + backoff(self.attempt))
         self.attempt += 1
         try:
-            sock = open_socket(self.broker, CONNECT_TIMEOUT)
+            sock = open_socket(self.broker, CONNECT_TIMEOUT, self.receive_buffer)
         except (OSError, ssl.SSLError) as error:
             problem = f"cannot connect to {self.broker.host}:{self.broker.port}: {error}"
             if problem == self.problem:
@@ -232,13 +237,14 @@ class Link:
 
     # -- closing ------------------------------------------------------------------------------
 
-    def close(self, grace: float) -> None:
-        """Send what is queued and a DISCONNECT (the will is not published), waiting up to ``grace`` seconds."""
+    def close(self, grace: float, session_expiry: int | None = None) -> None:
+        """Send what is queued and a DISCONNECT (the will is not published), waiting up to ``grace`` seconds.
+        ``session_expiry`` 0 (MQTT 5) ends the session with the connection."""
         self.enabled = False
         if self.sock is None:
             return
         if self.connected:
-            self.send(self.session.disconnect())
+            self.send(self.session.disconnect(session_expiry=session_expiry if self.mqtt5 else None))
         deadline = time.monotonic() + grace
         while self._out and self.sock is not None and time.monotonic() < deadline:
             self.flush()
@@ -260,6 +266,8 @@ class Link:
 
     def _taken_over(self, reason: int | None, now: float) -> bool:
         said = reason == SESSION_TAKEN_OVER
+        if self.borrowed:
+            return said
         self.quick_drops = self.quick_drops + 1 if now - self.connected_at < QUICK_DROP else 0
         if not said and self.quick_drops < QUICK_DROPS:
             self.next_attempt = now + backoff(0)

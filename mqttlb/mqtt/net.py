@@ -22,12 +22,16 @@ def tls_context(broker: BrokerSettings) -> ssl.SSLContext:
     return context
 
 
-def open_socket(broker: BrokerSettings, timeout: float) -> socket.socket:
+def open_socket(broker: BrokerSettings, timeout: float, receive_buffer: int | None = None) -> socket.socket:
     """A connected socket to ``broker`` (TLS-wrapped, handshake done, when ``broker.tls`` is set), in
-    blocking mode with ``timeout``; raises OSError (ssl.SSLError included) when it cannot be opened."""
+    blocking mode with ``timeout``; raises OSError (ssl.SSLError included) when it cannot be opened.
+    ``receive_buffer`` caps the kernel's receive buffer (what the broker counts as delivered while it waits
+    there unread)."""
     sock = socket.create_connection((broker.host, broker.port), timeout)
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # a small packet must not wait for an ACK
+        if receive_buffer is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
         if broker.tls is not None:
             sock = tls_context(broker).wrap_socket(sock, server_hostname=broker.host)
     except BaseException:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import threading
@@ -240,3 +241,50 @@ def clients(broker: PrivateBroker) -> Iterator[Callable[..., Client]]:
             c.close()
         except Exception:
             pass
+
+
+RECORDING_WORKER = Path(__file__).with_name("recording_worker.py")
+
+
+class WorkerProcess:
+    """``recording_worker.py`` as a process: an ``mqttlb.Worker`` with a persistent session that a test may
+    SIGKILL, SIGSTOP or restart; what it handled is in its file."""
+
+    def __init__(self, broker: PrivateBroker, worker_id: str, record: Path, delay: float = 0.0) -> None:
+        self.worker_id, self.record = worker_id, record
+        self.process = subprocess.Popen([sys.executable, str(RECORDING_WORKER), broker.host, str(broker.port),
+                                         worker_id, str(record), str(delay)])
+
+    def handled(self) -> list[bytes]:
+        if not self.record.exists():
+            return []
+        return [line for line in self.record.read_bytes().split(b"\n") if line.endswith(b"}")]
+
+    def signal(self, sig: int) -> None:
+        self.process.send_signal(sig)
+        if sig in (signal.SIGKILL, signal.SIGTERM):
+            self.process.wait(15)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.fixture
+def worker_processes(broker: PrivateBroker, tmp_path: Path):
+    started: list[WorkerProcess] = []
+
+    def start(worker_id: str, delay: float = 0.0) -> WorkerProcess:  # a file per process, restarts included
+        worker = WorkerProcess(broker, worker_id, tmp_path / f"{worker_id}-{len(started)}.handled", delay)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.close()
