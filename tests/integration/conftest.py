@@ -53,7 +53,9 @@ class Client:
 
     def __init__(self, broker: PrivateBroker, client_id: str, *, clean: bool = True,
                  will: tuple[str, bytes] | None = None, protocol: int = paho.MQTTv5) -> None:
-        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol)
+        session = {} if protocol == paho.MQTTv5 else {"clean_session": clean}  # 3.1.1: set here, not at connect
+        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol,
+                                  **session)
         self.received: list[paho.MQTTMessage] = []
         self._lock = threading.Lock()
         self.client.on_message = self._on_message
