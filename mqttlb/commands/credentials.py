@@ -94,7 +94,10 @@ def reserved_problem(name: str, client_id: str, worker_ids: Collection[str]) -> 
     ``-fleet`` (publishing), ``-beats`` (heartbeats), ``-<i>``, ``-<i>-fleet`` and ``-<i>-beats`` under
     ``run --processes``, ``-check`` (``check --connect``), and those to come.
     Workers and tools connect as ``mqttlb-...``; a worker's bare id is kept too, for a worker written on
-    plain paho that uses it as its client id.
+    plain paho that uses it as its client id. Reclaim adds no name: the router takes over a departed worker's
+    session by its client id (``mqttlb-worker-<id>``, or its bare id) and a dead router's by its
+    (``<client_id>``, ``<client_id>-<i>``), all kept here already. A router run from another config, with
+    another client id, has its names kept by running this command with that config too.
     """
     if name == client_id or name.startswith(client_id + "-"):
         return (f"reserved: {_router_connection(name[len(client_id):], client_id)}; the router keeps "
@@ -131,20 +134,30 @@ def name_problem(name: str) -> str | None:
 
 
 def rules(identity: Identity, config: Config) -> list[str]:
-    """The ACL lines of one router, worker or monitor: exactly the topics it reads and writes."""
-    heartbeat = config.heartbeat.topic
+    """The ACL lines of one router, worker or monitor: exactly the topics it reads and writes.
+
+    The router reads the workers' inboxes for reclaim alone: it takes over a departed worker's session, and
+    Mosquitto checks the read ACL of whoever holds a session now as it delivers what was queued there
+    (denied, the queued messages are dropped). A departed router's queue is the routes' filters, read already.
+    """
+    heartbeat, routers = config.heartbeat.topic, config.router.heartbeat_topic
     dead_letters = config.dead_letter.topic.as_filter()
     stats = stats_topics(config)
     reads: list[str] = []
     writes: list[str] = []
     if identity.role is Role.ROUTER:
-        reads = [route.match.mqtt for route in config.routes] + [heartbeat, SYNC_TOPIC]
-        writes = [route.forward.as_filter() for route in config.routes] + [dead_letters, *stats]
+        inboxes = [inbox_filter(route.forward, "+") for route in config.routes]
+        reads = [route.match.mqtt for route in config.routes] + [heartbeat, routers, SYNC_TOPIC, *inboxes]
+        # Every router's heartbeat, not only its own: routers are trusted, and the router user is all of them
+        # (<client_id>, the --processes instances <client_id>-<i>, the share group's other routers), whose ids no
+        # ACL line can spell out (`+` is one whole level). It may connect with any of their client ids anyway:
+        # the backend listener does not police client ids, and reclaim takes over a dead router's session.
+        writes = [route.forward.as_filter() for route in config.routes] + [dead_letters, *stats, routers]
     elif identity.role is Role.WORKER:
         reads = [inbox_filter(route.forward, identity.name) for route in config.routes]
         writes = ["/".join(identity.name if level == "+" else level for level in heartbeat.split("/"))]
     elif identity.role is Role.MONITOR:
-        reads = [dead_letters, *stats, heartbeat]
+        reads = [dead_letters, *stats, heartbeat, routers]
     return [f"topic read {t}" for t in dict.fromkeys(reads)] + [f"topic write {t}" for t in dict.fromkeys(writes)]
 
 
@@ -187,7 +200,9 @@ def device_topic_problem(topic: str, config: Config) -> str | None:
         TopicFilter.parse(as_filter)
     except TopicError as error:
         return str(error)
-    protected = {config.heartbeat.topic: "the workers' heartbeats", **dict.fromkeys(stats_topics(config), "the stats"),
+    protected = {config.heartbeat.topic: "the workers' heartbeats",
+                 config.router.heartbeat_topic: "the routers' heartbeats",
+                 **dict.fromkeys(stats_topics(config), "the stats"),
                  config.dead_letter.topic.as_filter(): "the dead letters", SYNC_TOPIC: "the router's sync topic",
                  **{route.forward.as_filter(): "the workers' inboxes" for route in config.routes}}
     for other, what in protected.items():

@@ -6,7 +6,9 @@ SUBACK or PUBACK: Mosquitto grants any subscription and acknowledges a denied
 publish, then silently delivers nothing. A denied message is shown absent by a
 marker: a permitted QoS 1 message published after it was acknowledged reaches
 the same reader, so the denied one, had it been let through, would be there
-first. Only a will (sent when the broker notices a dead socket) needs a settle.
+first. A reader that may read nothing gets a round trip on its own connection
+instead (``Peer.marker``, a SUBACK). Only a will (sent when the broker notices
+a dead socket) needs a settle.
 """
 
 from __future__ import annotations
@@ -156,8 +158,12 @@ class Peer:
     """A paho client that logs in on one listener of the broker and records what happens to it."""
 
     def __init__(self, port: int, files: Files, username: str | None, *, password: str | None = None,
-                 cert: str | None = None, client_id: str = "", will: tuple[str, bytes] | None = None) -> None:
+                 cert: str | None = None, client_id: str = "", will: tuple[str, bytes] | None = None,
+                 session_expiry: int = 0) -> None:
         self.port = port
+        self.session_expiry = session_expiry
+        """Seconds; above 0 the client asks for a persistent session, with clean start off."""
+        self.session_present: bool | None = None
         self.events: list[str] = []
         self.received: list[paho.MQTTMessage] = []
         self._lock = threading.Lock()
@@ -171,11 +177,14 @@ class Peer:
                             keyfile=str(folder / f"{cert}.key") if cert else None)
         if will is not None:
             self.client.will_set(will[0], will[1], qos=1, retain=True)
-        self.client.on_connect = lambda c, u, flags, reason, p: self._event(f"refused: {reason}" if reason.is_failure
-                                                                            else "connected")
+        self.client.on_connect = self._connected
         self.client.on_disconnect = lambda c, u, flags, reason, p: self._event(f"disconnected: {reason}")
         self.client.on_subscribe = lambda c, u, mid, reasons, p: self._subacks.add(mid)
         self.client.on_message = self._message
+
+    def _connected(self, client: Any, userdata: Any, flags: paho.ConnectFlags, reason: Any, properties: Any) -> None:
+        self.session_present = flags.session_present
+        self._event(f"refused: {reason}" if reason.is_failure else "connected")
 
     def _event(self, event: str) -> None:
         with self._lock:
@@ -190,7 +199,12 @@ class Peer:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ResourceWarning)  # paho leaves the socket of a failed handshake open
             try:
-                self.client.connect("127.0.0.1", self.port, 30)
+                if self.session_expiry > 0:
+                    properties = Properties(PacketTypes.CONNECT)
+                    properties.SessionExpiryInterval = self.session_expiry
+                    self.client.connect("127.0.0.1", self.port, 30, clean_start=False, properties=properties)
+                else:
+                    self.client.connect("127.0.0.1", self.port, 30)
                 failure = None
             except (OSError, ssl.SSLError) as error:
                 failure = f"tls: {error}"
@@ -205,6 +219,13 @@ class Peer:
         """Subscribe and wait for the SUBACK (whatever it says: only delivery counts)."""
         mids = [self.client.subscribe(f, 1)[1] for f in filters]
         wait_for(lambda: self._subacks.issuperset(mids), what=f"SUBACK for {filters}")
+
+    def marker(self) -> None:
+        """A round trip on this connection (a SUBACK): what the broker gave it before, it has received by now.
+
+        For a reader that may read nothing: Mosquitto queues a message for its subscribers before it
+        acknowledges the publish, and sends a connection's packets in order."""
+        self.subscribe("marker/of/this/connection")
 
     def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
         """Publish at QoS 1 and wait for the PUBACK: the broker has decided on it by then."""
@@ -382,6 +403,86 @@ def test_a_device_cannot_take_over_a_router_instances_session(files: Files, tmp_
         broker.close()
     assert created == {}
     assert all("reserved: the client id of router instance 0's" in run.stderr for run in attempts.values())
+
+
+# -- reclaim: who may take over what a departed worker or router left queued -----------------
+
+
+SESSION = 3600
+"""Session expiry (seconds) of the persistent sessions below."""
+
+
+def departed_worker(deployment: Deployment) -> list[tuple[str, bytes]]:
+    """Worker w1's persistent session, its inbox subscription, and forwards the router queued there once w1 left."""
+    w1 = deployment.backend(W1, client_id=W1, session_expiry=SESSION)
+    w1.subscribe("mqttlb/workers/w1/in/#")
+    w1.close()  # a clean DISCONNECT: the session stays, for SESSION seconds
+    router = deployment.backend(ROUTER)
+    forwards = [(f"mqttlb/workers/w1/in/devices/d{i}/telemetry", f"queued {i}".encode()) for i in range(5)]
+    for topic, payload in forwards:
+        router.publish(topic, payload)
+    return forwards
+
+
+def test_the_router_user_reclaims_a_departed_workers_queue(deployment: Deployment) -> None:
+    """Mosquitto checks the read ACL when it delivers a queued message to whoever holds the session now:
+    without read on the inboxes, the router's takeover would get nothing, and the broker drop the queue."""
+    forwards = departed_worker(deployment)
+    reclaimer = deployment.backend(ROUTER, client_id=W1, session_expiry=SESSION)
+    wait_for(lambda: len(reclaimer.got()) == len(forwards), what="w1's queued forwards")
+    assert reclaimer.session_present
+    assert reclaimer.got() == forwards
+
+
+def test_the_router_user_reclaims_a_departed_routers_queue(deployment: Deployment) -> None:
+    dead = f"{CLIENT_ID}-1"  # instance 1 of run --processes, in the share group
+    router = deployment.backend(ROUTER, client_id=dead, session_expiry=SESSION)
+    router.subscribe("$share/mqttlb/devices/+/telemetry", "$share/mqttlb/devices/+/logs/#")
+    router.close()
+    device = deployment.device("d1")
+    sent = [("devices/d1/telemetry", b"t1"), ("devices/d1/logs/boot", b"l1"), ("devices/d1/telemetry", b"t2")]
+    for topic, payload in sent:
+        device.publish(topic, payload)
+    reclaimer = deployment.backend(ROUTER, client_id=dead, session_expiry=SESSION)
+    wait_for(lambda: len(reclaimer.got()) == len(sent), what="the dead router's queued messages")
+    assert reclaimer.session_present
+    assert reclaimer.got() == sent
+
+
+def test_a_device_cannot_reclaim_a_departed_workers_queue_nor_read_an_inbox(deployment: Deployment) -> None:
+    forwards = departed_worker(deployment)
+    thief = deployment.device("d1", client_id=W1, session_expiry=SESSION)  # its client id becomes d1
+    assert not thief.session_present
+    thief.subscribe("mqttlb/workers/+/in/#", "mqttlb/workers/w1/in/#")
+    late = ("mqttlb/workers/w1/in/devices/d2/telemetry", b"after the thief came")
+    deployment.backend(ROUTER).publish(*late)
+    thief.marker()
+    assert thief.got() == []
+    w1 = deployment.backend(W1, client_id=W1, session_expiry=SESSION)
+    wait_for(lambda: len(w1.got()) == len(forwards) + 1, what="w1's queued forwards")
+    assert w1.session_present
+    assert w1.got() == [*forwards, late]
+    thief.marker()
+    assert thief.got() == []
+
+
+def test_routers_announce_themselves_to_routers_and_monitors_and_no_one_else_can(deployment: Deployment) -> None:
+    """A forged router heartbeat could name any session for a live router to take over, a worker's among them."""
+    topic = f"mqttlb/routers/{CLIENT_ID}-0/heartbeat"
+    beat = orjson.dumps({"router": f"{CLIENT_ID}-0", "state": "up", "session": f"{CLIENT_ID}-0"})
+    down = orjson.dumps({"router": f"{CLIENT_ID}-0", "state": "down"})
+    peer, monitor = deployment.backend(ROUTER, client_id=f"{CLIENT_ID}-1"), deployment.backend(MONITOR)
+    for reader in (peer, monitor):
+        reader.subscribe("mqttlb/routers/+/heartbeat")
+    forged = orjson.dumps({"router": "evil", "state": "up", "session": W1})
+    deployment.device("d1").publish("mqttlb/routers/evil/heartbeat", forged, retain=True)
+    deployment.backend(W1).publish("mqttlb/routers/evil/heartbeat", forged, retain=True)
+    router = deployment.backend(ROUTER, client_id=f"{CLIENT_ID}-0", will=(topic, down))
+    router.publish(topic, beat, retain=True)
+    router.kill()  # the broker publishes its will, as the router's user
+    for reader in (peer, monitor):
+        wait_for(lambda: len(reader.got()) == 2, what="the router's heartbeat and will")  # noqa: B023
+        assert reader.got() == [(topic, beat), (topic, down)]
 
 
 # -- what devices and workers can do --------------------------------------------------------

@@ -22,9 +22,12 @@ from mqttlb.commands.credentials import hash_password
 ROUTES = [{"name": "telemetry", "match": "devices/{device}/telemetry", "key": "device"},
           {"name": "logs", "match": "devices/+/logs/#", "algorithm": "round_robin"}]
 ROUTER_RULES = ["topic read devices/+/telemetry", "topic read devices/+/logs/#",
-                "topic read mqttlb/workers/+/heartbeat", "topic read mqttlb/router/sync",
+                "topic read mqttlb/workers/+/heartbeat", "topic read mqttlb/routers/+/heartbeat",
+                "topic read mqttlb/router/sync",
+                "topic read mqttlb/workers/+/in/#",  # reclaim: what a departed worker's session holds
                 "topic write mqttlb/workers/+/in/#", "topic write mqttlb/deadletter/+/#", "topic write mqttlb/stats",
-                "topic write mqttlb/stats/+"]  # the instances' of run --processes: mqttlb/stats/<i>
+                "topic write mqttlb/stats/+",  # the instances' of run --processes: mqttlb/stats/<i>
+                "topic write mqttlb/routers/+/heartbeat"]  # its own, its instances', its share group's
 DEVICES = "Devices write under their own id and read nothing."
 
 Run = Callable[..., tuple[int, str, str]]
@@ -102,7 +105,8 @@ def test_first_run_makes_both_files_and_prints_each_new_password_once(run: Run, 
         "worker w1": ["user mqttlb-worker-w1", "topic read mqttlb/workers/w1/in/#",
                       "topic write mqttlb/workers/w1/heartbeat"],
         "monitor ops": ["user ops", "topic read mqttlb/deadletter/+/#", "topic read mqttlb/stats",
-                        "topic read mqttlb/stats/+", "topic read mqttlb/workers/+/heartbeat"],
+                        "topic read mqttlb/stats/+", "topic read mqttlb/workers/+/heartbeat",
+                        "topic read mqttlb/routers/+/heartbeat"],
     }
 
 
@@ -122,6 +126,7 @@ def test_a_later_run_keeps_what_is_there_and_follows_the_config(run: Run, folder
     blocks = acl_blocks(folder)
     assert blocks[DEVICES] == ["pattern write sensors/%u/#"]  # kept, though not given again
     assert "topic read jobs/+" in blocks["router mqttlb-router"]
+    assert "topic read mqttlb/pools/+/+/#" in blocks["router mqttlb-router"]  # every worker's inbox, for reclaim
     assert "topic write mqttlb/pools/+/+/#" in blocks["router mqttlb-router"]
     assert blocks["worker w2"] == ["user mqttlb-worker-w2", "topic read mqttlb/workers/w2/in/#",
                                    "topic read mqttlb/pools/+/w2/#", "topic write mqttlb/workers/w2/heartbeat"]
@@ -148,6 +153,26 @@ def test_passwords_from_a_secrets_file_are_not_printed(run: Run, folder: Path) -
     assert "d3" not in users(folder)
 
 
+def test_reclaim_rules_follow_the_configured_topics(run: Run, folder: Path) -> None:
+    """The router reads every inbox (a departed worker's session is delivered to it) and reads and writes the
+    routers' heartbeats; monitors read those too; a worker gets nothing for reclaim."""
+    config = yaml.safe_load((folder / "router.yaml").read_text())
+    config["router"] = {"heartbeat_topic": "fleet/routers/+/hb"}
+    config["routes"][1]["forward"] = "out/{pool}/{worker}/{topic}"
+    (folder / "router.yaml").write_text(yaml.safe_dump(config))
+    assert run("--router", "--worker", "w1", "--monitor", "ops")[0] == 0
+    blocks = acl_blocks(folder)
+    router = blocks["router mqttlb-router"]
+    assert [rule for rule in router if "/in/" in rule or "out/" in rule or "routers" in rule] == [
+        "topic read fleet/routers/+/hb", "topic read mqttlb/workers/+/in/#", "topic read out/+/+/#",
+        "topic write mqttlb/workers/+/in/#", "topic write out/+/+/#", "topic write fleet/routers/+/hb"]
+    assert "topic read fleet/routers/+/hb" in blocks["monitor ops"]
+    assert blocks["worker w1"] == ["user mqttlb-worker-w1", "topic read mqttlb/workers/w1/in/#",
+                                   "topic read out/+/w1/#", "topic write mqttlb/workers/w1/heartbeat"]
+    code, _, err = run("--device-topic", "fleet/routers/%u/hb")
+    assert code == 2 and "devices could write the routers' heartbeats (fleet/routers/+/hb)" in err
+
+
 @pytest.mark.parametrize("args, problem", [
     (["--device", "a/b"], "--device 'a/b': name holds forbidden character U+002F"),
     (["--device", "d+"], "--device 'd+': name holds forbidden character U+002B"),
@@ -161,6 +186,8 @@ def test_passwords_from_a_secrets_file_are_not_printed(run: Run, folder: Path) -
     (["--device", "mqttlb-router-fleet"], "reserved"),
     (["--device-topic", "%u/#"], "devices could write the workers' heartbeats (mqttlb/workers/+/heartbeat)"),
     (["--device-topic", "mqttlb/stats/%u"], "devices could write the stats (mqttlb/stats/+)"),
+    (["--device-topic", "mqttlb/routers/%u/heartbeat"],  # a device d1 would announce a router d1, and its session
+     "devices could write the routers' heartbeats (mqttlb/routers/+/heartbeat)"),
     (["--device-topic", "devices/+/#"], "needs %u as one whole level, and no other %"),
     (["--device-topic", "devices/%c/#"], "needs %u as one whole level"),
     (["--device-topic", "devices/%u/#/x"], "'#' may only be the last level"),
