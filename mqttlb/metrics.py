@@ -20,6 +20,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -129,7 +130,28 @@ def families(figures: Figures) -> list[Metric]:
         _latency(figures["forward_seconds"]),
         *(kind(name, doc, value=float(_dig(figures, path))) for kind, name, doc, path in _SCALARS),
         *_per_worker(figures["workers"]),
+        *_reclaims(figures["reclaim"]),
     ]
+
+
+def _reclaims(figures: Figures) -> list[Metric]:
+    pending = GaugeMetricFamily("mqttlb_reclaims", "Departed workers' and routers' sessions not yet reclaimed: "
+                                "waiting out reclaim.after, being reclaimed here, or by another router",
+                                labels=["state"])
+    holding = GaugeMetricFamily("mqttlb_reclaim_holding_messages", "About how many messages the sessions not yet "
+                                "reclaimed hold (their owners' last reports): stranded until reclaimed")
+    states = Counter(entry["state"] for entry in figures["pending"].values())
+    for state in ("waiting", "reclaiming", "elsewhere"):
+        pending.add_metric([state], states[state])
+    holding.add_metric([], sum(max(0, entry["holding"] - entry["reclaimed"])
+                               for entry in figures["pending"].values()))
+    reclaimed = _nested(CounterMetricFamily("mqttlb_reclaimed_total", "Messages taken from a departed worker's "
+                                            "(kind=\"router\": router's) broker session and routed again",
+                                            labels=["kind", "worker"]), figures["reclaimed"])
+    returned = CounterMetricFamily("mqttlb_reclaim_returned_total", "Messages taken from a session whose owner "
+                                   "took it back before they were acknowledged: it gets them again (duplicates)",
+                                   value=figures["returned"])
+    return [reclaimed, pending, holding, returned]
 
 
 def _dig(figures: Figures, path: tuple[str, ...]) -> Any:

@@ -29,6 +29,7 @@ from .core.inflight import InFlight, Receipt
 from .core.pool import Departure, Fleet, FleetFull, Health
 from .core.reclaim import Owner, Reclaim, Reclaims
 from .core.router import Action, DeadLetter, Forward, Message, Reason, Router
+from .core.routers import RouterBeat, Routers
 from .core.stats import Backlog, Counters, Moment, snapshot
 from .core.topics import inbox_filter, original_topic
 from .errors import BadHeartbeat, ConfigError
@@ -36,7 +37,7 @@ from .logs import RateLimited
 from .metrics import MetricsServer, Pulse
 from .mqtt.codec import user_properties, without_user_properties
 from .mqtt.errors import ProtocolError
-from .mqtt.events import Publish, Subscription
+from .mqtt.events import Publish, Subscription, Will
 from .transport import (
     RECLAIM_WINDOW,
     DeviceMessages,
@@ -46,6 +47,7 @@ from .transport import (
     ReclaimConnected,
     Reclaimed,
     ReclaimLost,
+    RouterHeartbeat,
     RoutingConnected,
     Settled,
     Transport,
@@ -62,6 +64,9 @@ SHUTDOWN_GRACE = 10.0
 
 TICK = 0.25
 """How often heartbeat timeouts and hold deadlines are applied (their resolution)."""
+
+ROUTER_BEAT = 2.0
+"""Seconds between a router's own heartbeats (and at once when what it is reclaiming changes)."""
 
 
 def subscriptions(config: Config) -> list[Subscription]:
@@ -111,6 +116,10 @@ class Service:
         self._reload_requested = False
         self._broker_max_packet_size: int | None = None
         self.reclaims = Reclaims(config.reclaim.after, config.reclaim.wait, own_client_ids(config))
+        self.routers = Routers(config.broker.client_id)
+        self._next_router_beat = 0.0
+        self._announced: frozenset[str] = frozenset()
+        """The sessions the last heartbeat of this router said it was reclaiming."""
 
     # -- the loop ---------------------------------------------------------------
 
@@ -148,6 +157,8 @@ class Service:
                     self._settle_all(event)
                 case WorkerBeat(topic, payload):
                     self._heartbeat(topic, payload)
+                case RouterHeartbeat(topic, payload):
+                    self._router_heartbeat(topic, payload)
                 case PublishesDropped():
                     self._dropped(event)
                 case PublishingConnected(max_packet_size):
@@ -187,6 +198,7 @@ class Service:
         self._report(self.clock(), announce=False)  # /healthz says so while they finish
         self._drain()
         self._report(self.clock(), announce=True)  # the final counts stay on the stats topic
+        self._announce_router(up=False)  # unless it is back within reclaim.after, its session is reclaimed
         self.transport.close()
         if self._metrics is not None:
             self._metrics.close()
@@ -262,8 +274,12 @@ class Service:
         self.transport.start()
 
     def _transport_for(self, config: Config) -> Transport[Publishable]:
+        me = config.broker.client_id
+        will = Will(config.router.heartbeat_of(me), RouterBeat(me, up=False, session=me).payload(), qos=1,
+                    retain=True)
         return Transport(config.broker, heartbeat_filter=config.heartbeat.topic, routes=subscriptions(config),
-                         max_inflight=config.router.max_inflight)
+                         max_inflight=config.router.max_inflight, routers_filter=config.router.heartbeat_topic,
+                         will=will)
 
     def _drain(self) -> None:
         """Wait for the forwards in flight to be acknowledged, taking nothing new; at most SHUTDOWN_GRACE."""
@@ -334,6 +350,7 @@ class Service:
     def _routing_connected(self, event: RoutingConnected) -> None:
         if event.connected:
             self.inflight.connected(event.generation)
+            self._announce_router()  # up: a will may have said down meanwhile
             return
         forgotten = self.router.forget_held(lambda receipt: receipt.qos > 0 and not receipt.source)  # delivered again
         self.inflight.forgot(forgotten)
@@ -353,7 +370,8 @@ class Service:
         workers = fleet.views(now) if self.config.metrics.lists_workers(census.size) else None
         return snapshot(router=self.config.broker.client_id, moment=moment, inbound=inbound,
                         counters=self.counters, pools=self.config.pools, census=census, workers=workers,
-                        reconnects=self.transport.reconnects, awaiting_ack=self.transport.pending)
+                        reconnects=self.transport.reconnects, awaiting_ack=self.transport.pending,
+                        reclaim=self.reclaims.figures(now), routers=self.routers.views())
 
     def _report(self, now: float, *, announce: bool) -> None:
         """/healthz's pulse; a snapshot for the stats topic when ``announce``, and for a scrape that waits."""
@@ -426,12 +444,14 @@ class Service:
                 log.warning("%d messages wait for departed workers' sessions to be reclaimed (more than "
                             "router.max_held, %d): reclaiming worker %s's session now, before reclaim.after",
                             self.router.waiting, limit, reclaim.owner)
-        mine, theirs = self.reclaims.due(now, (), self.config.broker.client_id)
-        for reclaim in mine:
+        for reclaim in self.reclaims.due(now, self.routers):
             log.info("reclaiming %s %s's session %s", reclaim.kind, reclaim.owner, reclaim.session)
-            self.transport.reclaim(reclaim.id, reclaim.session)
-        for reclaim in theirs:
-            self._execute(self.router.release_departed(reclaim.owner))
+            routes = [s.filter for s in subscriptions(self.config)] if reclaim.kind is Owner.ROUTER else None
+            self.transport.reclaim(reclaim.id, reclaim.session, unsubscribe=routes)
+        for end in self.reclaims.elsewhere(now, self.routers):
+            log.info("%s %s's session %s was reclaimed by router %s", end.reclaim.kind, end.reclaim.owner,
+                     end.reclaim.session, end.reclaim.by)
+            self._execute(self.router.release_departed(end.reclaim.owner))
         for end in self.reclaims.finished(now):
             reclaim = end.reclaim
             self.transport.end_reclaim(reclaim.id, end_session=end.how == "reclaimed")
@@ -439,13 +459,46 @@ class Service:
             if end.how == "reclaimed":
                 log.info("reclaimed %d messages from %s %s's session %s in %.1fs; the session is ended",
                          reclaim.settled, reclaim.kind, reclaim.owner, reclaim.session, now - (reclaim.started or now))
+                if reclaim.kind is Owner.ROUTER:  # its retained "down" would have the next router reclaim it again
+                    self.transport.announce(self.config.router.heartbeat_of(reclaim.owner), b"")
             else:
                 log.error("could not take over %s %s's session %s within %.0fs; what it holds stays there",
                           reclaim.kind, reclaim.owner, reclaim.session, now - (reclaim.started or now))
+        if now >= self._next_router_beat or self.reclaims.sessions() != self._announced:
+            self._announce_router()
         for reclaim in self.reclaims.waited_out(now):
             log.warning("worker %s's devices waited %gs for its session to be reclaimed: their new messages flow "
                         "now, maybe ahead of older ones still in the session", reclaim.owner, self.reclaims.wait)
             self._execute(self.router.release_departed(reclaim.owner))
+    def _announce_router(self, up: bool = True) -> None:
+        """This router's heartbeat: up (or down, when it stops), its session, what it is reclaiming."""
+        me = self.config.broker.client_id
+        self._announced = self.reclaims.sessions() if up else frozenset()
+        self._next_router_beat = self.clock() + ROUTER_BEAT
+        beat = RouterBeat(me, up, me, self._announced)
+        self.transport.announce(self.config.router.heartbeat_of(me), beat.payload(time.time()))
+
+    def _router_heartbeat(self, topic: str, payload: bytes) -> None:
+        now = self.clock()
+        router = self.config.router.router_of(topic)
+        try:
+            beat = RouterBeat.parse(router, payload)
+        except BadHeartbeat as error:
+            self.counters.bad_heartbeats += 1
+            self._bad_input.warning("router-heartbeat:" + router[:64], now, "ignoring router heartbeat on %s: %s",
+                                    topic[:200], error)
+            return
+        departed = self.routers.apply(beat, now)
+        if beat.up and self.reclaims.pending(Owner.ROUTER, router):
+            reclaim = self.reclaims.came_back(Owner.ROUTER, router)
+            log.info("router %s is back, and its session its own (%d messages of it were reclaimed)", router,
+                     reclaim.settled if reclaim is not None else 0)
+        if departed is not None:
+            reclaim = self.reclaims.departed(Owner.ROUTER, router, departed.session, now)
+            if reclaim is not None:
+                log.info("router %s is down; unless it comes back within %gs, its session %s is reclaimed", router,
+                         self.reclaims.after, reclaim.session)
+
     def _reclaim_connected(self, reclaim_id: int, generation: int, present: bool) -> None:
         reclaim = self.reclaims.get(reclaim_id)
         if reclaim is None:

@@ -10,7 +10,7 @@
   acknowledgements, so they never wait behind a routing link the loop is not
   reading, nor behind heartbeats.
 * The *beats link* (``<client_id>-beats``) is a clean session that receives
-  heartbeats at QoS 0, so they never queue behind the messages the routing
+  heartbeats (the workers', and the other routers') at QoS 0, so they never queue behind the messages the routing
   link holds. A storm of heartbeats costs little: of the heartbeats one read
   brings, only the last of each worker is handed on (a heartbeat is the
   worker's whole state).
@@ -46,10 +46,11 @@ from typing import Any, Generic, TypeVar
 
 from .core.config import BrokerSettings
 from .core.limits import UserProperties
+from .core.topics import filter_matches
 from .errors import TransportError
 from .mqtt.client import Client
 from .mqtt.codec import encode_user_properties
-from .mqtt.events import BadPublish, ConnAck, PubAck, Publish, SubAck, Subscription, UnsubAck
+from .mqtt.events import BadPublish, ConnAck, PubAck, Publish, SubAck, Subscription, UnsubAck, Will
 from .mqtt.link import Link, Lost
 
 log = logging.getLogger("mqttlb.transport")
@@ -88,6 +89,14 @@ class DeviceMessages:
 @dataclass(frozen=True, slots=True)
 class WorkerBeat:
     """A heartbeat (or a will, or a cleared retained heartbeat) from the beats link."""
+
+    topic: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RouterHeartbeat:
+    """Another router's heartbeat (or will), or this one's own, from the beats link."""
 
     topic: str
     payload: bytes
@@ -149,25 +158,30 @@ class ReclaimLost:
     taken_back: bool
 
 
-Event = (DeviceMessages | WorkerBeat | Settled[Tag] | PublishesDropped[Tag] | PublishingConnected | RoutingConnected
-         | Reclaimed | ReclaimConnected | ReclaimLost)
+Event = (DeviceMessages | WorkerBeat | RouterHeartbeat | Settled[Tag] | PublishesDropped[Tag] | PublishingConnected
+         | RoutingConnected | Reclaimed | ReclaimConnected | ReclaimLost)
 
 
 class Transport(Generic[Tag]):
     """Drives both links on the calling thread; see the module docstring."""
 
     def __init__(self, broker: BrokerSettings, *, heartbeat_filter: str, routes: list[Subscription],
-                 max_inflight: int = 1000) -> None:
+                 max_inflight: int = 1000, routers_filter: str | None = None, will: Will | None = None) -> None:
+        """``routers_filter``: the routers' heartbeats, also read on the beats link; ``will``: the routing
+        link's (its session is what a dead router leaves behind)."""
         self._broker = broker
         self._heartbeat_filter = heartbeat_filter
+        self._routers_filter = routers_filter
         self._routes = routes
-        self._routing = Link(broker, broker.client_id, persistent=True, receive_maximum=max_inflight)
+        self._routing = Link(broker, broker.client_id, persistent=True, receive_maximum=max_inflight, will=will)
         # "-fleet" is the publishing link's name on the wire: broker ACLs and the README name it, so it stays.
         self._publishing = Link(broker, broker.client_id + "-fleet", persistent=False)
         self._beats = Link(broker, broker.client_id + "-beats", persistent=False)
         self._links = (self._publishing, self._beats, self._routing)
         self._reclaiming: dict[int, Link] = {}
         """Reclaim links by reclaim id."""
+        self._unsubscribing: dict[int, list[str]] = {}
+        """The filters a reclaim link drops from its session once connected, by reclaim id."""
         self._ending: list[Link] = []
         """MQTT 3.1.1 clean connections that end a reclaimed session (it has no session expiry to set)."""
         self._pending: dict[int, Tag] = {}
@@ -322,7 +336,10 @@ class Transport(Generic[Tag]):
             elif kind is ConnAck:
                 if self._beats.connected:
                     link = self._beats
-                    link.send(link.session.subscribe([Subscription(self._heartbeat_filter, 0)])[1])
+                    filters = [Subscription(self._heartbeat_filter, 0)]
+                    if self._routers_filter is not None:
+                        filters.append(Subscription(self._routers_filter, 0))
+                    link.send(link.session.subscribe(filters)[1])
                     self._sync_id, data = link.session.unsubscribe([SYNC_TOPIC])
                     link.send(data)
             elif kind is UnsubAck:
@@ -332,7 +349,9 @@ class Transport(Generic[Tag]):
                     self._routing.next_attempt = 0.0
             elif kind is Lost:
                 self._count_lost(self._beats, event)
-        events.extend(WorkerBeat(topic, payload) for topic, payload in latest.items())
+        routers = self._routers_filter
+        events.extend(RouterHeartbeat(topic, payload) if routers is not None and filter_matches(routers, topic)
+                      else WorkerBeat(topic, payload) for topic, payload in latest.items())
 
     def _publishing_up(self, ack: ConnAck, events: list[Event[Tag]]) -> None:
         self.publish_window = ack.receive_maximum if self.mqtt5 else MAX_RECEIVE
@@ -377,6 +396,9 @@ class Transport(Generic[Tag]):
                 if event.qos:
                     link.send(link.session.puback(event.packet_id))
             elif kind is ConnAck and link.connected:
+                filters = self._unsubscribing.get(reclaim_id)
+                if filters:  # before anything else: no new message is to join what the session holds
+                    link.send(link.session.unsubscribe(filters)[1])
                 events.append(ReclaimConnected(reclaim_id, link.generation, event.session_present))
             elif kind is Lost:
                 if messages:
@@ -384,12 +406,17 @@ class Transport(Generic[Tag]):
                     messages = []
                 link.enabled = False
                 self._reclaiming.pop(reclaim_id, None)
+                self._unsubscribing.pop(reclaim_id, None)
                 events.append(ReclaimLost(reclaim_id, event.taken_over))
         if messages:
             events.append(Reclaimed(reclaim_id, link.generation, messages))
 
-    def reclaim(self, reclaim_id: int, client_id: str) -> None:
-        """Take over the session of ``client_id`` (a departed worker or router) on a link of its own."""
+    def reclaim(self, reclaim_id: int, client_id: str, unsubscribe: list[str] | None = None) -> None:
+        """Take over the session of ``client_id`` (a departed worker or router) on a link of its own; once
+        connected, drop the session's subscriptions to ``unsubscribe`` (a router's share of the stream would
+        never stop coming, and the session would never be empty)."""
+        if unsubscribe:
+            self._unsubscribing[reclaim_id] = unsubscribe
         link = Link(self._broker, client_id, persistent=True, receive_maximum=RECLAIM_WINDOW, borrowed=True,
                     receive_buffer=RECLAIM_BUFFER)
         link.enabled = True
@@ -398,6 +425,7 @@ class Transport(Generic[Tag]):
     def end_reclaim(self, reclaim_id: int, *, end_session: bool) -> None:
         """Close reclaim ``reclaim_id``'s link; with ``end_session``, the session it emptied ends too."""
         link = self._reclaiming.pop(reclaim_id, None)
+        self._unsubscribing.pop(reclaim_id, None)
         if link is None:
             return
         if not (end_session and link.connected):

@@ -93,6 +93,14 @@ class RouterSettings:
     """Where routers announce themselves (retained, will = down), so a live one can reclaim a dead one's session;
     the ``+`` is the router's client id."""
 
+    def router_of(self, topic: str) -> str:
+        """The router id in ``topic``, a topic ``heartbeat_topic`` matches."""
+        return topic.split("/")[self.heartbeat_topic.split("/").index("+")]
+
+    def heartbeat_of(self, router: str) -> str:
+        """The heartbeat topic of ``router``."""
+        return "/".join(router if level == "+" else level for level in self.heartbeat_topic.split("/"))
+
     @property
     def held_limit(self) -> int:
         return self.max_held if self.max_held is not None else max(1, self.max_inflight // 2)

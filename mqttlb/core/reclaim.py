@@ -13,7 +13,9 @@ Rule 1. A session is reclaimed once its owner has been gone (will, ``down``,
 Rule 2. One router reclaims a session: of the live routers (their
         heartbeats), the one that scores highest for the session's client id
         (rendezvous hashing, so every router makes the same choice). The
-        others let it be.
+        others watch its heartbeats, which list what it is reclaiming: their
+        own messages of the departed worker's devices wait until it is done,
+        and if it dies first, they choose again.
 Rule 3. A reclaimed message is acknowledged on the reclaiming connection
         only once its new forward (or dead letter) is settled, as any
         message is (``inflight``). A session is done when every message
@@ -42,6 +44,8 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+
+from .routers import Routers
 
 QUIET = 1.0
 """Seconds without a message, and nothing unsettled, after which a session being reclaimed is taken as empty."""
@@ -78,6 +82,8 @@ class Reclaim:
     """What the departed owner was thought to hold (its last reported load plus what was routed to it since)."""
     waits: bool = field(default=True)
     """Whether its devices' new messages still wait for it (rule 5)."""
+    by: str | None = None
+    """The router reclaiming it, when that is another one (rule 2)."""
 
     @property
     def unsettled(self) -> int:
@@ -87,7 +93,8 @@ class Reclaim:
 @dataclass(frozen=True, slots=True)
 class Ended:
     """A reclaim that is over: ``how`` is ``reclaimed`` (the session was emptied and ended), ``returned`` (the
-    owner came back and took it), or ``failed`` (no connection within CONNECT_GIVE_UP)."""
+    owner came back and took it), ``failed`` (no connection within CONNECT_GIVE_UP) or ``elsewhere`` (another
+    router reclaimed it)."""
 
     reclaim: Reclaim
     how: str
@@ -153,21 +160,39 @@ class Reclaims:
 
     # -- starting (rule 2) ------------------------------------------------------------------------------
 
-    def due(self, now: float, routers: Iterable[str], me: str) -> tuple[list[Reclaim], list[Reclaim]]:
-        """The reclaims due by ``now``: (those this router starts now, those another router takes, dropped)."""
+    def due(self, now: float, routers: Routers) -> list[Reclaim]:
+        """The reclaims due by ``now`` that this router starts now; the others' are watched (``elsewhere``)."""
         mine: list[Reclaim] = []
-        theirs: list[Reclaim] = []
-        live = set(routers)
-        for reclaim in list(self._by_id.values()):
-            if reclaim.started is not None or reclaim.due > now:
+        live = routers.live()
+        for reclaim in self._by_id.values():
+            if reclaim.started is not None or reclaim.by is not None or reclaim.due > now:
                 continue
-            if chooses(live, me, reclaim.session):
+            if chooses(live, routers.me, reclaim.session):
                 reclaim.started = now
                 mine.append(reclaim)
             else:
+                reclaim.by = max(live, key=lambda router: score(router, reclaim.session))
+        return mine
+
+    def elsewhere(self, now: float, routers: Routers) -> list[Ended]:
+        """The reclaims another router took on that are over: it says it is done, or it was given up. One
+        whose router is gone is due again, to be chosen anew."""
+        ended: list[Ended] = []
+        for reclaim in list(self._by_id.values()):
+            if reclaim.by is None:
+                continue
+            if not routers.is_live(reclaim.by):
+                reclaim.by, reclaim.due = None, now
+                continue
+            says = routers.says_reclaiming(reclaim.by, reclaim.session, since=reclaim.due + QUIET)
+            if says is False or (says is None and now - reclaim.due >= CONNECT_GIVE_UP):
                 self._forget(reclaim)
-                theirs.append(reclaim)
-        return mine, theirs
+                ended.append(Ended(reclaim, "elsewhere"))
+        return ended
+
+    def sessions(self) -> frozenset[str]:
+        """The sessions this router is reclaiming now (its heartbeat says so, rule 2)."""
+        return frozenset(reclaim.session for reclaim in self._by_id.values() if reclaim.started is not None)
 
     def get(self, reclaim_id: int) -> Reclaim | None:
         return self._by_id.get(reclaim_id)
@@ -265,6 +290,20 @@ class Reclaims:
         for reclaim in over:
             reclaim.waits = False
         return over
+
+    def figures(self, now: float) -> dict[str, object]:
+        """The stats' ``reclaim`` section: what was reclaimed, what still waits in departed owners' sessions."""
+        reclaimed: dict[str, dict[str, int]] = {}
+        for (kind, owner), count in sorted(self.reclaimed.items()):
+            reclaimed.setdefault(kind, {})[owner] = count
+        pending = {}
+        for reclaim in sorted(self._by_id.values(), key=lambda reclaim: reclaim.departed):
+            state = "elsewhere" if reclaim.by is not None else "waiting" if reclaim.started is None else "reclaiming"
+            pending[f"{reclaim.kind}/{reclaim.owner}"] = {
+                "session": reclaim.session, "state": state, "by": reclaim.by, "holding": reclaim.holding,
+                "reclaimed": reclaim.settled, "gone_for": round(now - reclaim.departed, 3),
+                "devices_wait": reclaim.waits}
+        return {"reclaimed": reclaimed, "returned": self.returned, "pending": pending}
 
     def active(self) -> list[Reclaim]:
         """Every reclaim waiting or under way (for the stats)."""

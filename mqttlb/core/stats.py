@@ -99,7 +99,8 @@ class Moment:
 
 def snapshot(*, router: str, moment: Moment, inbound: Backlog, counters: Counters, pools: Iterable[str],
              census: Census, workers: Iterable[WorkerView] | None, reconnects: int,
-             awaiting_ack: int) -> dict[str, Any]:
+             awaiting_ack: int, reclaim: Mapping[str, Any] | None = None,
+             routers: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The stats topic's payload (before JSON encoding); ``pools`` are the configured ones.
 
     ``workers`` None: the fleet is too big to list worker by worker (``per_worker`` false, ``workers`` {}).
@@ -129,6 +130,7 @@ def snapshot(*, router: str, moment: Moment, inbound: Backlog, counters: Counter
         "stranded": _nested(counters.stranded), "forward_seconds": counters.forward_seconds.figures(),
         "refused": counters.refused, "dropped": counters.dropped, "bad_heartbeats": counters.bad_heartbeats,
         "heartbeats_refused": _nested(census.refused), "reconnects": reconnects,
+        "reclaim": dict(reclaim or {"reclaimed": {}, "returned": 0, "pending": {}}), "routers": dict(routers or {}),
     }
 
 

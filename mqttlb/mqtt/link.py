@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from ..core.config import BrokerSettings
 from .errors import RemoteProtocolError
-from .events import ConnAck, Disconnect, Event, PingResp
+from .events import ConnAck, Disconnect, Event, PingResp, Will
 from .net import open_socket
 from .reasons import refusal
 from .session import Session
@@ -64,7 +64,7 @@ class Link:
 
     def __init__(self, broker: BrokerSettings, client_id: str, *, persistent: bool,
                  receive_maximum: int | None = None, borrowed: bool = False,
-                 receive_buffer: int | None = None) -> None:
+                 receive_buffer: int | None = None, will: Will | None = None) -> None:
         """``borrowed``: the session is another client's (a reclaim), which may take it back at any time; that
         is no takeover to fight or to report."""
         self.name = client_id
@@ -72,6 +72,7 @@ class Link:
         self.persistent = persistent
         self.borrowed = borrowed
         self.receive_buffer = receive_buffer
+        self.will = will
         self.receive_maximum = receive_maximum
         self.session = Session(5 if broker.protocol == "5" else 4)
         self.sock: socket.socket | None = None
@@ -126,7 +127,8 @@ class Link:
         self._out = bytearray(self.session.connect(
             self.name, clean_start=not self.persistent, keepalive=self.broker.keepalive,
             session_expiry=int(self.broker.session_expiry) if self.persistent else None,
-            receive_maximum=self.receive_maximum, username=self.broker.username, password=self.broker.password))
+            receive_maximum=self.receive_maximum, username=self.broker.username, password=self.broker.password,
+            will=self.will))
         self._last_sent = now
         self._ping_sent = None
         self.flush()

@@ -112,3 +112,50 @@ def test_a_worker_that_returns_in_the_middle_of_its_reclaim_loses_nothing(broker
     assert len(w2.handled()) > 0 and len(back.handled()) > 0
     print(next(line for line in router.lines if "went while it was being reclaimed" in line))
     assert duplicates < len(sent) // 5  # what the broker had sent the reclaim link, unacknowledged, goes to w1 too
+
+
+def test_a_router_of_a_share_group_killed_for_good_loses_nothing(make_router, clients, worker_processes):
+    """Mosquitto keeps queueing a dead member's share in its session: the live router reclaims it."""
+    group = {"share_group": "mqttlb"}
+    survivor = make_router(name="a", router=group, reclaim=QUICK, stats={"topic": "mqttlb/stats/a"})
+    doomed = make_router(name="b", router=group, reclaim=QUICK, stats={"topic": "mqttlb/stats/b"})
+    workers = [worker_processes(f"w{i}") for i in (1, 2)]
+    stats = watch(clients, "mqttlb/stats/a")
+    wait_for(router_sees_up(stats, "w1", "w2"), what="the routers know both workers")
+    publisher = Publisher(clients(Client, "device"), devices=100, rate=600).start()
+    time.sleep(2.0)
+    doomed.kill()  # SIGKILL, never restarted: its share queues in its session
+    survivor.wait_log("router mqttlb-test-b is down")
+    survivor.wait_log("messages from router mqttlb-test-b's session", timeout=30)  # while the devices publish
+    time.sleep(1.0)
+    sent = publisher.stop()
+    lost, duplicates = accounted("a share-group router killed for good", sent, workers, timeout=60)
+    assert lost == 0
+    line = next(line for line in survivor.lines if "messages from router mqttlb-test-b's session" in line)
+    print(line)
+    assert int(re.search(r"reclaimed (\d+) messages", line).group(1)) > 0  # type: ignore[union-attr]
+
+
+def test_with_two_routers_one_reclaims_a_dead_workers_session_and_the_other_waits_for_it(
+        make_router, clients, worker_processes):
+    group = {"share_group": "mqttlb"}
+    routers = [make_router(name=name, router=group, heartbeat={"timeout": "2s"}, reclaim=QUICK,
+                           stats={"topic": f"mqttlb/stats/{name}"}) for name in ("a", "b")]
+    stats = watch(clients, "mqttlb/stats/a")
+    w1 = worker_processes("w1", delay=0.005)
+    w2, w3 = worker_processes("w2"), worker_processes("w3")
+    wait_for(router_sees_up(stats, "w1", "w2", "w3"), what="the routers know the three workers")
+    publisher = Publisher(clients(Client, "device"), devices=300, rate=1200).start()
+    time.sleep(5.0)
+    w1.signal(signal.SIGKILL)
+    for router in routers:
+        router.wait_log("worker w1 of pool default is down")
+    wait_for(lambda: sum("messages from worker w1's session" in router.log() for router in routers) == 1,
+             timeout=30, what="one router reclaimed w1's session")
+    wait_for(lambda: sum("was reclaimed by router" in router.log() for router in routers) == 1,
+             timeout=30, what="the other router saw it done")
+    time.sleep(1.0)
+    sent = publisher.stop()
+    lost, _ = accounted("two routers, a dead worker", sent, [w1, w2, w3], timeout=60)
+    assert lost == 0
+    assert (inversions(w2), inversions(w3)) == (0, 0)
