@@ -445,6 +445,13 @@ class Service:
                             "router.max_held, %d): reclaiming worker %s's session now, before reclaim.after",
                             self.router.waiting, limit, reclaim.owner)
         for reclaim in self.reclaims.due(now, self.routers):
+            user = self.router.fleet.using(reclaim.session) or self.routers.using(reclaim.session)
+            if user is not None:  # a heartbeat may name any client id: never take a live one's session
+                log.error("%s %s's heartbeats named session %s, which %s (live) uses: it is not reclaimed",
+                          reclaim.kind, reclaim.owner, reclaim.session, user)
+                self.reclaims.drop(reclaim)
+                self._execute(self.router.release_departed(reclaim.owner))
+                continue
             log.info("reclaiming %s %s's session %s", reclaim.kind, reclaim.owner, reclaim.session)
             routes = [s.filter for s in subscriptions(self.config)] if reclaim.kind is Owner.ROUTER else None
             self.transport.reclaim(reclaim.id, reclaim.session, unsubscribe=routes)

@@ -212,6 +212,8 @@ class Fleet:
         """(when, worker): a heap of the moments time changes something for a worker."""
         self._departures: list[Departure] = []
         self._refused: Counter[tuple[str, str]] = Counter()
+        self._sessions: dict[str, str] = {}
+        """session client id -> the worker whose heartbeat last named it."""
 
     def reconfigure(self, timeout: float, expire: float, pools: Mapping[str, PoolSettings], now: float) -> None:
         """New settings from a reloaded config: every worker's record is kept, health is worked out again."""
@@ -247,6 +249,8 @@ class Fleet:
             beat = replace(beat, session=old.beat.session)  # nor a session: it is still the one to reclaim
         if old is None or old.beat.pool != beat.pool:
             self._check_room(beat)
+        if beat.session is not None:
+            self._sessions[beat.session] = beat.worker
         self._advance(now)
         health = Health(beat.state.value)  # a fresh heartbeat has not timed out
         if old is not None and (old.beat.pool, old.beat.weight, old.health) == (beat.pool, beat.weight, health):
@@ -291,6 +295,14 @@ class Fleet:
         if snapshot is None:
             snapshot = self._snapshots[pool] = MappingProxyType(dict(self._healthy.get(pool, {})))
         return snapshot
+
+    def using(self, session: str) -> str | None:
+        """The live worker whose heartbeats name ``session``, if any: that session is not to be reclaimed."""
+        worker = self._sessions.get(session)
+        record = self._records.get(worker) if worker is not None else None
+        if record is None or record.beat.session != session or record.health not in _LIVE:
+            return None
+        return worker
 
     def live(self, worker: str) -> bool:
         """Whether ``worker`` is up or draining, and heard from within the timeout."""
@@ -394,6 +406,8 @@ class Fleet:
             self._count(record, -1)
             self._place(record, None)
             del self._records[record.beat.worker]
+            if record.beat.session is not None and self._sessions.get(record.beat.session) == record.beat.worker:
+                del self._sessions[record.beat.session]
             return
         health = self._health(record, now)
         if health is not record.health:

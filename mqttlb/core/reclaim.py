@@ -194,6 +194,10 @@ class Reclaims:
         """The sessions this router is reclaiming now (its heartbeat says so, rule 2)."""
         return frozenset(reclaim.session for reclaim in self._by_id.values() if reclaim.started is not None)
 
+    def drop(self, reclaim: Reclaim) -> None:
+        """Give ``reclaim`` up before it starts (its session is in use by someone live)."""
+        self._forget(reclaim)
+
     def get(self, reclaim_id: int) -> Reclaim | None:
         return self._by_id.get(reclaim_id)
 

@@ -101,6 +101,11 @@ class Routers:
         peer = self._peers.get(router)
         return router == self.me or (peer is not None and peer.beat.up)
 
+    def using(self, session: str) -> str | None:
+        """The live router (``router <id>``) whose session ``session`` is, if any."""
+        return next((f"router {router}" for router, peer in self._peers.items()
+                     if peer.beat.up and peer.beat.session == session), None)
+
     def says_reclaiming(self, router: str, session: str, since: float) -> bool | None:
         """Whether ``router``'s latest heartbeat, if it came after ``since``, lists ``session`` as being
         reclaimed; None when no heartbeat of it came after ``since`` yet."""
