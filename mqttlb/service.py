@@ -406,7 +406,8 @@ class Service:
         how = "is down" if departure.health is Health.DOWN else \
             f"is silent (no heartbeat for {self.config.heartbeat.timeout:g}s)"
         reclaim = self.reclaims.departed(Owner.WORKER, departure.worker, departure.session, self.clock(),
-                                         pool=departure.pool, weight=departure.weight, holding=departure.holding)
+                                         pool=departure.pool, weight=departure.weight, holding=departure.holding,
+                                         moved=departure.drained)
         if reclaim is not None:
             self._await(reclaim)
             log.info("worker %s of pool %s %s; nothing more is routed to it. Unless it comes back within %gs, its "

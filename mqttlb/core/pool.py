@@ -148,6 +148,8 @@ class Departure:
     """Its broker session's client id, when its heartbeats named one: what may be reclaimed."""
     weight: float = 1.0
     """Its weight in the healthy set it left (to tell which devices were its own)."""
+    drained: bool = False
+    """It was draining: its devices had moved on already."""
 
 
 _LIVE = (Health.UP, Health.DRAINING)
@@ -442,7 +444,8 @@ class Fleet:
     def _departed(self, record: _Record, health: Health) -> None:
         weight = self._healthy.get(record.beat.pool, {}).get(record.beat.worker, record.beat.weight)
         self._departures.append(Departure(record.beat.worker, record.beat.pool, health,
-                                          record.beat.inflight + record.assigned, record.beat.session, weight))
+                                          record.beat.inflight + record.assigned, record.beat.session, weight,
+                                          drained=record.health is Health.DRAINING))
 
     def _health(self, record: _Record, now: float) -> Health:
         if record.beat.state is WorkerState.UP and now - record.last_seen >= self._timeout:

@@ -131,15 +131,16 @@ class Reclaims:
     # -- departures and returns (rule 1, rule 4) ----------------------------------------------------
 
     def departed(self, kind: Owner, owner: str, session: str | None, now: float, *, pool: str | None = None,
-                 weight: float = 1.0, holding: int = 0) -> Reclaim | None:
-        """Note a departure; the reclaim it schedules, or None (nothing to reclaim, or never)."""
+                 weight: float = 1.0, holding: int = 0, moved: bool = False) -> Reclaim | None:
+        """Note a departure; the reclaim it schedules, or None (nothing to reclaim, or never). ``moved``: its
+        devices have moved on already (it was draining), so none waits for the reclaim."""
         if self.after is None or session is None or session in self._own:
             return None
         current = self._by_owner.get((kind, owner))
         if current is not None:  # a second word of the same departure (a will after a timeout): the first counts
             return current
         reclaim = Reclaim(self._next_id, owner, kind, session, pool, weight, now, now + self.after, holding=holding)
-        reclaim.waits = self.wait > 0
+        reclaim.waits = self.wait > 0 and not moved and kind is Owner.WORKER
         self._next_id += 1
         self._by_owner[(kind, owner)] = self._by_id[reclaim.id] = reclaim
         return reclaim
