@@ -29,6 +29,7 @@ from .core.inflight import InFlight, Receipt
 from .core.pool import Departure, Fleet, FleetFull, Health
 from .core.reclaim import Owner, Reclaim, Reclaims
 from .core.router import Action, DeadLetter, Forward, Message, Reason, Router
+from .core.routers import BEAT as ROUTER_BEAT
 from .core.routers import RouterBeat, Routers
 from .core.stats import Backlog, Counters, Moment, snapshot
 from .core.topics import inbox_filter, original_topic
@@ -65,8 +66,6 @@ SHUTDOWN_GRACE = 10.0
 TICK = 0.25
 """How often heartbeat timeouts and hold deadlines are applied (their resolution)."""
 
-ROUTER_BEAT = 2.0
-"""Seconds between a router's own heartbeats (and at once when what it is reclaiming changes)."""
 
 
 def subscriptions(config: Config) -> list[Subscription]:

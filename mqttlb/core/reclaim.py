@@ -164,7 +164,7 @@ class Reclaims:
     def due(self, now: float, routers: Routers) -> list[Reclaim]:
         """The reclaims due by ``now`` that this router starts now; the others' are watched (``elsewhere``)."""
         mine: list[Reclaim] = []
-        live = routers.live()
+        live = routers.live(now)
         for reclaim in self._by_id.values():
             if reclaim.started is not None or reclaim.by is not None or reclaim.due > now:
                 continue
@@ -176,17 +176,16 @@ class Reclaims:
         return mine
 
     def elsewhere(self, now: float, routers: Routers) -> list[Ended]:
-        """The reclaims another router took on that are over: it says it is done, or it was given up. One
-        whose router is gone is due again, to be chosen anew."""
+        """The reclaims another router took on that are over: it says it is done. One whose router is gone or
+        silent is due again, to be chosen anew."""
         ended: list[Ended] = []
         for reclaim in list(self._by_id.values()):
             if reclaim.by is None:
                 continue
-            if not routers.is_live(reclaim.by):
+            if not routers.is_live(reclaim.by, now):
                 reclaim.by, reclaim.due = None, now
                 continue
-            says = routers.says_reclaiming(reclaim.by, reclaim.session, since=reclaim.due + QUIET)
-            if says is False or (says is None and now - reclaim.due >= CONNECT_GIVE_UP):
+            if routers.says_reclaiming(reclaim.by, reclaim.session, since=reclaim.due + QUIET) is False:
                 self._forget(reclaim)
                 ended.append(Ended(reclaim, "elsewhere"))
         return ended

@@ -10,7 +10,10 @@ reclaims a dead one's session (``reclaim``).
 
 Only the broker's word (a will) or the router's own (``down``) makes a
 router departed, never silence: taking over the session of a router that is
-only slow would make the two fight over it. A router's heartbeat also lists
+only slow would make the two fight over it. Silence does count when it comes
+to choosing who reclaims: only routers heard from within ``LIVE_WITHIN`` are
+candidates (a router whose will never came, because the broker restarted
+meanwhile, would otherwise be chosen for ever and do nothing). A router's heartbeat also lists
 the sessions it is reclaiming, so the others know when a worker's session
 is done and its devices' messages may flow.
 
@@ -25,6 +28,11 @@ import orjson
 
 from ..errors import BadHeartbeat
 from .pool import MAX_HEARTBEAT_BYTES, client_id_problem
+
+BEAT = 2.0
+"""Seconds between a router's heartbeats (and at once when what it is reclaiming changes)."""
+LIVE_WITHIN = 5 * BEAT
+"""A router not heard from for this long is not chosen to reclaim anything."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,13 +101,13 @@ class Routers:
             return None
         return beat if old is None or old.beat.up else None
 
-    def live(self) -> list[str]:
-        """The routers whose last word was ``up``, this one always among them."""
-        return sorted({self.me, *(router for router, peer in self._peers.items() if peer.beat.up)})
+    def live(self, now: float) -> list[str]:
+        """The routers whose last word was ``up``, within ``LIVE_WITHIN``; this one always among them."""
+        return sorted({self.me, *(router for router in self._peers if self.is_live(router, now))})
 
-    def is_live(self, router: str) -> bool:
+    def is_live(self, router: str, now: float) -> bool:
         peer = self._peers.get(router)
-        return router == self.me or (peer is not None and peer.beat.up)
+        return router == self.me or (peer is not None and peer.beat.up and now - peer.seen < LIVE_WITHIN)
 
     def using(self, session: str) -> str | None:
         """The live router (``router <id>``) whose session ``session`` is, if any."""
