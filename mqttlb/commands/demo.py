@@ -2,11 +2,16 @@
 
 Why: in under a minute a newcomer should see what mqttlb is for. Devices stick
 to their worker; when a worker dies its devices, and only those, move to the
-others at once; nothing is lost. Everything runs for real: a private Mosquitto
-from ``mosquitto/`` on a free port, ``mqttlb run`` and three ``mqttlb worker``
-processes (w3 with weight 2) on a copy of ``config/mqttlb.yaml``, and the
-simulated fleet. An observer subscribes to every worker's inbox, so the
-summary reports what the broker delivered, not what the router believes.
+others; what it held is reclaimed from its session, so nothing is lost or
+stranded and each device's messages stay in order. Everything runs for real:
+a private Mosquitto from ``mosquitto/`` on a free port, ``mqttlb run`` and
+three ``mqttlb worker`` processes (w3 with weight 2) on a copy of
+``config/mqttlb.yaml`` (with a short ``reclaim.after``), and the simulated
+fleet. The victim hangs a second first (SIGSTOP), so that it dies with
+messages in hand, and is never restarted: what it held comes back only by the
+reclaim. An observer subscribes to every worker's inbox, so the summary
+reports what the broker delivered, not what the router believes; and to the
+router's stats, for what the router says it reclaimed and still holds.
 
 The summary is computed by a pure function (``summarize``) from the observed
 arrivals, so its rules can be read and tested apart from the processes. Every
@@ -26,11 +31,12 @@ import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import orjson
 import yaml
@@ -47,8 +53,11 @@ WORKERS = {"w1": 1.0, "w2": 1.0, "w3": 2.0}
 """Worker id and weight; consistent hashing gives w3 about twice the devices of the others."""
 VICTIM = "w1"
 DEVICES, RATE = 100, 400.0
-BEFORE, AFTER = 6.0, 6.0
-"""Seconds of traffic before and after the kill."""
+BEFORE, HANG, AFTER = 6.0, 1.0, 5.0
+"""Seconds of traffic before the victim hangs, while it hangs (its messages pile up in its session, unacknowledged;
+less than the heartbeat timeout, so the router keeps sending it its share), and after the kill."""
+RECLAIM_AFTER = 2.0
+"""The demo's ``reclaim.after``: the victim's session is reclaimed this long after its death, well within AFTER."""
 START_TIMEOUT = 15.0
 DELIVERY_TIMEOUT = 15.0
 STOP_TIMEOUT = 15.0
@@ -89,13 +98,17 @@ class Observer:
     def __init__(self, config: Config) -> None:
         self._routes = config.routes
         self._heartbeats = config.heartbeat
+        self._stats_topic = config.stats.topic
         self._arrivals: list[Arrival] = []
         self._up: set[str] = set()
+        self._stats: dict[str, Any] | None = None
         self._lock = threading.Lock()
 
     def __call__(self, message: Inbound) -> None:
         """Runs on the client's network thread: parse, append, return."""
-        if filter_matches(self._heartbeats.topic, message.topic):
+        if message.topic == self._stats_topic:
+            self._snapshot(message.payload)
+        elif filter_matches(self._heartbeats.topic, message.topic):
             self._heartbeat(self._heartbeats.worker_of(message.topic), message.payload)
         elif filter_matches(INBOX_FILTER, message.topic):
             levels = message.topic.split("/")
@@ -119,9 +132,23 @@ class Observer:
         with self._lock:
             (self._up.add if state == "up" else self._up.discard)(worker)
 
+    def _snapshot(self, payload: bytes) -> None:
+        try:
+            figures = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return
+        if isinstance(figures, dict):
+            with self._lock:
+                self._stats = figures
+
     def up(self) -> set[str]:
         with self._lock:
             return set(self._up)
+
+    def stats(self) -> dict[str, Any] | None:
+        """The router's latest stats snapshot."""
+        with self._lock:
+            return self._stats
 
     def arrivals(self) -> list[Arrival]:
         with self._lock:
@@ -158,8 +185,18 @@ class Summary:
     """Devices that reached more than one worker when they should not have: none, when all is well."""
     failover: float | None
     """Seconds from the kill to the first message of a moved device at its new worker."""
-    waiting: int
-    """Messages routed to the victim after it died: they wait in its session at the broker."""
+    reclaimed_seen: int
+    """Messages that reached the victim's inbox and, after the kill, another worker's: taken from its session."""
+    reclaimed: int | None
+    """The victim's messages the router says it reclaimed (stats ``reclaim.reclaimed``); None: no reclaim ended."""
+    pending: str | None
+    """The state of the victim's reclaim when the router's stats still list it as pending (stats
+    ``reclaim.pending``), else None: nothing is left in its session."""
+    stranded: int | None
+    """Messages the router counts as stranded in the victim's session for good (stats ``stranded``); None: no
+    stats."""
+    inverted: int
+    """Messages of the victim's devices that reached their new worker after a newer one of the same device."""
 
     @property
     def problems(self) -> list[str]:
@@ -175,13 +212,27 @@ class Summary:
             found.append(f"devices reached more than one worker: {', '.join(sorted(self.strays)[:5])}")
         if self.failover is None and self.victim_devices:
             found.append(f"no device of {VICTIM} reached a new worker")
+        if self.stranded is None:
+            found.append("no stats from the router: what it reclaimed is unknown")
+        elif self.pending is not None:
+            found.append(f"{VICTIM}'s session was not reclaimed by the end (its reclaim is {self.pending})")
+        elif self.reclaimed is None:
+            found.append(f"the router did not reclaim {VICTIM}'s session")
+        if self.stranded:
+            found.append(f"the router counts {self.stranded} messages stranded in {VICTIM}'s session")
+        if self.inverted:
+            found.append(f"{self.inverted} messages of {VICTIM}'s devices overtook older ones")
         return found
 
 
 def summarize(arrivals: list[Arrival], expected: set[tuple[str, str, int]], sticky: set[str],
-              killed: float) -> Summary:
-    """What the arrivals show, for the ``expected`` (route, device, seq) and a kill of VICTIM at ``killed``."""
+              killed: float, stats: Mapping[str, Any] | None = None) -> Summary:
+    """What the arrivals show, for the ``expected`` (route, device, seq) and a kill of VICTIM at ``killed``, and
+    what the router's last ``stats`` snapshot says of the victim's session."""
     seen = {(a.route, a.device, a.seq) for a in arrivals}
+    at_victim = {(a.route, a.device, a.seq) for a in arrivals if a.worker == VICTIM}
+    reclaimed_seen = {(a.route, a.device, a.seq) for a in arrivals
+                      if a.worker != VICTIM and a.at >= killed and (a.route, a.device, a.seq) in at_victim}
     ordered = sorted((a for a in arrivals if a.route in sticky), key=lambda a: a.at)
     before = [a for a in ordered if a.at < killed]
     owner_before = {a.device: a.worker for a in before}  # the last worker each device reached
@@ -196,12 +247,33 @@ def summarize(arrivals: list[Arrival], expected: set[tuple[str, str, int]], stic
     messages = Counter(a.worker for a in arrivals)
     rows = tuple(WorkerRow(w, weight, _count(owner_before, w), _count(owner_after, w), messages[w],
                            messages[w] / max(1, len(arrivals))) for w, weight in WORKERS.items())
+    reclaim = (stats or {}).get("reclaim") or {}
+    pending = (reclaim.get("pending") or {}).get(f"worker/{VICTIM}")
     return Summary(rows=rows, sent=len(expected), delivered=len(expected & seen), lost=len(expected - seen),
-                   duplicates=len(arrivals) - len(seen), victim_devices=victim_devices,
+                   duplicates=len(arrivals) - len(seen) - len(reclaimed_seen), victim_devices=victim_devices,
                    moved=frozenset(d for d, w in owner_before.items() if owner_after[d] != w),
                    stayed=sum(1 for d in others if d not in strays), strays=frozenset(strays),
-                   failover=min(firsts) - killed if firsts else None,
-                   waiting=sum(1 for a in arrivals if a.worker == VICTIM and a.at >= killed))
+                   failover=min(firsts) - killed if firsts else None, reclaimed_seen=len(reclaimed_seen),
+                   reclaimed=(reclaim.get("reclaimed") or {}).get("worker", {}).get(VICTIM),
+                   pending=pending["state"] if pending is not None else None,
+                   stranded=None if stats is None else
+                   sum(workers.get(VICTIM, 0) for workers in (stats.get("stranded") or {}).values()),
+                   inverted=_inversions([a for a in ordered if a.device in victim_devices and a.worker != VICTIM]))
+
+
+def _inversions(arrivals: list[Arrival]) -> int:
+    """Arrivals (in the order they came) of a message after a newer one of its device and route, first arrivals
+    only: a duplicate is no overtaking."""
+    newest: dict[tuple[str, str], int] = {}
+    first: set[tuple[str, str, int]] = set()
+    inverted = 0
+    for a in arrivals:
+        if (a.route, a.device, a.seq) in first:
+            continue
+        first.add((a.route, a.device, a.seq))
+        inverted += a.seq < newest.get((a.route, a.device), -1)
+        newest[(a.route, a.device)] = max(a.seq, newest.get((a.route, a.device), -1))
+    return inverted
 
 
 def _workers(arrivals: list[Arrival]) -> dict[str, set[str]]:
@@ -220,23 +292,30 @@ def render(summary: Summary, config: Config, took: float, killed_at: float) -> l
     """The summary as plain text, each figure with a line on what it means."""
     sticky = [r.name for r in config.routes if r.algorithm == STICKY]
     routes = ", ".join(f"{r.name} ({r.algorithm})" for r in config.routes)
+    after = config.reclaim.after
     lines = ["", "What happened",
              f"  {DEVICES} devices sent {summary.sent} messages in {took:.1f} s, one device after another,",
              f"  taking turns on the routes {routes}.",
-             f"  At {killed_at:.1f} s {VICTIM} was killed with SIGKILL: no goodbye, as in a crash.", "",
+             f"  At {killed_at - HANG:.1f} s {VICTIM} hung (SIGSTOP) with messages in hand; at {killed_at:.1f} s "
+             f"it was killed with SIGKILL:",
+             "  no goodbye, as in a crash. It is not restarted.", "",
              "worker  weight  devices before  devices after  messages  share"]
+    killed = f"  (killed; {summary.reclaimed_seen} of them reclaimed)" if summary.reclaimed_seen else "  (killed)"
     for row in summary.rows:
         lines.append(f"{row.worker:<6}  {row.weight:>6g}  {row.devices_before:>14}  {row.devices_after:>13}  "
-                     f"{row.messages:>8}  {100 * row.share:>4.1f}%{'  (killed)' if row.worker == VICTIM else ''}")
+                     f"{row.messages:>8}  {100 * row.share:>4.1f}%{killed if row.worker == VICTIM else ''}")
     lines += ["",
               f"  devices before/after: how many devices of route {', '.join(sticky) or '-'} each worker served",
               "  just before the kill and at the end. Consistent hashing keeps a device on one worker; w3, with",
               "  weight 2, is meant to get twice the share of w1 or w2 (with 100 devices, roughly so).",
-              "  messages, share: everything the worker was sent, from every route, and its part of the total.", "",
+              "  messages, share: everything the worker was sent, from every route, and its part of the total",
+              "  (a reclaimed message counts at the killed worker and at the one it went to next).", "",
               f"sent {summary.sent}, delivered {summary.delivered}, lost {summary.lost}, "
               f"duplicates {summary.duplicates}",
               "  delivered: reached a worker's inbox at the broker. The router acknowledges a device's message",
               "  only once the broker has taken the forward, so a message cannot fall between the two.",
+              "  duplicates: messages that reached workers twice (at-least-once allows it); the reclaimed ones,",
+              f"  which reached {VICTIM}'s inbox and then another worker's, are counted below, not here.",
               f"moved: {len(summary.moved)} devices, all of them {VICTIM}'s: "
               f"{'yes' if summary.moved and summary.moved == summary.victim_devices else 'no'}",
               f"  the broker saw {VICTIM}'s connection drop and published its will, a heartbeat saying \"down\";",
@@ -245,11 +324,38 @@ def render(summary: Summary, config: Config, took: float, killed_at: float) -> l
               f"kept their worker throughout)",
               "  consistent hashing moves only the devices of the worker that left; the rest keep their state.",
               "failover: " + ("none" if summary.failover is None else f"{1000 * summary.failover:.0f} ms"),
-              "  from the kill to the first message of a moved device at its new worker."]
-    if summary.waiting:
-        lines += [f"  {summary.waiting} messages routed to {VICTIM} before the router heard of its death wait in "
-                  f"its session at the broker", f"  (counted as delivered): they reach {VICTIM} when it restarts."]
+              "  from the kill to the first message of a moved device at its new worker. The router gave "
+              f"{VICTIM}",
+              f"  reclaim.after ({_seconds(after)}) to come back; then what {VICTIM} held went first, and its "
+              "devices' new messages,",
+              "  held meanwhile, after them.",
+              f"reclaimed: {_figure(summary.reclaimed)} of {VICTIM}'s messages by the router's count, "
+              f"{summary.reclaimed_seen} seen arriving at other workers",
+              f"  {VICTIM} died holding them in its session at the broker. The router took the session over "
+              f"(client id",
+              f"  mqttlb-worker-{VICTIM}), routed each message again to its device's new worker, and ended "
+              "the session.",
+              f"stranded: {_stranded(summary)}",
+              f"  messages left in {VICTIM}'s session, by the router's stats: a reclaim still pending, or stranded.",
+              f"in order: {'yes' if not summary.inverted else f'no, {summary.inverted} overtook older ones'}",
+              f"  each of {VICTIM}'s devices' messages reached its new worker in the order the device sent them."]
     return lines
+
+
+def _figure(count: int | None) -> str:
+    return "none" if count is None else str(count)
+
+
+def _seconds(seconds: float | None) -> str:
+    return "never" if seconds is None else f"{seconds:g} s"
+
+
+def _stranded(summary: Summary) -> str:
+    if summary.stranded is None:
+        return "unknown (no stats from the router)"
+    if summary.pending is not None:
+        return f"not yet known: the reclaim of {VICTIM}'s session is {summary.pending}"
+    return str(summary.stranded)
 
 
 # -- the processes ------------------------------------------------------------------------
@@ -269,6 +375,10 @@ class Processes:
                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self._running[name] = process
         return process.pid
+
+    def hang(self, name: str) -> None:
+        """SIGSTOP: the process stops taking its messages and heartbeating, its connection stays open."""
+        self._running[name].send_signal(signal.SIGSTOP)
 
     def kill(self, name: str) -> None:
         self._killed.add(name)
@@ -290,6 +400,7 @@ class Processes:
         for process in self._running.values():
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
+                process.send_signal(signal.SIGCONT)  # one that hangs, if the demo was interrupted then
         give_up = time.monotonic() + STOP_TIMEOUT
         for process in self._running.values():
             try:
@@ -375,6 +486,7 @@ def _demo(cleanup: ExitStack) -> list[str]:
     watch = Client(config.broker, f"mqttlb-demo-observer-{os.getpid()}", on_message=observer)
     watch.subscribe(INBOX_FILTER, 1)
     watch.subscribe(config.heartbeat.topic, 0)
+    watch.subscribe(config.stats.topic, 0)
     watch.start()
     cleanup.callback(watch.stop)
     _start_workers_and_router(processes, observer, config_path)
@@ -382,23 +494,26 @@ def _demo(cleanup: ExitStack) -> list[str]:
     background = Background(simulator)
     cleanup.callback(background.stop)
     start, killed, end = _scenario(processes, background)
-    _await_delivery(processes, observer, simulator)
+    _await_delivery(processes, observer, simulator, killed)
     expected = {(maker.route, device, seq) for maker, device, seq in map(simulator.devices.identity,
                                                                            range(simulator.sent))}
     sticky = {r.name for r in config.routes if r.algorithm == STICKY}
-    summary = summarize(observer.arrivals(), expected, sticky, killed)
+    summary = summarize(observer.arrivals(), expected, sticky, killed, observer.stats())
     print("\n".join(render(summary, config, end - start, killed - start)))
     return summary.problems
 
 
 def _write_config(workdir: Path, broker: PrivateBroker) -> Path:
-    """A copy of config/mqttlb.yaml for the private broker, with a short heartbeat timeout and no metrics port."""
+    """A copy of config/mqttlb.yaml for the private broker, with a short heartbeat timeout, a short reclaim.after,
+    frequent stats and no metrics port."""
     data = yaml.safe_load((mosquitto_dir().parent / "config" / "mqttlb.yaml").read_text()) or {}
     protocol = (data.get("broker") or {}).get("protocol", 5)
     data["broker"] = {"host": broker.host, "port": broker.port, "client_id": f"mqttlb-demo-{os.getpid()}",
                       "protocol": protocol}
     data["heartbeat"] = {**(data.get("heartbeat") or {}), "timeout": "2s"}
     data["dead_letter"] = {**(data.get("dead_letter") or {}), "hold": "10s"}
+    data["reclaim"] = {**(data.get("reclaim") or {}), "after": f"{RECLAIM_AFTER:g}s"}
+    data["stats"] = {**(data.get("stats") or {}), "interval": "500ms"}
     data["metrics"] = {"listen": None}
     data["routes"] = [{k: v for k, v in route.items() if k not in ("pool", "forward")} if isinstance(route, dict)
                       else route for route in data.get("routes") or []]  # the workers serve the default pool
@@ -423,11 +538,16 @@ def _start_workers_and_router(processes: Processes, observer: Observer, config_p
 
 
 def _scenario(processes: Processes, background: Background) -> tuple[float, float, float]:
-    """Traffic, the kill, more traffic; returns when the traffic started, when the kill came and when it ended."""
+    """Traffic, the victim hangs, the kill, more traffic; returns when the traffic started, when the kill came and
+    when it ended."""
     start = time.monotonic()
     _pause(BEFORE, processes, background)
     print(f"demo: {time.monotonic() - start:4.1f} s: {background.simulator.sent} messages sent; "
-          f"killing {VICTIM} with SIGKILL")
+          f"{VICTIM} hangs (SIGSTOP): its messages pile up in its session")
+    processes.hang(VICTIM)
+    _pause(HANG, processes, background)
+    print(f"demo: {time.monotonic() - start:4.1f} s: {background.simulator.sent} messages sent; "
+          f"killing {VICTIM} with SIGKILL; its session is reclaimed after {RECLAIM_AFTER:g} s")
     processes.kill(VICTIM)
     killed = time.monotonic()
     _pause(AFTER, processes, background)
@@ -447,15 +567,29 @@ def _pause(seconds: float, processes: Processes, background: Background) -> None
             raise DemoFailed(f"the simulated devices stopped: {background.error}")
 
 
-def _await_delivery(processes: Processes, observer: Observer, simulator: Simulator) -> None:
-    """Until the broker has delivered as many messages as were sent, or DELIVERY_TIMEOUT; the summary tells."""
-    print("demo: waiting for every message to reach a worker")
+def _await_delivery(processes: Processes, observer: Observer, simulator: Simulator, killed: float) -> None:
+    """Until the broker has delivered as many messages as were sent, and the router's stats say the victim's
+    session is reclaimed and what it held has reached other workers; or DELIVERY_TIMEOUT: the summary tells."""
+    print(f"demo: waiting for every message to reach a worker, and {VICTIM}'s session to be reclaimed")
     deadline = time.monotonic() + DELIVERY_TIMEOUT
-    while len({(a.route, a.device, a.seq) for a in observer.arrivals()}) < simulator.sent:
+    while not _delivered(observer, simulator.sent, killed):
         if time.monotonic() > deadline:
             return
         processes.check()
         time.sleep(0.1)
+
+
+def _delivered(observer: Observer, sent: int, killed: float) -> bool:
+    arrivals, stats = observer.arrivals(), observer.stats()
+    if len({(a.route, a.device, a.seq) for a in arrivals}) < sent or stats is None:
+        return False
+    reclaim = stats.get("reclaim") or {}
+    reclaimed: int | None = (reclaim.get("reclaimed") or {}).get("worker", {}).get(VICTIM)
+    if reclaimed is None or f"worker/{VICTIM}" in (reclaim.get("pending") or {}):
+        return False
+    at_victim = {(a.route, a.device, a.seq) for a in arrivals if a.worker == VICTIM}
+    elsewhere = {(a.route, a.device, a.seq) for a in arrivals if a.worker != VICTIM and a.at >= killed}
+    return len(at_victim & elsewhere) >= reclaimed
 
 
 def _wait(condition: Callable[[], bool], processes: Processes, what: str) -> None:

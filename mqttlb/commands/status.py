@@ -7,7 +7,11 @@ router knows) and the workers' heartbeats, which add the workers the router
 does not list (when it is down, say, or its fleet is too big to list worker
 by worker: then the pools' counts are the router's) and fresher heartbeat ages. Rates come
 from two snapshots in a row, so ``--once`` waits for the next one, at most
-``stats.interval``. ``board`` and ``render`` are pure; ``Watch`` is the broker side.
+``stats.interval``. The routers' own heartbeats list every router (those of a
+share group, or of ``run --processes``, whose stats go to topics of their
+own), and the stats' ``reclaim`` section says what departed workers and
+routers left in their sessions: reclaimed, pending, returned as duplicates.
+``board`` and ``render`` are pure; ``Watch`` is the broker side.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections import Counter
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -28,6 +33,8 @@ import orjson
 
 from ..core.config import Config
 from ..core.pool import Health, Heartbeat, WorkerState
+from ..core.routers import RouterBeat
+from ..core.topics import filter_matches
 from ..errors import BadHeartbeat, TransportError
 from ..mqtt.client import Client, Inbound
 
@@ -37,6 +44,11 @@ GRACE = 1.0
 """Seconds past ``stats.interval`` to wait for a snapshot."""
 STALE = 3
 """Stats older than this many intervals mean the router has stopped publishing them."""
+SHOWN = 8
+"""The most routers, and departed owners pending reclaim, the table lists one by one: a fleet that lost a
+rack shows the biggest and a count of the rest."""
+NAMED = 3
+"""The most owners (and sessions) a one-line summary names before it says how many more."""
 CLEAR = "\x1b[H\x1b[2J"
 
 Figures = Mapping[str, Any]
@@ -55,11 +67,14 @@ class Sighting:
 
 
 def board(latest: Figures | None, previous: Figures | None, sightings: Mapping[str, Sighting],
-          pools: Iterable[str], *, interval: float, wall: float, now: float) -> dict[str, Any]:
-    """What ``status`` shows, as JSON-ready data: the router's figures, and every pool with its workers.
+          pools: Iterable[str], *, interval: float, wall: float, now: float,
+          routers: Mapping[str, RouterBeat] | None = None) -> dict[str, Any]:
+    """What ``status`` shows, as JSON-ready data: the router's figures, the routers, what is reclaimed, and every
+    pool with its workers.
 
     ``latest`` and ``previous`` are the last two stats snapshots; ``wall`` is the unix time (to age the
-    snapshot), ``now`` the monotonic clock (to age the heartbeats seen arriving).
+    snapshot), ``now`` the monotonic clock (to age the heartbeats seen arriving); ``routers`` the routers'
+    heartbeats seen, None when they are not watched (the stats' router's view of them is shown then).
     """
     figures = latest or {}
     age = max(0.0, wall - figures["ts"]) if latest is not None else 0.0
@@ -88,6 +103,8 @@ def board(latest: Figures | None, previous: Figures | None, sightings: Mapping[s
     counted_by_router = latest is not None and not figures.get("per_worker", True)
     return {
         "router": _router(figures, previous, elapsed, age, interval) if latest is not None else None,
+        "routers": _routers(figures.get("routers") or {}, routers),
+        "reclaim": _reclaim(figures, age) if latest is not None else None,
         "pools": {pool: {**(_counts(figures["pools"].get(pool, {})) if counted_by_router else
                             _counts({h.value: sum(r["state"] == h.value for r in workers.values()) for h in Health})),
                          "workers": workers}
@@ -111,6 +128,35 @@ def _router(figures: Figures, previous: Figures | None, elapsed: float | None, a
         "dead_letters": figures["dead_letters"], "refused": figures["refused"], "lost": figures["dropped"],
         "bad_heartbeats": figures["bad_heartbeats"], "heartbeats_refused": figures.get("heartbeats_refused", {}),
         "reconnects": figures["reconnects"], "problem": figures.get("problem"),
+    }
+
+
+def _routers(listed: Mapping[str, Mapping[str, Any]], beats: Mapping[str, RouterBeat] | None) -> dict[str, Any]:
+    """Every router, by its own retained heartbeat when those are watched (``beats``), else as the stats'
+    router saw it. A router whose heartbeat was cleared (its session reclaimed) is gone, though the stats'
+    router may still list it as down."""
+    if beats is None:
+        rows = {router: {"state": seen.get("state"), "session": seen.get("session"),
+                         "reclaiming": list(seen.get("reclaiming") or [])} for router, seen in listed.items()}
+    else:
+        rows = {router: {"state": "up" if beat.up else "down",
+                         "session": beat.session or listed.get(router, {}).get("session"),  # a will names none
+                         "reclaiming": sorted(beat.reclaiming)} for router, beat in beats.items()}
+    return dict(sorted(rows.items()))
+
+
+def _reclaim(figures: Figures, age: float) -> dict[str, Any]:
+    """The stats' ``reclaim`` section with totals, each pending owner's time gone aged to now; and ``stranded``:
+    what departed workers hold in sessions that are not reclaimed (no session named, or ``reclaim.after`` null)."""
+    section = figures.get("reclaim") or {}
+    reclaimed = {kind: dict(owners) for kind, owners in (section.get("reclaimed") or {}).items()}
+    pending = {owner: {**seen, "gone_for": round(seen["gone_for"] + age, 1)}
+               for owner, seen in (section.get("pending") or {}).items()}
+    return {
+        "reclaimed": reclaimed, "reclaimed_total": sum(sum(owners.values()) for owners in reclaimed.values()),
+        "returned": section.get("returned", 0), "pending": pending,
+        "pending_holding": sum(seen["holding"] for seen in pending.values()),
+        "stranded": _total(figures.get("stranded") or {}),
     }
 
 
@@ -148,6 +194,9 @@ def render(view: Mapping[str, Any], stats_topic: str) -> list[str]:
     """The board as lines of text: a headline, the router's figures, then a table per pool."""
     router = view["router"]
     lines = _headline(router, stats_topic)
+    lines += _routers_lines(view.get("routers") or {})
+    if view.get("reclaim") is not None:
+        lines += _reclaim_lines(view["reclaim"])
     for pool, figures in view["pools"].items():
         counts = ", ".join(f"{figures[h.value]} {h.value}" for h in Health if figures[h.value])
         lines += ["", f"pool {pool}: {counts or 'no workers'}"]
@@ -183,6 +232,63 @@ def _headline(router: Mapping[str, Any] | None, stats_topic: str) -> list[str]:
     ]
 
 
+ROUTER_COLUMNS = ("ROUTER", "STATE", "RECLAIMING")
+PENDING_COLUMNS = ("PENDING", "STATE", "GONE", "HOLDING", "RECLAIMED", "DEVICES", "BY")
+
+
+def _routers_lines(routers: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The routers heard of: one line while all are up and none reclaims; else a table, down ones first (their
+    sessions wait to be reclaimed), at most SHOWN rows."""
+    if not routers:
+        return []
+    if all(row["state"] == "up" and not row["reclaiming"] for row in routers.values()):
+        return ["", f"routers: {_states(routers.values())}: {_named(list(routers))}"]
+    shown = sorted(routers.items(), key=lambda item: (item[1]["state"] == "up", item[0]))
+    rows = [(router, row["state"], _named(row["reclaiming"]) or "-") for router, row in shown[:SHOWN]]
+    lines = ["", f"routers: {_states(row for _, row in shown)}", *_aligned([ROUTER_COLUMNS, *rows], left=range(3))]
+    if len(shown) > SHOWN:
+        lines.append(f"  ... and {len(shown) - SHOWN} more ({_states(row for _, row in shown[SHOWN:])})")
+    return lines
+
+
+def _states(rows: Iterable[Mapping[str, Any]]) -> str:
+    counts = Counter(row["state"] for row in rows)
+    return ", ".join(f"{counts[state]} {state}" for state in ("up", "down") if counts[state])
+
+
+def _reclaim_lines(reclaim: Mapping[str, Any]) -> list[str]:
+    """What was reclaimed, from whom; what departed owners still hold, biggest first, at most SHOWN of them."""
+    pending = sorted(reclaim["pending"].items(), key=lambda item: (-item[1]["holding"], item[0]))
+    if not (pending or reclaim["reclaimed_total"] or reclaim["returned"] or reclaim["stranded"]):
+        return ["", "reclaim: nothing pending, nothing reclaimed"]
+    owners = sorted(((f"{kind} {owner}", count) for kind, counts in reclaim["reclaimed"].items()
+                     for owner, count in counts.items()), key=lambda item: (-item[1], item[0]))
+    by_owner = _named([f"{owner} {count}" for owner, count in owners])
+    lines = ["", f"reclaim: {reclaim['reclaimed_total']} messages reclaimed" + (f" ({by_owner})" if by_owner else "")
+             + f", {reclaim['returned']} duplicates returned"]
+    if reclaim["stranded"]:
+        lines.append(f"  stranded: {reclaim['stranded']} messages in sessions that are not reclaimed (no session "
+                     f"in the heartbeats, or reclaim.after null)")
+    if not pending:
+        return [*lines, "  pending: none"]
+    lines.append(f"  pending: {len(pending)} departed, holding about {reclaim['pending_holding']} messages "
+                 f"(stranded until reclaimed)")
+    rows = [(owner.replace("/", " ", 1), row["state"], _duration(row["gone_for"]), str(row["holding"]),
+             str(row["reclaimed"]), ("held" if row["devices_wait"] else "flow") if owner.startswith("worker/")
+             else "-", row["by"] or "-") for owner, row in pending[:SHOWN]]
+    lines += _aligned([PENDING_COLUMNS, *rows], left=(0, 1, 5, 6))
+    if len(pending) > SHOWN:
+        rest = pending[SHOWN:]
+        lines.append(f"  ... and {len(rest)} more, holding about {sum(row['holding'] for _, row in rest)} messages")
+    return lines
+
+
+def _named(items: list[str]) -> str:
+    """The first NAMED items, and how many more."""
+    more = f", +{len(items) - NAMED} more" if len(items) > NAMED else ""
+    return ", ".join(items[:NAMED]) + more
+
+
 def _cells(worker: str, row: Mapping[str, Any]) -> tuple[str, ...]:
     def shown(value: float | None, fmt: str, unit: str = "") -> str:
         return "-" if value is None else format(value, fmt) + unit
@@ -192,10 +298,10 @@ def _cells(worker: str, row: Mapping[str, Any]) -> tuple[str, ...]:
             shown(row["rate"], ".1f"), shown(row["stranded"], "d"))
 
 
-def _aligned(rows: list[tuple[str, ...]]) -> list[str]:
-    """Text columns flush left (the first two), numbers flush right."""
+def _aligned(rows: list[tuple[str, ...]], left: Container[int] = (0, 1)) -> list[str]:
+    """Text columns flush left (``left``, by default the first two), numbers flush right."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return ["  " + "  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in
+    return ["  " + "  ".join(cell.ljust(w) if i in left else cell.rjust(w) for i, (cell, w) in
                              enumerate(zip(row, widths, strict=True))).rstrip() for row in rows]
 
 
@@ -219,6 +325,7 @@ class Watch:
         self.latest: Figures | None = None
         self.previous: Figures | None = None
         self.sightings: dict[str, Sighting] = {}
+        self.routers: dict[str, RouterBeat] = {}
         self._inbox: queue.Queue[Inbound] = queue.Queue()
         self._client = Client(config.broker, f"mqttlb-status-{os.getpid()}-{secrets.token_hex(3)}",
                               on_message=self._inbox.put)
@@ -227,6 +334,7 @@ class Watch:
         """Connect (raises TransportError); heartbeats first, so their retained ones arrive before the stats."""
         self._client.start()
         self._client.subscribe(self.config.heartbeat.topic, 0)
+        self._client.subscribe(self.config.router.heartbeat_topic, 0)
         self._client.subscribe(self.config.stats.topic, 0)
         return self
 
@@ -244,12 +352,15 @@ class Watch:
             if message.topic == self.config.stats.topic:
                 if self._stats(message):
                     return True
+            elif filter_matches(self.config.router.heartbeat_topic, message.topic):
+                self._router_heartbeat(message)
             else:
                 self._heartbeat(message)
 
     def board(self) -> dict[str, Any]:
         return board(self.latest, self.previous, self.sightings, self.config.pools,
-                     interval=self.config.stats.interval, wall=time.time(), now=time.monotonic())
+                     interval=self.config.stats.interval, wall=time.time(), now=time.monotonic(),
+                     routers=self.routers)
 
     def _stats(self, message: Inbound) -> bool:
         try:
@@ -268,6 +379,16 @@ class Watch:
         except BadHeartbeat:
             return  # the router logs and counts those
         self.sightings[worker] = Sighting(beat, None if message.retain else time.monotonic())
+
+    def _router_heartbeat(self, message: Inbound) -> None:
+        router = self.config.router.router_of(message.topic)
+        if not message.payload:  # cleared: its session was reclaimed, or it left for good
+            self.routers.pop(router, None)
+            return
+        try:
+            self.routers[router] = RouterBeat.parse(router, message.payload)
+        except BadHeartbeat:
+            return  # the routers log and count those
 
 
 def main(args: argparse.Namespace, config: Config) -> int:

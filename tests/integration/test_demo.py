@@ -1,4 +1,4 @@
-"""`mqttlb demo` end to end, its cleanup, and the rules of its summary."""
+"""`mqttlb demo` end to end and its cleanup; the rules of its summary are in tests/unit/test_demo.py."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from mqttlb.commands import demo
-from mqttlb.commands.demo import VICTIM, Arrival, summarize
 
 from .conftest import ROOT
 
@@ -41,6 +40,11 @@ def test_demo_runs_end_to_end_and_cleans_up() -> None:
     assert re.search(r"^moved: [1-9]\d* devices, all of them w1's: yes$", out, re.M), out
     assert re.search(r"^stayed: yes \(\d+ devices", out, re.M), out
     assert re.search(r"^failover: \d+ ms$", out, re.M), out
+    reclaimed = re.search(r"^reclaimed: (\d+) of w1's messages by the router's count, (\d+) seen arriving at other "
+                          r"workers$", out, re.M)
+    assert reclaimed is not None and reclaimed.group(1) == reclaimed.group(2) and int(reclaimed.group(1)) > 0, out
+    assert re.search(r"^stranded: 0$", out, re.M), out
+    assert re.search(r"^in order: yes$", out, re.M), out
     rows = re.findall(r"^(w[123]) +([\d.]+) +(\d+) +(\d+) +(\d+) +([\d.]+)%", out, re.M)
     assert [row[0] for row in rows] == ["w1", "w2", "w3"], out
     assert rows[0][3] == "0"  # the killed worker serves no device at the end
@@ -73,46 +77,3 @@ def test_without_mosquitto_the_demo_says_how_to_install_it(monkeypatch: pytest.M
     monkeypatch.setattr(demo, "find_mosquitto", missing)
     assert demo.main(argparse.Namespace()) == 1
     assert capsys.readouterr().err.strip() == "Mosquitto is not installed: run 'apt-get install mosquitto'"
-
-
-# -- the summary's rules, on made-up arrivals -------------------------------------------------
-
-
-def arrivals(*spec: tuple[str, str, int, float]) -> list[Arrival]:
-    """(worker, device, seq, at) on the sticky route."""
-    return [Arrival(worker, "telemetry", device, seq, at) for worker, device, seq, at in spec]
-
-
-def expected(*pairs: tuple[str, int]) -> set[tuple[str, str, int]]:
-    return {("telemetry", device, seq) for device, count in pairs for seq in range(count)}
-
-
-def test_a_clean_failover_has_no_problems() -> None:
-    got = arrivals((VICTIM, "a", 0, 1.0), ("w2", "b", 0, 1.0), ("w3", "c", 0, 1.0),
-                   (VICTIM, "a", 1, 5.01),  # routed to the victim before the router heard: waits in its session
-                   ("w3", "a", 2, 5.05), ("w2", "b", 1, 6.0), ("w3", "c", 1, 6.0))
-    summary = summarize(got, expected(("a", 3), ("b", 2), ("c", 2)), {"telemetry"}, killed=5.0)
-    assert summary.problems == []
-    assert (summary.sent, summary.delivered, summary.lost, summary.duplicates) == (7, 7, 0, 0)
-    assert summary.moved == summary.victim_devices == {"a"}
-    assert summary.stayed == 2 and summary.waiting == 1
-    assert summary.failover == pytest.approx(0.05)
-    rows = {row.worker: (row.devices_before, row.devices_after, row.messages) for row in summary.rows}
-    assert rows == {"w1": (1, 0, 2), "w2": (1, 1, 2), "w3": (1, 2, 3)}
-
-
-def test_loss_duplicates_and_a_device_that_wandered_are_reported() -> None:
-    got = arrivals((VICTIM, "a", 0, 1.0), ("w2", "b", 0, 1.0), ("w2", "b", 0, 1.1),
-                   ("w3", "a", 1, 6.0), ("w3", "b", 1, 6.0))
-    summary = summarize(got, expected(("a", 3), ("b", 2)), {"telemetry"}, killed=5.0)
-    assert (summary.lost, summary.duplicates) == (1, 1)
-    assert summary.strays == {"b"} and summary.stayed == 0
-    assert any("never reached a worker" in p for p in summary.problems)
-    assert any("the devices that moved are not exactly" in p for p in summary.problems)
-    assert any("more than one worker: b" in p for p in summary.problems)
-
-
-def test_a_victim_without_devices_is_a_failed_demo() -> None:
-    summary = summarize(arrivals(("w2", "b", 0, 1.0)), expected(("b", 1)), {"telemetry"}, killed=5.0)
-    assert summary.problems == [f"{VICTIM} served no device before the kill"]
-    assert summary.failover is None

@@ -130,3 +130,36 @@ def test_live_on_a_terminal_redraws_in_place(make_router, clients):
     last = bytes(shown).rsplit(b"\x1b[H\x1b[2J", 1)[-1].decode()
     assert last.startswith("router mqttlb-test-router: connected")
     assert "pool default: 2 up" in last
+
+
+def test_once_shows_the_routers_and_a_dead_workers_session_pending_then_reclaimed(make_router, clients,
+                                                                                   worker_processes):
+    router = make_router(stats=FAST_STATS, reclaim={"after": "4s"})
+    w1, w2 = worker_processes("w1"), worker_processes("w2")
+    stats = clients(Client, "stats-watch")
+    stats.subscribe("mqttlb/stats")
+    wait_for(lambda: stats.messages() and all(orjson.loads(stats.messages()[-1].payload)["workers"]
+                                              .get(w, {}).get("state") == "up" for w in ("w1", "w2")),
+             what="the router knows both workers")
+    w1.signal(signal.SIGKILL)
+    router.wait_log("worker w1 of pool default is down")
+    device = clients(Client, "device")
+    for n in range(200):  # what the router had forwarded to w1: queued in its session
+        device.publish(f"mqttlb/workers/w1/in/devices/d{n % 10}/telemetry", orjson.dumps({"n": n}))
+
+    waiting = orjson.loads(status(router.config_path, "--once", "--json").stdout)
+    assert waiting["routers"] == {"mqttlb-test-router": {"state": "up", "session": "mqttlb-test-router",
+                                                         "reclaiming": []}}
+    pending = waiting["reclaim"]["pending"]["worker/w1"]
+    assert pending["state"] == "waiting" and pending["session"] == "mqttlb-worker-w1" and pending["devices_wait"]
+    assert 0 < pending["gone_for"] < 4.0
+
+    router.wait_log("messages from worker w1's session", timeout=30)
+    wait_for(lambda: not orjson.loads(stats.messages()[-1].payload)["reclaim"]["pending"], what="stats say done")
+    result = status(router.config_path, "--once")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "routers: 1 up: mqttlb-test-router" in lines
+    assert "reclaim: 200 messages reclaimed (worker w1 200), 0 duplicates returned" in lines
+    assert "  pending: none" in lines
+    wait_for(lambda: len(w2.handled()) >= 200, what="w2 handled what w1 left")
