@@ -27,7 +27,7 @@ from .core import config as config_module
 from .core.config import Config
 from .core.inflight import InFlight, Receipt
 from .core.pool import Departure, Fleet, FleetFull, Health
-from .core.reclaim import Owner, Reclaim, Reclaims
+from .core.reclaim import Ended, Owner, Reclaim, Reclaims
 from .core.router import Action, DeadLetter, Forward, Message, Reason, Router
 from .core.routers import BEAT as ROUTER_BEAT
 from .core.routers import RouterBeat, Routers
@@ -243,7 +243,10 @@ class Service:
         self._publishing_connected(self._broker_max_packet_size)
         self.reclaims.configure(new.reclaim.after, new.reclaim.wait)
         for reclaim in self.reclaims.active():
-            self._await(reclaim)
+            if new.reclaim.after is None and reclaim.started is None:  # never, now: it stays its owner's
+                self.reclaims.drop(reclaim)
+            else:
+                self._await(reclaim)
         self.config = new
         self.transport.update_routes(subscriptions(new))
         if self._metrics is not None:
@@ -438,6 +441,21 @@ class Service:
 
     def _reclaim_tick(self, now: float) -> None:
         """Start the reclaims that are due, end the ones that are done, let waiting devices go on."""
+        self._start_reclaims(now)
+        for end in self.reclaims.elsewhere(now, self.routers):
+            log.info("%s %s's session %s was reclaimed by router %s", end.reclaim.kind, end.reclaim.owner,
+                     end.reclaim.session, end.reclaim.by)
+            self._execute(self.router.release_departed(end.reclaim.owner))
+        for end in self.reclaims.finished(now):
+            self._end_reclaim(end, now)
+        for reclaim in self.reclaims.waited_out(now):
+            log.warning("worker %s's devices waited %gs for its session to be reclaimed: their new messages flow "
+                        "now, maybe ahead of older ones still in the session", reclaim.owner, self.reclaims.wait)
+            self._execute(self.router.release_departed(reclaim.owner))
+        if now >= self._next_router_beat or self.reclaims.sessions() != self._announced:
+            self._announce_router()
+
+    def _start_reclaims(self, now: float) -> None:
         limit = self.config.router.held_limit
         if self.router.waiting > limit:  # they fill the window: the reclaims they wait for cannot wait any longer
             for reclaim in self.reclaims.hurry(now):
@@ -455,28 +473,24 @@ class Service:
             log.info("reclaiming %s %s's session %s", reclaim.kind, reclaim.owner, reclaim.session)
             routes = [s.filter for s in subscriptions(self.config)] if reclaim.kind is Owner.ROUTER else None
             self.transport.reclaim(reclaim.id, reclaim.session, unsubscribe=routes)
-        for end in self.reclaims.elsewhere(now, self.routers):
-            log.info("%s %s's session %s was reclaimed by router %s", end.reclaim.kind, end.reclaim.owner,
-                     end.reclaim.session, end.reclaim.by)
-            self._execute(self.router.release_departed(end.reclaim.owner))
-        for end in self.reclaims.finished(now):
-            reclaim = end.reclaim
-            self.transport.end_reclaim(reclaim.id, end_session=end.how == "reclaimed")
-            self._execute(self.router.release_departed(reclaim.owner))
-            if end.how == "reclaimed":
-                log.info("reclaimed %d messages from %s %s's session %s in %.1fs; the session is ended",
-                         reclaim.settled, reclaim.kind, reclaim.owner, reclaim.session, now - (reclaim.started or now))
-                if reclaim.kind is Owner.ROUTER:  # its retained "down" would have the next router reclaim it again
-                    self.transport.announce(self.config.router.heartbeat_of(reclaim.owner), b"")
-            else:
-                log.error("could not take over %s %s's session %s within %.0fs; what it holds stays there",
-                          reclaim.kind, reclaim.owner, reclaim.session, now - (reclaim.started or now))
-        if now >= self._next_router_beat or self.reclaims.sessions() != self._announced:
-            self._announce_router()
-        for reclaim in self.reclaims.waited_out(now):
-            log.warning("worker %s's devices waited %gs for its session to be reclaimed: their new messages flow "
-                        "now, maybe ahead of older ones still in the session", reclaim.owner, self.reclaims.wait)
-            self._execute(self.router.release_departed(reclaim.owner))
+
+    def _end_reclaim(self, end: Ended, now: float) -> None:
+        reclaim = end.reclaim
+        self.transport.end_reclaim(reclaim.id, end_session=end.how == "reclaimed")
+        self._execute(self.router.release_departed(reclaim.owner))
+        took = now - (reclaim.started or now)
+        if end.how == "reclaimed":
+            log.info("reclaimed %d messages from %s %s's session %s in %.1fs; the session is ended",
+                     reclaim.settled, reclaim.kind, reclaim.owner, reclaim.session, took)
+            if reclaim.kind is Owner.ROUTER:  # its retained "down" would have the next router reclaim it again
+                self.transport.announce(self.config.router.heartbeat_of(reclaim.owner), b"")
+                self.routers.forget(reclaim.owner)
+            return
+        log.error("could not take over %s %s's session %s within %.0fs; what it holds stays there", reclaim.kind,
+                  reclaim.owner, reclaim.session, took)
+        if reclaim.pool is not None:
+            self.counters.stranded[(reclaim.pool, reclaim.owner)] += reclaim.holding
+
     def _announce_router(self, up: bool = True) -> None:
         """This router's heartbeat: up (or down, when it stops), its session, what it is reclaiming."""
         me = self.config.broker.client_id
@@ -488,6 +502,9 @@ class Service:
     def _router_heartbeat(self, topic: str, payload: bytes) -> None:
         now = self.clock()
         router = self.config.router.router_of(topic)
+        if not payload:  # cleared: its session was reclaimed, or the router is gone for good
+            self.routers.forget(router)
+            return
         try:
             beat = RouterBeat.parse(router, payload)
         except BadHeartbeat as error:

@@ -279,7 +279,7 @@ class Reclaims:
 
     # -- order (rule 5) ---------------------------------------------------------------------------------
 
-    def waiting(self, now: float) -> Mapping[str, Mapping[str, float]]:
+    def waiting(self) -> Mapping[str, Mapping[str, float]]:
         """pool -> departed worker -> weight: the workers whose devices' new messages still wait for them."""
         awaited: dict[str, dict[str, float]] = {}
         for reclaim in self._by_id.values():

@@ -101,6 +101,10 @@ class Routers:
             return None
         return beat if old is None or old.beat.up else None
 
+    def forget(self, router: str) -> None:
+        """``router`` is gone for good (its session reclaimed, its heartbeat cleared)."""
+        self._peers.pop(router, None)
+
     def live(self, now: float) -> list[str]:
         """The routers whose last word was ``up``, within ``LIVE_WITHIN``; this one always among them."""
         return sorted({self.me, *(router for router in self._peers if self.is_live(router, now))})
