@@ -406,7 +406,7 @@ def test_a_drained_worker_leaves_holding_nothing() -> None:
     beat(router, "w2", 0)
     beat(router, "w1", 1, state="draining", inflight=0)
     forward(router, "devices/d1/telemetry")  # goes to w2 now
-    assert beat(router, "w1", 2, state="down") == [Departure("w1", "default", Health.DOWN, 0)]
+    assert beat(router, "w1", 2, state="down") == [Departure("w1", "default", Health.DOWN, 0, drained=True)]
     assert beat(router, "w3", 3, state="down") == []  # never up: nothing departed
 
 
