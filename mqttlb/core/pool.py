@@ -254,6 +254,8 @@ class Fleet:
         if beat.session is not None:
             self._sessions[beat.session] = beat.worker
         self._advance(now)
+        if old is not None and self._records.get(beat.worker) is not old:
+            old = None  # time forgot it just now (expired; its room is free): this heartbeat is a newcomer's
         health = Health(beat.state.value)  # a fresh heartbeat has not timed out
         if old is not None and (old.beat.pool, old.beat.weight, old.health) == (beat.pool, beat.weight, health):
             old.beat, old.last_seen, old.assigned = beat, now, 0  # only the load changed: nothing else to do

@@ -300,14 +300,18 @@ class Router(Generic[Ref]):
             del self._departed[pool]
         self._forget_shadows(pool)
         actions: list[Action[Ref]] = []
+        joined = False
         for item in self._waiting.pop(worker, ()):
             held = self._held_by_pool.get(pool)
             released = None if held else self._dispatch(item.message, item.route, dict(item.captures), item.key)
             if released is None:  # the pool has no worker now: it waits for one, as any message would
                 self._held_by_pool.setdefault(pool, deque()).append(
                     replace(item, deadline=item.message.arrived + self.config.dead_letter.hold))
+                joined = True
             else:
                 actions.extend(released)
+        if joined:  # in among the held, by arrival: deadlines and evictions read the queue from its oldest end
+            self._held_by_pool[pool] = deque(sorted(self._held_by_pool[pool], key=lambda item: item.message.arrived))
         return actions
 
     def _former_owner(self, route: _Route, key: str) -> str | None:

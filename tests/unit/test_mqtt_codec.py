@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mqttlb.mqtt import LocalProtocolError, RemoteProtocolError, codec
@@ -220,3 +222,81 @@ def test_any_property_block_decodes_or_is_the_brokers_fault(block: bytes) -> Non
         codec.user_properties(block)
     except RemoteProtocolError:
         pass
+
+
+# -- without_user_properties: a reclaimed forward back to the device's own properties ------------------
+
+
+def block(*items: tuple[int, object]) -> bytes:
+    """A property block's content, the properties in the order given."""
+    return b"".join(codec.encode_property(identifier, value) for identifier, value in items)
+
+
+def test_without_user_properties_drops_ours_and_keeps_the_rest_in_order() -> None:
+    properties = block((codec.USER_PROPERTY, ("app", "1")), (codec.CONTENT_TYPE, "application/json"),
+                       (codec.USER_PROPERTY, ("mqttlb-route", "telemetry")), (codec.MESSAGE_EXPIRY, 60),
+                       (codec.USER_PROPERTY, ("app", "2")), (codec.USER_PROPERTY, ("mqttlb-topic", "d/1")),
+                       (codec.SUBSCRIPTION_ID, 7), (codec.USER_PROPERTY, ("Mqttlb-x", "not ours: case")))
+    kept = codec.without_user_properties(properties, "mqttlb-")
+    assert codec.user_properties(kept) == (("app", "1"), ("app", "2"), ("Mqttlb-x", "not ours: case"))
+    decoded = codec.decode_properties(kept, 0, len(kept))
+    assert (decoded[codec.CONTENT_TYPE], decoded[codec.MESSAGE_EXPIRY]) == ("application/json", 60)
+    assert decoded[codec.SUBSCRIPTION_ID] == [7]
+
+
+def test_without_user_properties_when_all_are_ours() -> None:
+    properties = block((codec.PAYLOAD_FORMAT, 1), (codec.USER_PROPERTY, ("mqttlb-key", "d1")))
+    assert codec.without_user_properties(properties, "mqttlb-") == block((codec.PAYLOAD_FORMAT, 1))
+    assert codec.without_user_properties(block((codec.USER_PROPERTY, ("mqttlb-key", "d1"))), "mqttlb-") == b""
+
+
+@pytest.mark.parametrize("properties", [
+    b"",
+    block((codec.CONTENT_TYPE, "text/plain")),
+    block((codec.USER_PROPERTY, ("app", "mqttlb-route")), (codec.MESSAGE_EXPIRY, 5)),
+    block((codec.USER_PROPERTY, ("mqttlb", "no dash")), (codec.USER_PROPERTY, ("xmqttlb-a", "b"))),
+])
+def test_without_user_properties_returns_the_input_itself_when_nothing_is_ours(properties: bytes) -> None:
+    assert codec.without_user_properties(properties, "mqttlb-") is properties
+
+
+def test_without_user_properties_refuses_a_malformed_block_as_the_brokers_fault() -> None:
+    with pytest.raises(RemoteProtocolError):
+        codec.without_user_properties(b"\x26\x00\x05ab", "mqttlb-")
+
+
+ours = st.tuples(texts.map(lambda text: "mqttlb-" + text), texts)
+theirs = st.tuples(texts.filter(lambda text: not text.startswith("mqttlb-")), texts)
+others = st.lists(st.sampled_from([
+    (codec.PAYLOAD_FORMAT, 1), (codec.MESSAGE_EXPIRY, 3600), (codec.CONTENT_TYPE, "application/cbor"),
+    (0x08, "reply/to"), (0x09, b"\x00correlation"),
+]), unique_by=lambda item: item[0], max_size=5)
+subscription_ids = st.lists(st.integers(1, 2**28 - 1), max_size=2).map(
+    lambda found: [(codec.SUBSCRIPTION_ID, identifier) for identifier in found])
+
+
+@settings(derandomize=True, max_examples=200, deadline=None)
+@given(others, subscription_ids, st.lists(st.tuples(st.booleans(), ours, theirs), max_size=6), st.randoms())
+def test_without_user_properties_round_trips(other: list[tuple[int, object]], subscriptions: list[tuple[int, int]],
+                                             users: list[tuple[bool, tuple[str, str], tuple[str, str]]],
+                                             rng: Any) -> None:
+    pairs = [mine if is_ours else their for is_ours, mine, their in users]
+    items = [*other, *subscriptions]
+    rng.shuffle(items)
+    at = 0
+    for pair in pairs:  # user properties in their order, anywhere among the others
+        at = rng.randint(at, len(items))
+        items.insert(at, (codec.USER_PROPERTY, pair))
+        at += 1
+    properties = block(*items)
+    kept = codec.without_user_properties(properties, "mqttlb-")
+    expected = {identifier: value for identifier, value in other}
+    if subscriptions:
+        expected[codec.SUBSCRIPTION_ID] = [value for identifier, value in items if identifier == codec.SUBSCRIPTION_ID]
+    their_pairs = [pair for pair in pairs if not pair[0].startswith("mqttlb-")]
+    if their_pairs:
+        expected[codec.USER_PROPERTY] = their_pairs
+    assert codec.decode_properties(kept, 0, len(kept)) == expected
+    if len(their_pairs) == len(pairs):
+        assert kept is properties
+    assert codec.without_user_properties(kept, "mqttlb-") is kept

@@ -16,6 +16,7 @@ from mqttlb.core.config import PoolSettings, WorkerOverride
 from mqttlb.core.pool import (
     MAX_HEARTBEAT_BYTES,
     UNNAMED_POOLS,
+    Departure,
     Fleet,
     FleetFull,
     Health,
@@ -23,6 +24,7 @@ from mqttlb.core.pool import (
     WorkerState,
     WorkerView,
 )
+from mqttlb.core.topics import MAX_KEY_BYTES, key_problem
 from mqttlb.errors import BadHeartbeat, RemoteInputError
 
 properties = settings(derandomize=True, max_examples=150, deadline=None)
@@ -544,3 +546,100 @@ def test_the_pools_the_config_does_not_name_share_one_budget(monkeypatch: pytest
     assert refused.value.pool == UNNAMED_POOLS
     assert fleet.census().refused == {(UNNAMED_POOLS, "max_workers"): 1}
     assert fleet.apply(hb("d1"), 0) == {"default"}  # a named pool has a budget of its own
+
+
+# -- sessions and departures, for reclaim ----------------------------------------------------------
+
+
+def will(worker: str = "w1") -> Heartbeat:
+    return Heartbeat.parse(worker, orjson.dumps({"worker": worker, "state": "down"}))
+
+
+def test_session_parsed() -> None:
+    assert hb(session="w1-session").session == "w1-session"
+    assert hb(session=None).session is None
+    assert hb().session is None and will().session is None
+
+
+@pytest.mark.parametrize("session", [7, True, "", "a/b", "a+", "#", "s\x00", "s\x1f", ["s"], {"s": 1},
+                                     "x" * (MAX_KEY_BYTES + 1)])
+def test_bad_session_refused(session: object) -> None:
+    with pytest.raises(BadHeartbeat, match="session"):
+        Heartbeat.parse("w1", orjson.dumps({"session": session}))
+
+
+@properties
+@given(st.dictionaries(st.sampled_from(["session", "state", "x"]), json_leaf | st.text(max_size=6)))
+def test_any_session_parses_as_a_client_id_or_raises_bad_heartbeat(body: dict[str, Any]) -> None:
+    try:
+        beat = Heartbeat.parse("w1", orjson.dumps(body))
+    except BadHeartbeat:
+        return
+    assert beat.session == body.get("session")
+    assert beat.session is None or key_problem(beat.session) is None
+
+
+def test_a_will_keeps_the_session_the_worker_named() -> None:
+    fleet = Fleet(TIMEOUT, EXPIRE)
+    fleet.apply(hb("w1", session="s1", weight=2.5, inflight=3), 0)
+    fleet.assigned("w1")
+    fleet.apply(will(), 1)
+    assert fleet.take_departures() == [Departure("w1", "default", Health.DOWN, 4, "s1", 2.5)]
+    fleet.apply(Heartbeat.parse("w1", b""), 2)  # a cleared retained heartbeat: still the same session
+    fleet.apply(hb("w1", session="s1"), 3)
+    fleet.apply(Heartbeat.parse("w1", b""), 4)
+    assert [d.session for d in fleet.take_departures()] == ["s1"]
+
+
+def test_a_worker_back_without_a_session_departs_without_one() -> None:
+    fleet = Fleet(TIMEOUT, EXPIRE)
+    fleet.apply(hb("w1", session="s1"), 0)
+    fleet.apply(hb("w1"), 1)  # restarted with a clean session
+    fleet.apply(will(), 2)
+    [departure] = fleet.take_departures()
+    assert departure.session is None
+
+
+def test_a_timed_out_worker_departs_with_its_session() -> None:
+    fleet = Fleet(TIMEOUT, EXPIRE)
+    fleet.apply(hb("w1", session="s1", weight=3), 0)
+    fleet.tick(TIMEOUT)
+    assert fleet.take_departures() == [Departure("w1", "default", Health.TIMEOUT, 0, "s1", 3.0)]
+
+
+def test_a_departure_carries_the_weight_it_had_in_the_healthy_set() -> None:
+    fleet = Fleet(TIMEOUT, EXPIRE, pools={"default": pool("default", w1=5.0),
+                                          "ramp": pool("ramp", slow_start=10.0)})
+    fleet.apply(hb("w1", weight=2), 0)  # the pool's static weight wins
+    fleet.apply(hb("r1", pool="ramp", weight=2), 0)  # a tenth of its weight, ramping
+    fleet.apply(will("w1"), 0.5)
+    fleet.apply(will("r1"), 0.5)
+    assert [(d.worker, d.weight) for d in fleet.take_departures()] == [("w1", 5.0), ("r1", 0.2)]
+
+
+def test_live() -> None:
+    fleet = Fleet(TIMEOUT, EXPIRE)
+    fleet.apply(hb("silent"), -TIMEOUT)
+    fleet.apply(hb("up"), 0)
+    fleet.apply(hb("draining", state="draining"), 0)
+    fleet.apply(hb("down", state="down"), 0)
+    assert [w for w in ("up", "draining", "down", "silent", "unknown") if fleet.live(w)] == ["up", "draining"]
+    fleet.tick(TIMEOUT)
+    assert not fleet.live("up") and fleet.live("draining")  # timed out; draining, it only expires
+    fleet.tick(EXPIRE)
+    assert not fleet.live("draining")
+
+
+def test_a_heartbeat_at_the_moment_its_worker_expires_makes_it_a_newcomer() -> None:
+    """Time is applied first: the expired record is forgotten and the heartbeat starts a new one (it used to
+    revive the forgotten record, healthy for ever and in no view, census or agenda)."""
+    fleet = Fleet(TIMEOUT, EXPIRE)
+    fleet.apply(hb("w1", session="s1"), 0)
+    fleet.tick(TIMEOUT)
+    assert [d.health for d in fleet.take_departures()] == [Health.TIMEOUT]
+    assert fleet.apply(hb("w1"), EXPIRE) == {"default"}  # no tick in between
+    assert [(v.worker, v.health, v.last_seen) for v in fleet.views(EXPIRE)] == [("w1", Health.UP, EXPIRE)]
+    assert fleet.census().states == {"default": {"up": 1, "draining": 0, "down": 0, "timeout": 0}}
+    fleet.tick(EXPIRE + TIMEOUT)
+    assert fleet.healthy("default") == {} and not fleet.live("w1")
+    assert [d.health for d in fleet.take_departures()] == [Health.TIMEOUT]

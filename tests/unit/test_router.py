@@ -608,3 +608,169 @@ def test_nothing_is_routed_to_a_worker_that_left_before_the_balancers_caught_up(
     assert gone == {"w1", "w2"}
     beat(router, "w1", 1, state="down")  # no tick in between
     assert {forward(router, t).worker for t in DEVICES} == {"w2"}
+
+
+# -- a departed worker's devices wait for its session to be reclaimed (reclaim, rule 5) -----------------
+
+
+def depart(router: Router[int], worker: str, now: float) -> Departure:
+    """``worker``'s will, and the router told to keep its devices' new messages waiting (as the service does)."""
+    [departure] = beat(router, worker, now, state="down")
+    assert isinstance(departure, Departure)
+    router.await_departed(departure.pool, departure.worker, departure.weight)
+    return departure
+
+
+def three_workers(router: Router[int]) -> dict[str, str]:
+    beat(router, "w1", 0)
+    beat(router, "w2", 0, weight=3, session="s-w2")
+    beat(router, "w3", 0)
+    return workers_of(router, DEVICES)
+
+
+def test_a_departed_workers_devices_wait_and_the_others_do_not() -> None:
+    router = make_router()
+    before = three_workers(router)
+    theirs = [t for t in DEVICES if before[t] == "w2"]
+    assert depart(router, "w2", 1) == Departure("w2", "default", Health.DOWN, len(theirs), "s-w2", 3.0)
+    assert 0 < len(theirs) < len(DEVICES)
+    for ref, topic in enumerate(DEVICES):
+        actions = router.route(msg(topic, ref=ref, now=2))
+        if before[topic] == "w2":
+            assert actions == [], topic  # found with its last weight: exactly the devices that were its own
+        else:
+            [action] = actions
+            assert isinstance(action, Forward) and action.worker == before[topic]  # the others keep theirs
+    assert router.waiting == len(theirs) and router.held == len(theirs)
+    assert router.awaited() == ["w2"]
+
+
+def test_the_waiting_messages_are_released_in_arrival_order() -> None:
+    router = make_router()
+    before = three_workers(router)
+    depart(router, "w2", 1)
+    theirs = [t for t in DEVICES if before[t] == "w2"][:5]
+    sent = [(topic, ref) for ref, topic in enumerate(theirs * 3)]  # each device thrice, interleaved
+    for topic, ref in sent:
+        assert router.route(msg(topic, ref=ref, now=2 + ref)) == []
+    released = router.release_departed("w2")
+    assert refs(released) == [ref for _, ref in sent]
+    assert all(isinstance(a, Forward) and a.worker in {"w1", "w3"} for a in released)
+    assert [a.message.topic for a in released] == [topic for topic, _ in sent]
+    assert router.waiting == router.held == 0 and router.awaited() == []
+    assert refs(router.route(msg(theirs[0], ref=99, now=30))) == [99]  # no longer waits
+    assert router.release_departed("w2") == []  # once
+
+
+def test_a_reclaimed_message_never_waits() -> None:
+    router = make_router()
+    before = three_workers(router)
+    depart(router, "w2", 1)
+    topic = next(t for t in DEVICES if before[t] == "w2")
+    assert router.route(msg(topic, ref=1, now=2)) == []
+    [action] = router.route(msg(topic, ref=2, now=3), reclaimed=True)  # older than what waits: goes first
+    assert isinstance(action, Forward) and action.worker in {"w1", "w3"}
+    assert router.waiting == 1
+
+
+def test_routes_without_affinity_never_wait() -> None:
+    keyed_round_robin = {"name": "rr", "match": "rr/{id}", "key": "id", "algorithm": "round_robin"}
+    router = make_router(routes=[*ROUTES, keyed_round_robin])
+    beat(router, "w1", 0)
+    beat(router, "w2", 0, session="s-w2")
+    depart(router, "w2", 1)
+    for ref in range(20):  # keyless, and keyed but no device is any worker's own
+        assert refs(router.route(msg(f"devices/d{ref}/logs/x", ref=ref, now=2))) == [ref]
+        assert refs(router.route(msg(f"rr/d{ref}", ref=100 + ref, now=2))) == [100 + ref]
+    assert router.waiting == 0
+
+
+def test_other_pools_never_wait() -> None:
+    router = make_router(routes=[*ROUTES, {"name": "gpu-keyed", "match": "gpu/{device}", "key": "device",
+                                           "pool": "gpu"}])
+    beat(router, "w1", 0)
+    beat(router, "w2", 0)
+    beat(router, "g1", 0, pool="gpu")
+    depart(router, "w2", 1)
+    for ref in range(20):
+        assert refs(router.route(msg(f"gpu/d{ref}", ref=ref, now=2))) == [ref]
+
+
+def test_released_into_a_pool_without_workers_they_are_held_until_the_hold_deadline() -> None:
+    router = make_router()
+    beat(router, "w1", 0)
+    beat(router, "w2", 0, session="s-w2")
+    depart(router, "w2", 1)
+    beat(router, "w1", 1, state="down")  # not awaited: nobody reclaims it, say
+    for ref in range(3):  # the pool has no worker: every device was w2's
+        assert router.route(msg(f"devices/d{ref}/telemetry", ref=ref, now=2 + ref)) == []
+    assert (router.waiting, router.held) == (3, 3)
+    assert router.release_departed("w2") == []
+    assert router.waiting == 0 and router.held == 3
+    assert router.tick(2 + HOLD - 0.001) == []  # the hold counts from each message's arrival
+    [dead] = router.tick(2 + HOLD)
+    assert isinstance(dead, DeadLetter) and (dead.reason, dead.message.ref) == ("no_worker", 0)
+    assert refs(beat(router, "w4", 2 + HOLD)) == [1, 2]  # the rest, in order, to a new worker
+
+
+def test_released_one_departed_worker_after_another_the_held_keep_their_deadlines() -> None:
+    router = make_router()
+    before = three_workers(router)
+    mine = {w: next(t for t in DEVICES if before[t] == w) for w in ("w1", "w2")}
+    depart(router, "w1", 1)
+    depart(router, "w2", 1)
+    beat(router, "w3", 1, state="down")
+    assert router.route(msg(mine["w1"], ref=1, now=2)) == []
+    assert router.route(msg(mine["w2"], ref=2, now=5)) == []
+    assert router.release_departed("w2") == [] and router.release_departed("w1") == []
+    [dead] = router.tick(2 + HOLD)  # the older one's hold is over, though it was released last
+    assert isinstance(dead, DeadLetter) and dead.message.ref == 1
+    assert router.tick(5 + HOLD - 0.001) == []
+    assert refs(router.tick(5 + HOLD)) == [2]
+
+
+def test_released_in_among_messages_already_held_for_the_pool() -> None:
+    router = make_router()
+    beat(router, "w1", 0)
+    beat(router, "w2", 0, session="s-w2")
+    depart(router, "w2", 1)
+    depart(router, "w1", 1)  # not awaited: nobody reclaims it, say
+    router.release_departed("w1")
+    assert router.route(msg("devices/d1/telemetry", ref=1, now=2)) == []  # every device was w2's now
+    assert router.route(msg("devices/d1/logs/x", ref=2, now=3)) == []  # held: the pool has no worker
+    assert (router.waiting, router.held) == (1, 2)
+    assert router.release_departed("w2") == []
+    assert refs(beat(router, "w5", 4)) == [1, 2]  # what waited joins the held queue by arrival
+
+
+def test_forget_held_and_take_held_include_the_waiting_ones() -> None:
+    router = make_router()
+    before = three_workers(router)
+    depart(router, "w2", 1)
+    theirs = [t for t in DEVICES if before[t] == "w2"]
+    for ref in range(6):
+        assert router.route(msg(theirs[ref], ref=ref, now=2 + ref)) == []
+    assert router.route(msg("jobs/j1", ref=10, now=4.5)) == []  # held: pool gpu has nobody
+    assert (router.waiting, router.held) == (6, 7)
+    assert router.forget_held(lambda ref: ref in (0, 3, 10)) == 3
+    assert (router.waiting, router.held) == (4, 4)
+    assert router.route(msg("jobs/j2", ref=11, now=4.6)) == []
+    assert [m.ref for m in router.take_held()] == [1, 2, 11, 4, 5]  # oldest first, waiting or held
+    assert (router.waiting, router.held) == (0, 0)
+    assert router.awaited() == ["w2"]  # still awaited: told again, a reloaded router makes them wait again
+    assert router.route(msg(theirs[0], ref=20, now=9)) == []
+    assert refs(router.release_departed("w2")) == [20]
+
+
+def test_awaited_lists_the_longest_waiting_first() -> None:
+    router = make_router()
+    before = three_workers(router)
+    depart(router, "w2", 1)
+    depart(router, "w3", 1)
+    assert set(router.awaited()) == {"w2", "w3"}
+    mine = {w: next(t for t in DEVICES if before[t] == w) for w in ("w2", "w3")}
+    assert router.route(msg(mine["w3"], ref=1, now=2)) == []
+    assert router.route(msg(mine["w2"], ref=2, now=3)) == []
+    assert router.awaited() == ["w3", "w2"]
+    assert refs(router.release_departed("w3")) == [1]
+    assert router.awaited() == ["w2"] and router.waiting == 1

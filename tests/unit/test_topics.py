@@ -15,7 +15,9 @@ from mqttlb.core.topics import (
     TopicTemplate,
     filter_matches,
     filters_overlap,
+    inbox_filter,
     key_problem,
+    original_topic,
     topic_problem,
 )
 
@@ -412,3 +414,49 @@ def test_a_filter_matches_as_filter_matches_says(filter_text: str, tail: bool, t
     mqtt = filter_text + "/#" if tail else filter_text or "#"
     parsed = TopicFilter.parse(mqtt)
     assert (parsed.match(topic) is not None) == filter_matches(mqtt, topic)
+
+
+# -- inbox filters and original topics (a reclaimed forward back to the device's topic) --------------
+
+
+@pytest.mark.parametrize(("template", "inbox"), [
+    ("mqttlb/workers/{worker}/in/{topic}", "mqttlb/workers/w3/in/#"),
+    ("w/{pool}/{worker}/{route}/{topic}", "w/+/w3/+/#"),
+    ("{worker}/{key}", "w3/+"),
+    ("x/{worker}", "x/w3"),
+    ("{topic}", "#"),
+])
+def test_inbox_filter(template: str, inbox: str) -> None:
+    assert inbox_filter(TopicTemplate.parse(template, FORWARD), "w3") == inbox
+
+
+def test_original_topic() -> None:
+    inboxes = ["mqttlb/workers/w3/in/#", "w/+/w3/+/#"]
+    assert original_topic("mqttlb/workers/w3/in/devices/d42/telemetry", inboxes) == "devices/d42/telemetry"
+    assert original_topic("w/default/w3/telemetry/devices/d1/t", inboxes) == "devices/d1/t"
+    assert original_topic("mqttlb/workers/w3/in//lead/trail/", inboxes) == "/lead/trail/"  # empty levels kept
+    assert original_topic("mqttlb/workers/w3/in/mqttlb/workers/w3/in/x", inboxes) == "mqttlb/workers/w3/in/x"
+
+
+@pytest.mark.parametrize("topic", [
+    "mqttlb/workers/w4/in/devices/d1/t",  # another worker's inbox
+    "other/devices/d1/t",
+    "w3/d1",  # an inbox without the original topic: nothing to take it from
+])
+def test_original_topic_is_the_topic_itself_when_no_inbox_holds_one(topic: str) -> None:
+    assert original_topic(topic, ["mqttlb/workers/w3/in/#", "w3/+", "#"]) == topic
+    assert original_topic(topic, []) == topic
+
+
+forward_values = st.fixed_dictionaries({"worker": level_values, "pool": level_values, "route": level_values,
+                                        "key": level_values, "topic": original_topics})
+
+
+@properties
+@given(st.sampled_from(["mqttlb/workers/{worker}/in/{topic}", "w/{pool}/{worker}/{route}/{topic}",
+                        "a/{route}/{worker}/{key}/{topic}"]), forward_values)
+def test_original_topic_undoes_any_forward(template: str, values: dict[str, str]) -> None:
+    forward = TopicTemplate.parse(template, FORWARD)
+    keyed = inbox_filter(TopicTemplate.parse("{worker}/{key}", FORWARD), values["worker"])  # holds no topic
+    inboxes = [keyed, inbox_filter(forward, values["worker"])]
+    assert original_topic(forward.render(values), inboxes) == values["topic"]
