@@ -171,8 +171,9 @@ class Reclaims:
             if chooses(live, routers.me, reclaim.session):
                 reclaim.started = now
                 mine.append(reclaim)
-            else:
+            else:  # it starts on its own schedule, not on one this router hurried: watch it from then on
                 reclaim.by = max(live, key=lambda router: score(router, reclaim.session))
+                reclaim.due = max(reclaim.due, reclaim.departed + (self.after or 0.0))
         return mine
 
     def elsewhere(self, now: float, routers: Routers) -> list[Ended]:

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mqttlb.core.pool import MAX_HEARTBEAT_BYTES
-from mqttlb.core.routers import RouterBeat, Routers
+from mqttlb.core.routers import LIVE_WITHIN, RouterBeat, Routers
 from mqttlb.errors import BadHeartbeat
 
 properties = settings(derandomize=True, max_examples=150, deadline=None)
@@ -168,21 +168,23 @@ def test_a_down_of_a_router_without_a_session_departs_not() -> None:
     routers = Routers("r1")
     routers.apply(up("r2"), 0.0)
     assert routers.apply(will("r2"), 1.0) is None
-    assert routers.live() == ["r1"]
+    assert routers.live(1.0) == ["r1"]
 
 
 def test_the_own_router_never_departs_and_is_always_live() -> None:
     routers = Routers("r1")
     routers.apply(up("r1", "r1"), 0.0)
     assert routers.apply(RouterBeat("r1", False, "r1"), 1.0) is None  # its own retained will, met on restart
-    assert routers.live() == ["r1"] and routers.is_live("r1")
+    assert routers.live(1.0) == ["r1"] and routers.is_live("r1", 1.0)
 
 
 def test_silence_never_departs() -> None:
     routers = Routers("r1")
     routers.apply(up("r2", "s"), 0.0)
-    # no clock moves a router: only its will or its own "down" does
-    assert routers.live() == ["r1", "r2"] and routers.is_live("r2")
+    # no clock departs a router: only its will or its own "down" does; silence only stops it being chosen
+    assert routers.live(1.0) == ["r1", "r2"] and routers.is_live("r2", 1.0)
+    assert routers.live(LIVE_WITHIN) == ["r1"] and not routers.is_live("r2", LIVE_WITHIN)
+    assert routers.apply(up("r2", "s"), LIVE_WITHIN + 1) is None and routers.is_live("r2", LIVE_WITHIN + 1)
     assert routers.says_reclaiming("r2", "x", since=1e9) is None
 
 
@@ -191,13 +193,13 @@ def test_silence_never_departs() -> None:
 
 def test_live_is_sorted_holds_me_and_only_the_up() -> None:
     routers = Routers("r5")
-    assert routers.live() == ["r5"]
+    assert routers.live(1.0) == ["r5"]
     for name in ["r3", "r1", "r9"]:
         routers.apply(up(name, name), 0.0)
     routers.apply(will("r9"), 1.0)
-    assert routers.live() == ["r1", "r3", "r5"]
-    assert routers.is_live("r5") and routers.is_live("r1")
-    assert not routers.is_live("r9") and not routers.is_live("r7")
+    assert routers.live(1.0) == ["r1", "r3", "r5"]
+    assert routers.is_live("r5", 1.0) and routers.is_live("r1", 1.0)
+    assert not routers.is_live("r9", 1.0) and not routers.is_live("r7", 1.0)
 
 
 def test_says_reclaiming() -> None:
