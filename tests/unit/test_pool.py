@@ -643,3 +643,15 @@ def test_a_heartbeat_at_the_moment_its_worker_expires_makes_it_a_newcomer() -> N
     fleet.tick(EXPIRE + TIMEOUT)
     assert fleet.healthy("default") == {} and not fleet.live("w1")
     assert [d.health for d in fleet.take_departures()] == [Health.TIMEOUT]
+
+
+def test_a_session_a_live_worker_names_is_in_use() -> None:
+    fleet = Fleet(6.0, 300.0)
+    fleet.apply(Heartbeat("w1", session="mqttlb-worker-w1"), 0.0)
+    fleet.apply(Heartbeat("w2", session="shared"), 0.0)
+    assert fleet.using("mqttlb-worker-w1") == "w1" and fleet.using("shared") == "w2"
+    assert fleet.using("nobody's") is None
+    fleet.apply(Heartbeat("w2", state=WorkerState.DOWN), 1.0)  # its will: the session is no longer in use
+    assert fleet.using("shared") is None
+    fleet.apply(Heartbeat("w3", session="mqttlb-worker-w1"), 1.0)  # a second worker naming w1's session
+    assert fleet.using("mqttlb-worker-w1") == "w3"

@@ -211,3 +211,11 @@ def test_says_reclaiming() -> None:
     assert routers.says_reclaiming("r2", "s1", since=5.01) is None  # no heartbeat since
     routers.apply(up("r2", "r2"), 6.0)
     assert routers.says_reclaiming("r2", "s1", since=5.5) is False
+
+
+def test_a_live_routers_session_is_in_use() -> None:
+    routers = Routers("r1")
+    routers.apply(RouterBeat("r2", up=True, session="r2"), 0.0)
+    assert routers.using("r2") == "router r2" and routers.using("r3") is None
+    routers.apply(RouterBeat("r2", up=False), 1.0)
+    assert routers.using("r2") is None
