@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from types import MappingProxyType
+from typing import Any
 
 import orjson
 
@@ -77,14 +78,7 @@ class Heartbeat:
             raise BadHeartbeat(f"worker id in topic: {problem}")
         if not payload:
             return cls(worker=worker, state=WorkerState.DOWN, pool_named=False)  # a cleared retained heartbeat
-        if len(payload) > MAX_HEARTBEAT_BYTES:
-            raise BadHeartbeat(f"heartbeat over {MAX_HEARTBEAT_BYTES} bytes")
-        try:
-            body = orjson.loads(payload)
-        except orjson.JSONDecodeError as error:
-            raise BadHeartbeat(f"not JSON: {error}") from None
-        if not isinstance(body, dict):
-            raise BadHeartbeat("not a JSON object")
+        body = json_object(payload)
         claimed = body.get("worker", worker)
         if claimed != worker:
             raise BadHeartbeat(f"worker {claimed!r} in payload does not match {worker!r} in topic")
@@ -106,6 +100,19 @@ class Heartbeat:
             raise BadHeartbeat(f"session must be an MQTT client id, {client_id_problem(session)}")
         return cls(worker=worker, pool=pool, state=state, weight=float(weight), inflight=inflight,
                    pool_named="pool" in body, session=session)
+
+
+def json_object(payload: bytes, what: str = "") -> dict[str, Any]:
+    """A heartbeat's JSON object (a worker's, or ``what`` says whose); raises BadHeartbeat."""
+    if len(payload) > MAX_HEARTBEAT_BYTES:
+        raise BadHeartbeat(f"{what}heartbeat over {MAX_HEARTBEAT_BYTES} bytes")
+    try:
+        body = orjson.loads(payload)
+    except orjson.JSONDecodeError as error:
+        raise BadHeartbeat(f"{what}not JSON: {error}") from None
+    if not isinstance(body, dict):
+        raise BadHeartbeat(f"{what}not a JSON object")
+    return body
 
 
 def client_id_problem(value: object) -> str | None:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import orjson
 
 from ..errors import BadHeartbeat
-from .pool import MAX_HEARTBEAT_BYTES, client_id_problem
+from .pool import client_id_problem, json_object
 
 BEAT = 2.0
 """Seconds between a router's heartbeats (and at once when what it is reclaiming changes)."""
@@ -47,14 +47,9 @@ class RouterBeat:
         """A router's heartbeat from ``router``'s topic; an empty payload (a cleared one) means down."""
         if not payload:
             return cls(router, up=False)
-        if len(payload) > MAX_HEARTBEAT_BYTES:
-            raise BadHeartbeat(f"router heartbeat over {MAX_HEARTBEAT_BYTES} bytes")
-        try:
-            body = orjson.loads(payload)
-        except orjson.JSONDecodeError as error:
-            raise BadHeartbeat(f"router heartbeat not JSON: {error}") from None
-        if not isinstance(body, dict) or body.get("router", router) != router:
-            raise BadHeartbeat(f"router heartbeat not a JSON object for router {router!r}")
+        body = json_object(payload, "router ")
+        if body.get("router", router) != router:
+            raise BadHeartbeat(f"router {body.get('router')!r} in payload does not match {router!r} in topic")
         state = body.get("state", "up")
         if state not in ("up", "down"):
             raise BadHeartbeat(f"router state must be up or down, got {state!r}")
