@@ -20,6 +20,11 @@ Rule 5. When the publishing connection goes, what was in flight on it is
         except the message the poison guard names (``poison``): it is
         quarantined.
 
+Messages taken from a departed worker's or router's session (``reclaim``)
+follow rules 1 and 3 on their own connection: their receipt names it
+(``Receipt.source``), and ``reclaim`` counts them and their generation, so
+a reclaim never takes room in the routing connection's window.
+
 Pure: receipts and generations are values; the transport does the sending.
 """
 
