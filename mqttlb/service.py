@@ -60,6 +60,9 @@ Publishable = Forward[Receipt] | DeadLetter[Receipt]
 
 log = logging.getLogger("mqttlb.router")
 
+FLUSH_EVERY = 64
+"""Device messages of one read routed before their forwards are written: a read of 64 KiB holds hundreds."""
+
 SHUTDOWN_GRACE = 10.0
 """Seconds a stopping router waits for its forwards to be acknowledged."""
 
@@ -150,8 +153,10 @@ class Service:
         for event in self.transport.poll(max(0.0, self._next_tick - self.clock()), room, reclaim_room):
             match event:
                 case DeviceMessages(generation, messages):
-                    for publish in messages:
-                        self._take(publish, generation)
+                    for start in range(0, len(messages), FLUSH_EVERY):
+                        for publish in messages[start:start + FLUSH_EVERY]:
+                            self._take(publish, generation)
+                        self.transport.flush_publishing()  # a long read's first forwards need not wait for its last
                 case Settled():
                     self._settle_all(event)
                 case WorkerBeat(topic, payload):

@@ -468,6 +468,10 @@ class Transport(Generic[Tag]):
         for link in self._reclaiming.values():
             link.flush()
 
+    def flush_publishing(self) -> None:
+        """Write the forwards queued so far, without waiting for the socket."""
+        self._publishing.flush()
+
     def publish(self, topic: str, payload: bytes, qos: int, properties: bytes, tag: Tag) -> Outcome | None:
         """Publish on the publishing link. None: ``Settled`` (or ``PublishesDropped``) comes later; a QoS 1 publish
         made while the link is down is sent when it is back. A QoS 0 one is settled at once: ACKED once
