@@ -53,6 +53,7 @@ from .transport import (
     Settled,
     Transport,
     WorkerBeat,
+    own_client_ids,
 )
 
 Publishable = Forward[Receipt] | DeadLetter[Receipt]
@@ -70,7 +71,6 @@ TICK = 0.25
 """How often heartbeat timeouts and hold deadlines are applied (their resolution)."""
 
 
-
 def subscriptions(config: Config) -> list[Subscription]:
     """The route filters to subscribe, once each, with the shared-subscription prefix if any. With MQTT 5,
     retain handling 1: retained device messages are not routed again on every reconnect."""
@@ -80,12 +80,6 @@ def subscriptions(config: Config) -> list[Subscription]:
         qos[route.match.mqtt] = max(qos.get(route.match.mqtt, 0), route.qos)
     retain_handling = 1 if config.broker.protocol == "5" else 0
     return [Subscription(prefix + f, q, retain_handling=retain_handling) for f, q in qos.items()]
-
-
-def own_client_ids(config: Config) -> set[str]:
-    """The client ids of a router's own connections: never reclaimed, whatever a heartbeat says."""
-    client_id = config.broker.client_id
-    return {client_id, *(client_id + suffix for suffix in ("-fleet", "-beats", "-check"))}
 
 
 def _route_pools(config: Config) -> set[str]:
@@ -117,7 +111,7 @@ class Service:
         self._metrics: MetricsServer | None = None
         self._reload_requested = False
         self._broker_max_packet_size: int | None = None
-        self.reclaims = Reclaims(config.reclaim.after, config.reclaim.wait, own_client_ids(config))
+        self.reclaims = Reclaims(config.reclaim.after, config.reclaim.wait, own_client_ids(config.broker.client_id))
         self.routers = Routers(config.broker.client_id)
         self._next_router_beat = 0.0
         self._announced: frozenset[str] = frozenset()

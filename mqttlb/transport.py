@@ -63,6 +63,12 @@ RECLAIM_BUFFER = 32768
 """Bytes of a reclaim link's kernel receive buffer. Mosquitto counts what waits there as delivered and sends
 it to the owner again if it takes its session back: a small buffer keeps those duplicates few."""
 
+PUBLISHING_SUFFIX = "-fleet"
+"""The publishing link's client id is ``<client_id>-fleet``: broker ACLs and the README name it, so it stays."""
+BEATS_SUFFIX = "-beats"
+CHECK_SUFFIX = "-check"
+"""``probe``'s client id: ``mqttlb check --connect`` must not take a running router's session."""
+
 SYNC_TOPIC = "mqttlb/router/sync"
 """Unsubscribed right after the heartbeat subscription: its UNSUBACK marks the end of the retained heartbeats."""
 
@@ -174,9 +180,8 @@ class Transport(Generic[Tag]):
         self._routers_filter = routers_filter
         self._routes = routes
         self._routing = Link(broker, broker.client_id, persistent=True, receive_maximum=max_inflight, will=will)
-        # "-fleet" is the publishing link's name on the wire: broker ACLs and the README name it, so it stays.
-        self._publishing = Link(broker, broker.client_id + "-fleet", persistent=False)
-        self._beats = Link(broker, broker.client_id + "-beats", persistent=False)
+        self._publishing = Link(broker, broker.client_id + PUBLISHING_SUFFIX, persistent=False)
+        self._beats = Link(broker, broker.client_id + BEATS_SUFFIX, persistent=False)
         self._links = (self._publishing, self._beats, self._routing)
         self._reclaiming: dict[int, Link] = {}
         """Reclaim links by reclaim id."""
@@ -391,10 +396,8 @@ class Transport(Generic[Tag]):
             kind = type(event)
             if kind is Publish:
                 messages.append(event)
-            elif kind is BadPublish:  # cannot be routed again, nor left to stall the session
-                log.warning("%s: dropping a message whose topic is not UTF-8: %r", link.name, event.topic[:200])
-                if event.qos:
-                    link.send(link.session.puback(event.packet_id))
+            elif kind is BadPublish:
+                self._drop(link, event)
             elif kind is ConnAck and link.connected:
                 filters = self._unsubscribing.get(reclaim_id)
                 if filters:  # before anything else: no new message is to join what the session holds
@@ -450,16 +453,21 @@ class Transport(Generic[Tag]):
         count = min(room, len(waiting))
         messages: list[Publish] = []
         for event in waiting[:count]:
-            if type(event) is Publish:
+            if isinstance(event, BadPublish):
+                self._drop(self._routing, event)
+            else:
                 messages.append(event)
-            else:  # a broker passing a topic that is not UTF-8: acknowledge, it cannot be routed
-                log.warning("dropping a message whose topic is not UTF-8: %r", event.topic[:200])
-                if event.qos:
-                    self._routing.send(self._routing.session.puback(event.packet_id))
         del waiting[:count]
         if messages:
             events.append(DeviceMessages(self._routing.generation, messages))
         return count
+
+    @staticmethod
+    def _drop(link: Link, bad: BadPublish) -> None:
+        """A broker passing a topic that is not UTF-8: acknowledge it, for it cannot be routed, and say so."""
+        log.warning("%s: dropping a message whose topic is not UTF-8: %r", link.name, bad.topic[:200])
+        if bad.qos:
+            link.send(link.session.puback(bad.packet_id))
 
     def flush(self) -> None:
         """Send what is queued, without waiting for the sockets."""
@@ -528,6 +536,11 @@ class Transport(Generic[Tag]):
         self._wake_w.close()
 
 
+def own_client_ids(client_id: str) -> set[str]:
+    """The client ids of a router's own connections: never reclaimed, whatever a heartbeat says."""
+    return {client_id, *(client_id + suffix for suffix in (PUBLISHING_SUFFIX, BEATS_SUFFIX, CHECK_SUFFIX))}
+
+
 def probe(broker: BrokerSettings, timeout: float = 10.0) -> str | None:
     """Connect once with ``broker``'s settings (as ``<client_id>-check``, so a running router keeps its session)
     and disconnect: None if the broker accepts them, else why not."""
@@ -535,7 +548,7 @@ def probe(broker: BrokerSettings, timeout: float = 10.0) -> str | None:
         socket.create_connection((broker.host, broker.port), timeout).close()
     except OSError as error:
         return f"cannot connect to {broker.host}:{broker.port}: {error}"
-    client = Client(broker, f"{broker.client_id}-check")
+    client = Client(broker, broker.client_id + CHECK_SUFFIX)
     quiet = logging.getLogger("mqttlb.mqtt.client")
     level = quiet.level
     quiet.setLevel(logging.CRITICAL)  # the caller says what is wrong, once

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 
 from .routers import Routers
@@ -80,7 +80,7 @@ class Reclaim:
     last_arrival: float = 0.0
     holding: int = 0
     """What the departed owner was thought to hold (its last reported load plus what was routed to it since)."""
-    waits: bool = field(default=True)
+    waits: bool = True
     """Whether its devices' new messages still wait for it (rule 5)."""
     by: str | None = None
     """The router reclaiming it, when that is another one (rule 2)."""

@@ -140,8 +140,6 @@ class Router(Generic[Ref]):
         (a balancer ignores the load of a worker it does not know yet)."""
         self._departed: dict[str, dict[str, float]] = {}
         """pool -> departed worker -> its last weight: workers whose devices' new messages wait (module docstring)."""
-        self._departed_of: dict[str, str] = {}
-        """departed worker -> its pool."""
         self._waiting: dict[str, deque[_Held[Ref]]] = {}
         """departed worker -> the new messages of its devices, in arrival order."""
         self._shadows: dict[str, tuple[str, object, balancers.Balancer]] = {}
@@ -280,7 +278,6 @@ class Router(Generic[Ref]):
     def await_departed(self, pool: str, worker: str, weight: float) -> None:
         """From now on, new messages of ``worker``'s devices wait until ``release_departed(worker)``."""
         self._departed.setdefault(pool, {})[worker] = weight
-        self._departed_of[worker] = pool
         self._waiting.setdefault(worker, deque())
         self._forget_shadows(pool)
 
@@ -291,7 +288,7 @@ class Router(Generic[Ref]):
 
     def release_departed(self, worker: str) -> list[Action[Ref]]:
         """``worker``'s devices wait no more: what waited is routed now, in the order it came."""
-        pool = self._departed_of.pop(worker, None)
+        pool = next((pool for pool, departed in self._departed.items() if worker in departed), None)
         if pool is None:
             return []
         departed = self._departed[pool]
