@@ -499,6 +499,14 @@ class Service:
         self.transport.announce(self.config.router.heartbeat_of(me), beat.payload(time.time()))
 
     def _router_heartbeat(self, topic: str, payload: bytes) -> None:
+        try:
+            self._take_router_heartbeat(topic, payload)
+        except Exception as error:  # noqa: BLE001 - a retained heartbeat would crash every restart
+            self.counters.bad_heartbeats += 1
+            self._bad_input.error("router-heartbeat-internal", self.clock(), "taking in the router heartbeat on %s "
+                                  "failed; it is ignored", topic[:200], exc_info=error)
+
+    def _take_router_heartbeat(self, topic: str, payload: bytes) -> None:
         now = self.clock()
         router = self.config.router.router_of(topic)
         if not payload:  # cleared: its session was reclaimed, or the router is gone for good

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -219,3 +220,22 @@ def test_a_live_routers_session_is_in_use() -> None:
     assert routers.using("r2") == "router r2" and routers.using("r3") is None
     routers.apply(RouterBeat("r2", up=False), 1.0)
     assert routers.using("r2") is None
+
+
+def test_a_router_heartbeat_that_breaks_the_router_is_ignored_not_a_crash_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mqttlb.core.config import parse
+    from mqttlb.service import Service
+
+    config = parse({"routes": [{"match": "devices/{device}/telemetry", "key": "device"}],
+                    "metrics": {"listen": None}}, base_dir=Path("."), environ={})
+    service = Service(config)
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(service.routers, "apply", broken)
+    try:
+        service._router_heartbeat("mqttlb/routers/r2/heartbeat", b'{"router": "r2", "state": "up"}')
+        assert service.counters.bad_heartbeats == 1
+    finally:
+        service.transport.close(0)
