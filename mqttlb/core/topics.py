@@ -65,9 +65,17 @@ class TopicFilter:
     """(level index, name) of each named capture."""
     levels: tuple[str, ...] = field(init=False, repr=False, compare=False)
     """``mqtt``'s levels, split once: every message is matched against them."""
+    _fixed: tuple[tuple[int, str], ...] = field(init=False, repr=False, compare=False)
+    """(index, level) of each level that is not a wildcard: all a topic's levels are compared with."""
+    _rest: bool = field(init=False, repr=False, compare=False)
+    """The filter ends in ``#``."""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "levels", tuple(self.mqtt.split("/")))
+        levels = tuple(self.mqtt.split("/"))
+        object.__setattr__(self, "levels", levels)
+        object.__setattr__(self, "_fixed", tuple((i, level) for i, level in enumerate(levels)
+                                                     if level not in ("+", "#")))
+        object.__setattr__(self, "_rest", levels[-1] == "#")
 
     @classmethod
     def parse(cls, template: str) -> TopicFilter:
@@ -105,16 +113,16 @@ class TopicFilter:
 
     def match(self, topic: str) -> dict[str, str] | None:
         """The captures when ``topic`` matches this filter, else None (as ``filter_matches``, on every message)."""
+        if len(self._fixed) == len(self.levels):  # no wildcard
+            return {} if topic == self.mqtt else None
         if topic[:1] == "$" and self.mqtt[:1] != "$":
             return None  # wildcards at the first level never match $SYS, $share ...
         levels = topic.split("/")
-        pattern = self.levels
-        if len(levels) != len(pattern) and (pattern[-1] != "#" or len(levels) < len(pattern) - 1):
+        size = len(self.levels)
+        if len(levels) != size and (not self._rest or len(levels) < size - 1):
             return None
-        for wanted, level in zip(pattern, levels, strict=False):  # a trailing # stands for the rest
-            if wanted != level and wanted != "+":
-                if wanted == "#":
-                    break
+        for index, wanted in self._fixed:  # a trailing # stands for the rest, and "a/#" matches "a" too
+            if levels[index] != wanted:
                 return None
         return {name: levels[index] for index, name in self.captures}
 

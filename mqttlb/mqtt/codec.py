@@ -16,7 +16,7 @@ router passes on. The rest is written for clarity.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .errors import LocalProtocolError, RemoteProtocolError
@@ -328,11 +328,29 @@ def without_user_properties(properties: bytes, prefix: str) -> bytes:
     return encode_properties(decoded) + encode_user_properties(kept)
 
 
-def encode_user_properties(pairs: Iterable[tuple[str, str]]) -> bytes:
+def encode_user_properties(pairs: Sequence[tuple[str, str]]) -> bytes:
     """User properties as property block content, to append to a ``Publish.properties`` or pass to publish.
 
-    On every forward's path: the encoded head of each name is kept (a router uses a handful of names).
+    On every forward's path, so the usual case is one pass of concatenation: the encoded head of each name is
+    kept (a router uses a handful of names), and a value is checked only for what plain ``encode`` lets by
+    (U+0000, length). Anything else takes the checked path, which raises saying why.
     """
+    out = b""
+    heads = _USER_HEADS
+    try:
+        for name, value in pairs:
+            data = value.encode()
+            if b"\x00" in data:
+                break
+            out += heads[name] + _TWO_BYTES[len(data)] + data
+        else:
+            return out
+    except (KeyError, IndexError, UnicodeEncodeError):  # a new name, a value over 65535 bytes, a surrogate
+        pass
+    return _encode_user_properties_checked(pairs)
+
+
+def _encode_user_properties_checked(pairs: Sequence[tuple[str, str]]) -> bytes:
     parts: list[bytes] = []
     for name, value in pairs:
         head = _USER_HEADS.get(name)
@@ -340,12 +358,7 @@ def encode_user_properties(pairs: Iterable[tuple[str, str]]) -> bytes:
             head = _ONE_BYTE[USER_PROPERTY] + encode_string(name, "user property name")
             if len(_USER_HEADS) < 64:
                 _USER_HEADS[name] = head
-        try:
-            data = value.encode("utf-8")
-        except UnicodeEncodeError:
-            data = b"\x00"  # a surrogate: encode_text below says so
-        if len(data) > MAX_PACKET_ID or b"\x00" in data:
-            data = encode_text(value, "user property value")  # raises, saying why
+        data = encode_text(value, "user property value")
         parts += (head, _TWO_BYTES[len(data)], data)
     return b"".join(parts)
 

@@ -121,6 +121,17 @@ def test_nul_and_surrogates_are_refused_to_the_caller(text: str) -> None:
         codec.encode_user_properties([("name", text)])
 
 
+@pytest.mark.parametrize("value", ["a\x00b", "a\ud800b", "x" * 65536])
+def test_a_bad_value_is_refused_after_its_name_is_known(value: str) -> None:
+    """The quick path (names seen before) checks values as the first time does."""
+    assert codec.user_properties(codec.encode_user_properties([("mqttlb-seen", "ok")])) == (("mqttlb-seen", "ok"),)
+    with pytest.raises(LocalProtocolError):
+        codec.encode_user_properties([("mqttlb-seen", "ok"), ("mqttlb-seen", value)])
+    longest = "x" * 65535
+    assert codec.user_properties(codec.encode_user_properties([("mqttlb-seen", longest)])) == (
+        ("mqttlb-seen", longest),)
+
+
 @pytest.mark.parametrize("raw", [b"a\x00b", b"\xed\xa0\x80", b"\xc0\xaf", b"\xff"])
 def test_nul_surrogates_and_invalid_utf8_from_the_broker_are_its_fault(raw: bytes) -> None:
     block = b"\x26" + len(raw).to_bytes(2, "big") + raw + b"\x00\x01v"
