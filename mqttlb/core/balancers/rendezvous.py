@@ -47,9 +47,9 @@ from .base import checked
 
 _MASK = (1 << 64) - 1
 _TWO_52 = float(1 << 52)
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-_12, _27, _31 = np.uint64(12), np.uint64(27), np.uint64(31)
+# Operands as 0-d arrays: numpy turns a scalar (np.uint64 or int) into one on every call, at ~0.3 µs a call.
+_M1, _M2, _12, _27, _30, _31 = (np.array(value, dtype=np.uint64)
+                                for value in (0xBF58476D1CE4E5B9, 0x94D049BB133111EB, 12, 27, 30, 31))
 
 VECTOR_FROM = 48
 """Pools of at least this many workers are scored with numpy; below, plain Python is quicker."""
@@ -104,7 +104,7 @@ def _mixed(a: Hashes | int, b: Hashes) -> Hashes:
 
 
 def premix_many(values: Hashes) -> Hashes:
-    return values ^ (values >> np.uint64(30))
+    return values ^ (values >> _30)
 
 
 def _approximate(raw: Hashes, log_weights: npt.NDArray[np.float64] | float) -> npt.NDArray[np.float64]:
@@ -195,7 +195,7 @@ class Pool:
         return best
 
     def _best_vectorised(self, key_hash: int) -> int:
-        raw = _mixed(premix(key_hash), self.premixed_array)
+        raw = _mixed(np.array(premix(key_hash), dtype=np.uint64), self.premixed_array)
         if self.equal:
             return int(raw.argmax())
         f = _approximate(raw, self.log_weight_array)
