@@ -599,6 +599,32 @@ def test_every_scoring_path_agrees_with_the_definition(weights: dict[str, float]
     assert [pool.names[i] for i in pool.best_of_many(hashes)] == expected
 
 
+def seed_scoring(key_hash: int, z: int) -> int:
+    """The worker seed whose ``mix`` with ``key_hash`` is ``z ^ (z >> 31)``: each step of ``mix`` undone."""
+    def unshift(y: int, by: int) -> int:
+        x = y
+        for _ in range(64 // by):
+            x = y ^ (x >> by)
+        return x
+    mask = (1 << 64) - 1
+    z = unshift((z * pow(0x94D049BB133111EB, -1, 1 << 64)) & mask, 27)
+    return unshift(((z * pow(0xBF58476D1CE4E5B9, -1, 1 << 64)) & mask) ^ rendezvous.premix(key_hash), 30)
+
+
+@settings(derandomize=True, max_examples=200)
+@given(key_hash=st.integers(0, (1 << 64) - 1), lows=st.lists(st.integers(0, (1 << 33) - 1), min_size=2, max_size=4),
+       places=st.data())
+def test_equal_weights_break_ties_in_the_top_bits_as_the_definition(key_hash: int, lows: list[int],
+                                                                    places: st.DataObject) -> None:
+    """Workers that share the top 31 bits of the best score, even all 64: the last step of ``mix`` decides."""
+    seeds = {f"w{i}": rendezvous.stable_hash(f"w{i}") for i in range(LARGE)}
+    for low in lows:
+        seeds[f"w{places.draw(st.integers(0, LARGE - 1))}"] = seed_scoring(key_hash, (((1 << 31) - 1) << 33) | low)
+    pool = rendezvous.Pool.of(checked(dict.fromkeys(sorted(seeds), 1.0)), seeds)
+    assert rendezvous.mix(key_hash, seed_scoring(key_hash, 12345)) == 12345 ^ (12345 >> 31)
+    assert pool.best(key_hash) == max(range(LARGE), key=lambda i: pool.rank(key_hash, i))
+
+
 @pytest.mark.parametrize("weights", [
     {"a": 5e-324, "b": 1e-323, "c": 1.5e-323},
     {"a": 1e308, "b": 5e307},

@@ -48,8 +48,8 @@ from .base import checked
 _MASK = (1 << 64) - 1
 _TWO_52 = float(1 << 52)
 # Operands as 0-d arrays: numpy turns a scalar (np.uint64 or int) into one on every call, at ~0.3 µs a call.
-_M1, _M2, _12, _27, _30, _31 = (np.array(value, dtype=np.uint64)
-                                for value in (0xBF58476D1CE4E5B9, 0x94D049BB133111EB, 12, 27, 30, 31))
+_M1, _M2, _12, _27, _30, _31, _33 = (np.array(value, dtype=np.uint64)
+                                      for value in (0xBF58476D1CE4E5B9, 0x94D049BB133111EB, 12, 27, 30, 31, 33))
 
 VECTOR_FROM = 48
 """Pools of at least this many workers are scored with numpy; below, plain Python is quicker."""
@@ -90,8 +90,9 @@ def premix(value: int) -> int:
     return value ^ (value >> 30)
 
 
-def _mixed(a: Hashes | int, b: Hashes) -> Hashes:
-    """``mix`` over arrays (broadcast) of premixed values, exact: numpy's uint64 arithmetic wraps as the mask does.
+def _unfinished(a: Hashes | int, b: Hashes) -> Hashes:
+    """``mix`` but its last step over arrays (broadcast) of premixed values, exact: numpy's uint64 arithmetic wraps
+    as the mask does.
 
     Written with operators, which numpy dispatches faster than ufunc calls with ``out=``.
     """
@@ -99,6 +100,12 @@ def _mixed(a: Hashes | int, b: Hashes) -> Hashes:
     z *= _M1
     z ^= z >> _27
     z *= _M2
+    return z
+
+
+def _mixed(a: Hashes | int, b: Hashes) -> Hashes:
+    """``mix`` over arrays (broadcast) of premixed values."""
+    z = _unfinished(a, b)
     z ^= z >> _31
     return z
 
@@ -195,15 +202,30 @@ class Pool:
         return best
 
     def _best_vectorised(self, key_hash: int) -> int:
-        raw = _mixed(np.array(premix(key_hash), dtype=np.uint64), self.premixed_array)
+        key = np.array(premix(key_hash), dtype=np.uint64)
         if self.equal:
-            return int(raw.argmax())
-        f = _approximate(raw, self.log_weight_array)
+            return self._best_unfinished(key_hash, _unfinished(key, self.premixed_array))
+        f = _approximate(_mixed(key, self.premixed_array), self.log_weight_array)
         best = int(f.argmax())
         near = f >= f[best] - TOLERANCE
         if np.count_nonzero(near) == 1:
             return best
         return max(np.flatnonzero(near).tolist(), key=lambda i: self.rank(key_hash, i))
+
+    def _best_unfinished(self, key_hash: int, z: Hashes) -> int:
+        """The winner when all weights are equal, from ``z``, ``mix`` but its last step (``z ^ (z >> 31)``).
+
+        That step leaves the top 31 bits alone, so the largest ``z`` wins unless another shares its top 31 bits
+        (odds ~workers / 2**31): a second argmax rules that out for less than the step costs over every worker.
+        """
+        best = int(z.argmax())
+        top = z.item(best)
+        z[best] = 0
+        if (z.item(z.argmax()) ^ top) >> 33:
+            return best
+        z[best] = top
+        near = np.flatnonzero(z >> _33 == top >> 33).tolist()
+        return max(near, key=lambda i: (mix(key_hash, self.seeds[i]), -i))
 
     def best_of_many(self, key_hashes: Hashes) -> Indices:
         """``best`` for each key, a block of keys at a time."""
