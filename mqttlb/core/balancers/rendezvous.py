@@ -50,6 +50,7 @@ _TWO_52 = float(1 << 52)
 # Operands as 0-d arrays: numpy turns a scalar (np.uint64 or int) into one on every call, at ~0.3 µs a call.
 _M1, _M2, _12, _27, _30, _31, _33 = (np.array(value, dtype=np.uint64)
                                       for value in (0xBF58476D1CE4E5B9, 0x94D049BB133111EB, 12, 27, 30, 31, 33))
+_HALF, _TWO_52_ARRAY = np.array(0.5), np.array(_TWO_52)
 
 VECTOR_FROM = 48
 """Pools of at least this many workers are scored with numpy; below, plain Python is quicker."""
@@ -115,9 +116,17 @@ def premix_many(values: Hashes) -> Hashes:
 
 
 def _approximate(raw: Hashes, log_weights: npt.NDArray[np.float64] | float) -> npt.NDArray[np.float64]:
-    """``f`` over arrays, to within ``TOLERANCE``."""
-    u = ((raw >> _12).astype(np.float64) + 0.5) / _TWO_52
-    return log_weights - np.log(-np.log(u))
+    """``f`` over arrays, to within ``TOLERANCE``.
+
+    In place: a fresh array for each step costs more than the step, and over 10,000 workers page faults too.
+    """
+    u = (raw >> _12).astype(np.float64)
+    u += _HALF
+    u /= _TWO_52_ARRAY
+    np.log(u, out=u)
+    np.negative(u, out=u)
+    np.log(u, out=u)
+    return np.subtract(log_weights, u, out=u)
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,10 +216,12 @@ class Pool:
             return self._best_unfinished(key_hash, _unfinished(key, self.premixed_array))
         f = _approximate(_mixed(key, self.premixed_array), self.log_weight_array)
         best = int(f.argmax())
-        near = f >= f[best] - TOLERANCE
-        if np.count_nonzero(near) == 1:
+        top = f.item(best)
+        f[best] = -math.inf
+        if f.item(f.argmax()) < top - TOLERANCE:  # a second argmax: cheaper than counting the near-best
             return best
-        return max(np.flatnonzero(near).tolist(), key=lambda i: self.rank(key_hash, i))
+        f[best] = top
+        return max(np.flatnonzero(f >= top - TOLERANCE).tolist(), key=lambda i: self.rank(key_hash, i))
 
     def _best_unfinished(self, key_hash: int, z: Hashes) -> int:
         """The winner when all weights are equal, from ``z``, ``mix`` but its last step (``z ^ (z >> 31)``).
