@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 
 from .core.config import DEFAULT_POOL, BrokerSettings, Config
-from .core.topics import inbox_filter, key_problem, original_topic
+from .core.topics import inbox_filter, key_problem, original_topic, with_id
 from .errors import EXIT_CONFIG, TransportError
 from .logs import RateLimited
 from .mqtt.client import Client, Inbound, Publication
@@ -99,8 +99,7 @@ class Worker:
         if problems:
             raise ValueError("; ".join(problems))
         self.worker_id, self.pool, self.weight, self.interval = worker_id, pool, weight, interval
-        levels = heartbeat_topic.split("/")
-        self.heartbeat_topic = "/".join(worker_id if level == "+" else level for level in levels)
+        self.heartbeat_topic = with_id(heartbeat_topic, worker_id)
         self.inbox = tuple(dict.fromkeys(f.replace("{worker}", worker_id)
                                          for f in ([inbox] if isinstance(inbox, str) else inbox)))
         self.received = self.handled = self.failed = 0

@@ -42,7 +42,7 @@ import yaml
 
 from ..core import config as config_module
 from ..core.config import Config
-from ..core.topics import TopicError, TopicFilter, filters_overlap, inbox_filter, key_problem
+from ..core.topics import TopicError, TopicFilter, filters_overlap, inbox_filter, key_problem, with_id
 from ..errors import EXIT_CONFIG, ConfigError
 from ..transport import SYNC_TOPIC
 
@@ -155,7 +155,7 @@ def rules(identity: Identity, config: Config) -> list[str]:
         writes = [route.forward.as_filter() for route in config.routes] + [dead_letters, *stats, routers]
     elif identity.role is Role.WORKER:
         reads = [inbox_filter(route.forward, identity.name) for route in config.routes]
-        writes = ["/".join(identity.name if level == "+" else level for level in heartbeat.split("/"))]
+        writes = [with_id(heartbeat, identity.name)]
     elif identity.role is Role.MONITOR:
         reads = [dead_letters, *stats, heartbeat, routers]
     return [f"topic read {t}" for t in dict.fromkeys(reads)] + [f"topic write {t}" for t in dict.fromkeys(writes)]

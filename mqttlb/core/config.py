@@ -31,7 +31,7 @@ import yaml
 from ..errors import ConfigError
 from . import balancers
 from .keys import KeySpec
-from .topics import TopicFilter, TopicTemplate, filters_overlap, topic_problem
+from .topics import TopicFilter, TopicTemplate, filters_overlap, id_in, id_level, topic_problem, with_id
 
 T = TypeVar("T")
 
@@ -95,11 +95,11 @@ class RouterSettings:
 
     def router_of(self, topic: str) -> str:
         """The router id in ``topic``, a topic ``heartbeat_topic`` matches."""
-        return topic.split("/")[self.heartbeat_topic.split("/").index("+")]
+        return id_in(self.heartbeat_topic, topic)
 
     def heartbeat_of(self, router: str) -> str:
         """The heartbeat topic of ``router``."""
-        return "/".join(router if level == "+" else level for level in self.heartbeat_topic.split("/"))
+        return with_id(self.heartbeat_topic, router)
 
     @property
     def held_limit(self) -> int:
@@ -116,11 +116,11 @@ class HeartbeatSettings:
     @property
     def worker_level(self) -> int:
         """The index of the topic level that holds the worker id."""
-        return self.topic.split("/").index("+")
+        return id_level(self.topic)
 
     def worker_of(self, topic: str) -> str:
         """The worker id in ``topic``, a topic this filter matches: the one place a heartbeat topic is read."""
-        return topic.split("/")[self.worker_level]
+        return id_in(self.topic, topic)
 
 
 @dataclass(frozen=True, slots=True)

@@ -221,6 +221,21 @@ class TopicTemplate:
         return "".join(out)
 
 
+def id_level(id_filter: str) -> int:
+    """The index of the one ``+`` level of a heartbeat filter (the workers' or the routers'): the id's."""
+    return id_filter.split("/").index("+")
+
+
+def id_in(id_filter: str, topic: str) -> str:
+    """The worker's or router's id in ``topic``, a topic the heartbeat filter ``id_filter`` matches."""
+    return topic.split("/")[id_level(id_filter)]
+
+
+def with_id(id_filter: str, id_: str) -> str:
+    """The heartbeat topic of one worker or router: ``id_filter`` with its ``+`` level filled in with ``id_``."""
+    return "/".join(id_ if level == "+" else level for level in id_filter.split("/"))
+
+
 def inbox_filter(forward: TopicTemplate, worker_id: str) -> str:
     """The filter that takes every forward a route with this ``forward`` template sends ``worker_id``."""
     levels = {name: "+" for name in forward.placeholders} | {"worker": worker_id, "topic": "#"}
