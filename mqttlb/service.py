@@ -262,7 +262,8 @@ class Service:
         self.transport.close()
         self.inflight.forgot(self.router.forget_held(lambda receipt: not receipt.source))  # the broker sends them again
         interrupted = [reclaim for reclaim in self.reclaims.active() if reclaim.started is not None]
-        self.router.forget_held(lambda receipt: receipt.source in {reclaim.id for reclaim in interrupted})
+        sources = {reclaim.id for reclaim in interrupted}
+        self.router.forget_held(lambda receipt: receipt.source in sources)
         for reclaim in interrupted:  # their links went with the transport: they start again
             self.reclaims.interrupted(reclaim, self.clock())
         if new.broker.client_id != self.config.broker.client_id:

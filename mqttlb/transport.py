@@ -431,12 +431,9 @@ class Transport(Generic[Tag]):
         self._unsubscribing.pop(reclaim_id, None)
         if link is None:
             return
-        if not (end_session and link.connected):
-            link.close(0.5)
-        elif link.mqtt5:
-            link.close(0.5, session_expiry=0)
-        else:
-            link.close(0.5)
+        ending = end_session and link.connected
+        link.close(0.5, session_expiry=0 if ending else None)  # MQTT 3.1.1 has no expiry: a clean connect ends it
+        if ending and not link.mqtt5:
             cleaner = Link(self._broker, link.name, persistent=False, borrowed=True)
             cleaner.enabled = True
             self._ending.append(cleaner)

@@ -96,8 +96,9 @@ class Heartbeat:
         if not isinstance(inflight, int) or isinstance(inflight, bool) or inflight < 0:
             raise BadHeartbeat(f"inflight must be an integer >= 0, got {inflight!r}")
         session = body.get("session")
-        if session is not None and (not isinstance(session, str) or client_id_problem(session) is not None):
-            raise BadHeartbeat(f"session must be an MQTT client id, {client_id_problem(session)}")
+        problem = None if session is None else client_id_problem(session)
+        if problem is not None:
+            raise BadHeartbeat(f"session must be an MQTT client id, {problem}")
         return cls(worker=worker, pool=pool, state=state, weight=float(weight), inflight=inflight,
                    pool_named="pool" in body, session=session)
 

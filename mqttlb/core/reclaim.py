@@ -104,9 +104,14 @@ def score(router: str, session: str) -> bytes:
     return hashlib.blake2b(f"{router}\x00{session}".encode(), digest_size=8).digest()
 
 
+def chooser(routers: Iterable[str], session: str) -> str:
+    """The router of ``routers`` (the live ones) that reclaims ``session``."""
+    return max(routers, key=lambda router: score(router, session))
+
+
 def chooses(routers: Iterable[str], me: str, session: str) -> bool:
     """Whether ``me`` is the router that reclaims ``session``, of ``routers`` (the live ones, ``me`` among them)."""
-    return max({*routers, me}, key=lambda router: score(router, session)) == me
+    return chooser({*routers, me}, session) == me
 
 
 class Reclaims:
@@ -168,11 +173,12 @@ class Reclaims:
         for reclaim in self._by_id.values():
             if reclaim.started is not None or reclaim.by is not None or reclaim.due > now:
                 continue
-            if chooses(live, routers.me, reclaim.session):
+            chosen = chooser(live, reclaim.session)  # live() counts this router in
+            if chosen == routers.me:
                 reclaim.started = now
                 mine.append(reclaim)
             else:  # it starts on its own schedule, not on one this router hurried: watch it from then on
-                reclaim.by = max(live, key=lambda router: score(router, reclaim.session))
+                reclaim.by = chosen
                 reclaim.due = max(reclaim.due, reclaim.departed + (self.after or 0.0))
         return mine
 

@@ -54,8 +54,9 @@ class RouterBeat:
         if state not in ("up", "down"):
             raise BadHeartbeat(f"router state must be up or down, got {state!r}")
         session = body.get("session")
-        if session is not None and client_id_problem(session) is not None:
-            raise BadHeartbeat(f"router session must be an MQTT client id, {client_id_problem(session)}")
+        problem = None if session is None else client_id_problem(session)
+        if problem is not None:
+            raise BadHeartbeat(f"router session must be an MQTT client id, {problem}")
         reclaiming = body.get("reclaiming", [])
         if not isinstance(reclaiming, list) or not all(isinstance(item, str) for item in reclaiming):
             raise BadHeartbeat("router reclaiming must be a list of client ids")
