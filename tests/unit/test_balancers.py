@@ -597,6 +597,47 @@ def test_every_scoring_path_agrees_with_the_definition(weights: dict[str, float]
     assert [pool.names[pool.best(rendezvous.stable_hash(k))] for k in keys] == expected
     hashes = np.array([rendezvous.stable_hash(k) for k in keys], dtype=np.uint64)
     assert [pool.names[i] for i in pool.best_of_many(hashes)] == expected
+    for capacity in (1000, 37):  # keys picked ahead, each block together; with a cache too small to keep them
+        ahead = rendezvous.Rendezvous(capacity)
+        ahead.update(weights)
+        picked = []
+        for start in range(0, len(keys), 64):
+            ahead.prefetch(keys[start:start + 64])
+            picked += [ahead.pick(key) for key in keys[start:start + 64]]
+        assert picked == expected
+
+
+def test_keys_picked_ahead_are_cached_and_the_cache_stays_true() -> None:
+    b = rendezvous.Rendezvous(capacity=100)
+    b.update({f"w{i}": 1.0 for i in range(LARGE)})
+    b.prefetch(KEYS[:60] + KEYS[:60])  # a device twice in one read takes one row
+    assert list(b.cache) == KEYS[:60]
+    b.prefetch(KEYS[60:130])  # the oldest 30 make room
+    assert list(b.cache) == KEYS[30:130]
+    b.update({f"w{i}": 1.0 for i in range(1, LARGE + 1)})  # a leave and a join: only devices that can move move
+    assert b.cache == {key: reference({f"w{i}": 1.0 for i in range(1, LARGE + 1)}, key) for key in KEYS[30:130]}
+
+
+def test_too_few_scores_are_left_to_pick() -> None:
+    """With three workers, three keys: nine scores, where numpy would cost more than the Python loop."""
+    b = rendezvous.Rendezvous(capacity=100)
+    b.update({"a": 1.0, "b": 1.0, "c": 1.0})
+    b.prefetch(KEYS[:3])
+    assert b.cache == {}
+    b.prefetch(KEYS[:rendezvous.VECTOR_FROM // 3])
+    assert len(b.cache) == rendezvous.VECTOR_FROM // 3
+
+
+def test_hashes_of_many_keys_are_those_of_each() -> None:
+    texts = ["", "device-1", "日本", "\ud800 lone surrogate", "x" * 5000]
+    assert rendezvous.stable_hashes(texts).tolist() == [rendezvous.stable_hash(t) for t in texts]
+
+
+def test_bounded_loads_pick_in_arrival_order_only() -> None:
+    """Prefetching would place devices out of arrival order: bounded loads ignore it."""
+    b = make("consistent_hash", {f"w{i}": 1.0 for i in range(LARGE)}, load_factor=1.25)
+    b.prefetch(KEYS[:100])
+    assert b._cache == {}
 
 
 def seed_scoring(key_hash: int, z: int) -> int:
@@ -622,7 +663,9 @@ def test_equal_weights_break_ties_in_the_top_bits_as_the_definition(key_hash: in
         seeds[f"w{places.draw(st.integers(0, LARGE - 1))}"] = seed_scoring(key_hash, (((1 << 31) - 1) << 33) | low)
     pool = rendezvous.Pool.of(checked(dict.fromkeys(sorted(seeds), 1.0)), seeds)
     assert rendezvous.mix(key_hash, seed_scoring(key_hash, 12345)) == 12345 ^ (12345 >> 31)
-    assert pool.best(key_hash) == max(range(LARGE), key=lambda i: pool.rank(key_hash, i))
+    expected = max(range(LARGE), key=lambda i: pool.rank(key_hash, i))
+    assert pool.best(key_hash) == expected
+    assert pool.best_of_many(np.array([key_hash, key_hash], dtype=np.uint64)).tolist() == [expected, expected]
 
 
 @pytest.mark.parametrize("weights", [

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
 from ...errors import MqttlbError
@@ -44,6 +44,10 @@ class Balancer(abc.ABC):
     @abc.abstractmethod
     def pick(self, key: str | None) -> str | None:
         """The worker for a message with routing ``key``; None when there is none."""
+
+    def prefetch(self, keys: Sequence[str]) -> None:  # noqa: B027 - a no-op unless picks are cheaper together
+        """``keys`` are about to be picked for, in this order: pick them now if that is cheaper together. A hint
+        only: ``pick`` gives the same answers either way."""
 
     def report_load(self, worker: str, inflight: int) -> None:  # noqa: B027 - a no-op unless balancing by load
         """``worker`` reported ``inflight`` unfinished messages. Ignored by default."""

@@ -36,7 +36,7 @@ from __future__ import annotations
 import bisect
 import math
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
 from .base import BadOption, Balancer, checked, float_option, int_option, reject_unknown, relative
@@ -78,6 +78,10 @@ class ConsistentHash(Balancer):
         self._rendezvous.update(weights)  # picks nothing, so it is only the pool: bounded loads keep their own cache
         self._cache = {}
         self._load = dict.fromkeys(weights, 0)
+
+    def prefetch(self, keys: Sequence[str]) -> None:
+        if self.load_factor is None:  # bounded loads place devices in arrival order, one at a time
+            self._rendezvous.prefetch(keys)
 
     def pick(self, key: str | None) -> str | None:
         worker = self._cache.get(key)  # type: ignore[arg-type]  # None is never cached

@@ -17,6 +17,9 @@ Three things keep it cheap with a thousand workers and a million devices:
   scores are exact; float scores within ``TOLERANCE`` of the best are scored
   again in plain Python, so numpy's ``log`` decides nothing on its own and every
   router agrees, numpy or not, whatever the machine.
+- The keys of many messages (one read's worth) can be picked together, ahead
+  of their ``pick``: one pass over a block of keys x every worker costs less
+  than a pass per key, and hashing them together less than one by one.
 - The cache remembers each device's key hash and winner. A change to the pool
   touches only devices that can move: a worker that joins or gains weight is
   scored against each cached winner (one vectorised pass), and only the devices
@@ -56,8 +59,8 @@ VECTOR_FROM = 48
 """Pools of at least this many workers are scored with numpy; below, plain Python is quicker."""
 TOLERANCE = 1e-9
 """Float scores closer than this to the best are compared again exactly (numpy's log is ~1e-13 off at worst)."""
-MATRIX_CELLS = 1 << 20
-"""Scores computed at once when many devices are scored again: bounds the scratch memory (~8 bytes each)."""
+BLOCK_CELLS = 1 << 15
+"""Scores computed at once when many keys are scored: two buffers of this many fit the cache of one core."""
 MAX_STEPS = 32
 """Changes to the pool in one update beyond which the cache is emptied rather than kept up to date."""
 
@@ -65,10 +68,18 @@ Hashes = npt.NDArray[np.uint64]
 Indices = npt.NDArray[np.intp]
 
 
+def _digest(text: str) -> bytes:
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+
+
 def stable_hash(text: str) -> int:
     """A 64-bit hash of ``text``, the same in every process and Python version."""
-    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
-    return int.from_bytes(digest, "big")
+    return int.from_bytes(_digest(text), "big")
+
+
+def stable_hashes(texts: Sequence[str]) -> Hashes:
+    """``stable_hash`` of each text, as an array."""
+    return np.frombuffer(b"".join(map(_digest, texts)), dtype=">u8").astype(np.uint64)
 
 
 def mix(key_hash: int, worker_seed: int) -> int:
@@ -91,23 +102,24 @@ def premix(value: int) -> int:
     return value ^ (value >> 30)
 
 
-def _unfinished(a: Hashes | int, b: Hashes) -> Hashes:
+def _unfinished(a: Hashes | int, b: Hashes, into: Hashes | None = None, spare: Hashes | None = None) -> Hashes:
     """``mix`` but its last step over arrays (broadcast) of premixed values, exact: numpy's uint64 arithmetic wraps
-    as the mask does.
+    as the mask does. In ``into``, with ``spare`` for scratch, when given (the shape of the result); else in new
+    arrays.
 
-    Written with operators, which numpy dispatches faster than ufunc calls with ``out=``.
+    ``out`` is passed by position: numpy dispatches that as fast as an operator, and faster than ``out=``.
     """
-    z = cast(Hashes, b ^ a)  # a Python int mixes in as uint64 (NEP 50)
+    z = cast(Hashes, np.bitwise_xor(b, a, into))  # a Python int mixes in as uint64 (NEP 50)
     z *= _M1
-    z ^= z >> _27
+    z ^= np.right_shift(z, _27, spare)
     z *= _M2
     return z
 
 
-def _mixed(a: Hashes | int, b: Hashes) -> Hashes:
-    """``mix`` over arrays (broadcast) of premixed values."""
-    z = _unfinished(a, b)
-    z ^= z >> _31
+def _mixed(a: Hashes | int, b: Hashes, into: Hashes | None = None, spare: Hashes | None = None) -> Hashes:
+    """``mix`` over arrays (broadcast) of premixed values; ``into`` and ``spare`` as for ``_unfinished``."""
+    z = _unfinished(a, b, into, spare)
+    z ^= np.right_shift(z, _31, spare)
     return z
 
 
@@ -127,6 +139,22 @@ def _approximate(raw: Hashes, log_weights: npt.NDArray[np.float64] | float) -> n
     np.negative(u, out=u)
     np.log(u, out=u)
     return np.subtract(log_weights, u, out=u)
+
+
+class Scratch:
+    """Two buffers reused for blocks of scores: a new array for each block costs more than the arithmetic on it
+    (its pages are faulted in afresh)."""
+
+    def __init__(self) -> None:
+        self._into: Hashes = np.empty(0, dtype=np.uint64)
+        self._spare: Hashes = np.empty(0, dtype=np.uint64)
+
+    def take(self, rows: int, columns: int) -> tuple[Hashes, Hashes]:
+        """Two (rows, columns) arrays, their contents undefined."""
+        cells = rows * columns
+        if len(self._into) < cells:
+            self._into, self._spare = np.empty(cells, dtype=np.uint64), np.empty(cells, dtype=np.uint64)
+        return self._into[:cells].reshape(rows, columns), self._spare[:cells].reshape(rows, columns)
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,17 +266,19 @@ class Pool:
         near = np.flatnonzero(z >> _33 == top >> 33).tolist()
         return max(near, key=lambda i: (mix(key_hash, self.seeds[i]), -i))
 
-    def best_of_many(self, key_hashes: Hashes) -> Indices:
-        """``best`` for each key, a block of keys at a time."""
+    def best_of_many(self, key_hashes: Hashes, scratch: Scratch | None = None) -> Indices:
+        """``best`` for each key, a block of keys at a time (in ``scratch``'s buffers, if given)."""
         winners: Indices = np.empty(len(key_hashes), dtype=np.intp)
-        step = max(1, MATRIX_CELLS // len(self.names))
+        step = max(1, BLOCK_CELLS // len(self.names))
+        into, spare = (scratch or Scratch()).take(min(step, len(key_hashes)), len(self.names))
         for start in range(0, len(key_hashes), step):
             block = key_hashes[start:start + step]
-            raw = _mixed(premix_many(block)[:, None], self.premixed_array[None, :])
+            rows = len(block)
+            raw = _mixed(premix_many(block)[:, None], self.premixed_array, into[:rows], spare[:rows])
             if self.equal:
-                winners[start:start + len(block)] = raw.argmax(axis=1)
+                winners[start:start + rows] = raw.argmax(axis=1)
                 continue
-            f = _approximate(raw, self.log_weight_array[None, :])
+            f = _approximate(raw, self.log_weight_array)
             top = f.max(axis=1)[:, None]
             chosen = f.argmax(axis=1)
             for row in np.flatnonzero((f >= top - TOLERANCE).sum(axis=1) > 1).tolist():
@@ -288,6 +318,7 @@ class Rendezvous:
         """Row -> the index of its worker in ``_pool.names``."""
         self._oldest = 0
         """The row to evict next, once the cache is full."""
+        self._scratch = Scratch()
 
     @property
     def pool(self) -> Pool:
@@ -304,6 +335,26 @@ class Rendezvous:
         winner = pool.best(key_hash)
         self._remember(key, key_hash, winner)
         return pool.names[winner]
+
+    def prefetch(self, keys: Sequence[str]) -> None:
+        """Pick, together, those of ``keys`` not cached yet: the picks ``pick`` would make, each scored in one pass
+        over a block of keys and every worker. When there are too few scores for numpy to pay, ``pick`` makes
+        them, one at a time."""
+        pool, cache = self._pool, self.cache
+        if len(keys) * len(pool.names) < VECTOR_FROM:
+            return
+        new = list(dict.fromkeys([key for key in keys if key not in cache]))[:self.capacity]  # no row taken twice
+        if len(new) * len(pool.names) < VECTOR_FROM:
+            return
+        hashes = stable_hashes(new)
+        winners = pool.best_of_many(hashes, self._scratch)
+        names = pool.names
+        rows = []
+        for key, winner in zip(new, winners.tolist(), strict=True):
+            rows.append(self._row_for(key))
+            cache[key] = names[winner]
+        self._hashes[rows] = hashes
+        self._winners[rows] = winners
 
     def update(self, workers: Mapping[str, float]) -> None:
         weights = checked(workers)
@@ -335,26 +386,31 @@ class Rendezvous:
             winners[moved] = at
         else:  # left (its devices are at -1 now), or lost weight: only its devices can move
             moved = np.flatnonzero(winners == (-1 if weight is None else at))
-            winners[moved] = pool.best_of_many(hashes[moved])
+            winners[moved] = pool.best_of_many(hashes[moved], self._scratch)
         self._winners[:rows] = winners
         names, keys, cache = pool.names, self._keys, self.cache
         for row, winner in zip(moved.tolist(), winners[moved].tolist(), strict=True):
             cache[keys[row]] = names[winner]
 
     def _remember(self, key: str, key_hash: int, winner: int) -> None:
+        row = self._row_for(key)
+        self._hashes[row] = key_hash
+        self._winners[row] = winner
+        self.cache[key] = self._pool.names[winner]
+
+    def _row_for(self, key: str) -> int:
+        """The row a new ``key`` takes: the next free one, or the oldest one's (forgetting that key)."""
         if len(self._keys) < self.capacity:
             row = len(self._keys)
             self._keys.append(key)
             if row == len(self._hashes):
                 self._grow()
-        else:
-            row = self._oldest
-            self._oldest = (row + 1) % self.capacity
-            del self.cache[self._keys[row]]
-            self._keys[row] = key
-        self._hashes[row] = key_hash
-        self._winners[row] = winner
-        self.cache[key] = self._pool.names[winner]
+            return row
+        row = self._oldest
+        self._oldest = (row + 1) % self.capacity
+        del self.cache[self._keys[row]]
+        self._keys[row] = key
+        return row
 
     def _grow(self) -> None:
         size = min(self.capacity, max(1024, 2 * len(self._hashes)))
