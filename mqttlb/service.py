@@ -18,7 +18,7 @@ import logging
 import random
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import orjson
@@ -148,8 +148,7 @@ class Service:
             match event:
                 case DeviceMessages(generation, messages):
                     for start in range(0, len(messages), FLUSH_EVERY):
-                        for publish in messages[start:start + FLUSH_EVERY]:
-                            self._take(publish, generation)
+                        self._take(messages[start:start + FLUSH_EVERY], generation)
                         self.transport.flush_publishing()  # a long read's first forwards need not wait for its last
                 case Settled():
                     self._settle_all(event)
@@ -293,13 +292,16 @@ class Service:
 
     # -- transport events ---------------------------------------------------------
 
-    def _take(self, publish: Publish, generation: int) -> None:
+    def _take(self, publishes: Sequence[Publish], generation: int) -> None:
+        """Route device messages read together (the router picks for their keys together) and act on each."""
         if self._stopping:
-            return  # not acknowledged: the broker keeps it for the next session
-        self.inflight.took()
-        receipt = Receipt(generation, publish.packet_id, publish.qos, publish.properties)
-        self._execute(self.router.route(Message(publish.topic, publish.payload, receipt, self.clock(),
-                                                len(publish.properties))))
+            return  # not acknowledged: the broker keeps them for the next session
+        now = self.clock()
+        messages = [Message(p.topic, p.payload, Receipt(generation, p.packet_id, p.qos, p.properties), now,
+                            len(p.properties)) for p in publishes]
+        self.inflight.took(len(messages))
+        for actions in self.router.route_each(messages):
+            self._execute(actions)
 
     def _heartbeat(self, topic: str, payload: bytes) -> None:
         now = self.clock()

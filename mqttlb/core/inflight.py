@@ -69,8 +69,8 @@ class InFlight(Generic[Ref]):
         """How many more inbound messages may be taken now (rule 2)."""
         return min(self.limit, publish_window) - self.unsettled
 
-    def took(self) -> None:
-        self.unsettled += 1
+    def took(self, count: int) -> None:
+        self.unsettled += count
         if self.unsettled > self.peak:
             self.peak = self.unsettled
 

@@ -237,6 +237,38 @@ def test_one_bad_message_does_not_stop_the_others() -> None:
     assert [type(a).__name__ for a in actions] == ["DeadLetter", "Forward", "DeadLetter", "Forward"]
 
 
+def read_of_everything() -> list[Message[int]]:
+    """A read as the service hands it over: forwards, a device twice, dead letters of each kind, a held pool."""
+    cases = [(t, b"{}") for t in DEVICES[:100]] + [
+        ("devices/d7/telemetry", b"again"), ("events/e1", b'{"meta": {"id": "k1"}}'), ("events/e1", b"not json"),
+        ("nowhere", b""), ("devices/d1/telemetry", b"x" * (MAX_PAYLOAD + 1)), ("jobs/j1", b"{}"),
+        ("devices/d1/logs/x", b"{}")]
+    return [msg(topic, payload, ref=i) for i, (topic, payload) in enumerate(cases)]
+
+
+def test_a_read_routed_together_is_decided_as_one_message_at_a_time() -> None:
+    """``route_each`` picks for the read's keys together first: every decision is still the one ``route`` makes."""
+    one, together = make_router(), make_router()
+    for router in (one, together):
+        for w in ("w1", "w2", "w3"):
+            beat(router, w, 0)
+    messages = read_of_everything()
+    expected = [one.route(m) for m in messages]
+    assert list(together.route_each(messages)) == expected
+    assert [type(a[0]).__name__ if a else "held" for a in expected[100:]] == \
+        ["Forward", "Forward", "DeadLetter", "DeadLetter", "DeadLetter", "held", "Forward"]
+
+
+def test_a_balancer_failing_to_pick_ahead_costs_no_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    router = make_router()
+    beat(router, "w1", 0)
+    def fail(keys: object) -> None:
+        raise ZeroDivisionError("bomb")
+    monkeypatch.setattr(router._routes[0].balancer, "prefetch", fail)
+    decided = [actions[0] for actions in router.route_each(read_of_everything()[:100])]
+    assert {(type(a).__name__, a.worker) for a in decided} == {("Forward", "w1")}
+
+
 def test_dead_letter_topic_with_route_placeholder() -> None:
     router = make_router(dead_letter={"topic": "dl/{route}/{reason}/{topic}", "hold": "10s"})
     [action] = router.route(msg("nowhere/x"))
