@@ -6,9 +6,10 @@ worker joins or one leaves (against the ideal, and whether any move between
 workers that stayed), and how closely shares follow weights 1, 2, 3 and 4.
 Then, for each pool size (10 to 10,000 workers by default), how even the load
 is (beside a fair die thrown for each key, the best any hash can hope for), and
-picks per second: the first time a key is seen (cold), after (warm), and right
-after one worker joins, one leaves, or one's weight doubles (as
-slow start changes weights), the update included.
+picks per second: the first time a key is seen (cold), one key at a time and
+a read's worth at a time (``READ`` keys handed to ``prefetch`` first, as the
+router does), after (warm), and right after one worker joins, one leaves, or
+one's weight doubles (as slow start changes weights), the update included.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from ..core import balancers
 
 KEYS = [f"device-{i}" for i in range(200_000)]
 WEIGHTS = {"w1": 1.0, "w2": 2.0, "w3": 3.0, "w4": 4.0}
+READ = 64
+"""Keys picked together: the device messages the router routes at once from one read."""
 
 
 class Subject(Protocol):
@@ -35,6 +38,8 @@ class Subject(Protocol):
     def update(self, workers: Mapping[str, float]) -> None: ...
 
     def pick(self, key: str) -> str | None: ...
+
+    def prefetch(self, keys: list[str]) -> None: ...
 
 
 Factory = Callable[[], Subject]
@@ -45,6 +50,8 @@ class Scale:
     workers: int
     peak_to_mean: float
     cold_picks_per_second: float
+    cold_read_picks_per_second: float
+    """Cold, ``READ`` keys at a time, each read's handed to ``prefetch`` first."""
     warm_picks_per_second: float
     after_join_picks_per_second: float
     """Every key again right after a worker joined, the update included."""
@@ -94,6 +101,9 @@ class UHashRing:
     def pick(self, key: str) -> str | None:
         return self._ring.get_node(key)  # type: ignore[no-any-return]
 
+    def prefetch(self, keys: list[str]) -> None:
+        """uhashring picks one key at a time."""
+
     @staticmethod
     def _weight(weight: float) -> int:
         return max(1, round(weight))  # whole numbers only
@@ -142,6 +152,18 @@ def picks_per_second(subject: Subject, keys: list[str], change: Mapping[str, flo
     return len(keys) / (time.perf_counter() - start)
 
 
+def read_picks_per_second(subject: Subject, keys: list[str]) -> float:
+    """Every key picked once, ``READ`` at a time, each read handed to ``prefetch`` first."""
+    pick, prefetch = subject.pick, subject.prefetch
+    start = time.perf_counter()
+    for first in range(0, len(keys), READ):
+        read = keys[first:first + READ]
+        prefetch(read)
+        for key in read:
+            pick(key)
+    return len(keys) / (time.perf_counter() - start)
+
+
 def measure_scale(build: Factory, workers: int, keys: list[str]) -> Scale:
     before = pool(workers)
     subject = built(build, before)
@@ -154,6 +176,7 @@ def measure_scale(build: Factory, workers: int, keys: list[str]) -> Scale:
         workers=workers,
         peak_to_mean=peak_to_mean(assignment, workers),
         cold_picks_per_second=cold,
+        cold_read_picks_per_second=read_picks_per_second(built(build, before), keys),
         warm_picks_per_second=picks_per_second(subject, keys),
         after_join_picks_per_second=picks_per_second(subject, keys, joined),
         after_leave_picks_per_second=picks_per_second(subject, keys, left),
@@ -200,6 +223,7 @@ ROWS: list[tuple[str, Callable[[Figures], str]]] = [
 ]
 SCALE_ROWS: list[tuple[str, Callable[[Scale], str]]] = [
     ("picks/s, cold", lambda s: f"{s.cold_picks_per_second:,.0f}"),
+    (f"picks/s, cold, {READ} at a time", lambda s: f"{s.cold_read_picks_per_second:,.0f}"),
     ("picks/s, warm", lambda s: f"{s.warm_picks_per_second:,.0f}"),
     ("picks/s, after a join", lambda s: f"{s.after_join_picks_per_second:,.0f}"),
     ("picks/s, after a leave", lambda s: f"{s.after_leave_picks_per_second:,.0f}"),
