@@ -8,7 +8,9 @@ arrival (``%U``), so 10,000 inboxes cost no more than 3. The route is
 ``consistent_hash`` on a topic level, ``bench/{device}/in``: each message of a
 burst goes to a device drawn at random (seeded) from the cell's N ids, so
 with 1M devices nearly every pick is one the router's per-device cache has
-never seen.
+never seen. With ``--primed`` every device has sent one message through the
+router before the burst, and its cache is sized to hold them all: the steady
+state of a fleet whose devices keep publishing.
 
 For each cell (workers x devices) and QoS, a fresh ``mqttlb run`` (a session
 that ends with it, ready once its stats say all the workers are up) takes a
@@ -53,6 +55,7 @@ import paho.mqtt.client as paho
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
+from ..core.balancers.hashing import ConsistentHash
 from .bench_throughput import CLOCK_TICKS, wait_until
 from .broker import PrivateBroker
 
@@ -66,6 +69,8 @@ SEED = 13
 READY_SECONDS = 120.0
 STALL_SECONDS = 10.0
 """A burst is over when nothing more has arrived for this long."""
+PRIME_STEP = 50_000
+"""Devices primed at a time: the broker's queue to the router stays far below its limit."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,9 +129,13 @@ def device_draw(devices: int, messages: int, seed: int = SEED) -> list[int]:
     return [draw.randrange(devices) for _ in range(messages)]
 
 
+def device_topic(device: int) -> str:
+    return f"bench/d{device}/in"
+
+
 def burst(devices: int, messages: int, qos: int) -> list[bytes]:
     ids = packet_ids()
-    return [publish_packet(f"bench/d{device}/in", b'{"seq":%d}' % n, qos, next(ids) if qos else 0)
+    return [publish_packet(device_topic(device), b'{"seq":%d}' % n, qos, next(ids) if qos else 0)
             for n, device in enumerate(device_draw(devices, messages))]
 
 
@@ -259,7 +268,9 @@ class StatsWatch:
 
 
 def router_config(broker: PrivateBroker, client_id: str, workers: int, qos: int,
-                  share_group: bool) -> dict[str, object]:
+                  share_group: bool, devices: int | None = None) -> dict[str, object]:
+    """``devices``: a cache sized to hold that many (``--primed``), if the default holds fewer."""
+    cache = max(ConsistentHash.DEFAULT_CACHE_SIZE, devices or 0)
     return {
         "broker": {"host": broker.host, "port": broker.port, "client_id": client_id, "session_expiry": 0},
         "router": {"share_group": "mqttlb" if share_group else None},
@@ -267,6 +278,7 @@ def router_config(broker: PrivateBroker, client_id: str, workers: int, qos: int,
         "pools": {"default": {"max_workers": workers}},
         "stats": {"interval": "1s"},
         "metrics": {"listen": None},
+        "balancers": {"consistent_hash": {"cache_size": cache}},
         "routes": [{"name": "bench", "match": "bench/{device}/in", "key": "device", "algorithm": "consistent_hash",
                     "qos": qos}],
     }
@@ -276,9 +288,9 @@ class Router:
     """``mqttlb run`` (with ``--processes N`` when N > 1) as a subprocess; its CPU time, its children's included."""
 
     def __init__(self, broker: PrivateBroker, workdir: Path, client_id: str, workers: int, qos: int,
-                 processes: int) -> None:
+                 processes: int, devices: int | None = None) -> None:
         config = workdir / f"{client_id}.yaml"
-        config.write_text(yaml.safe_dump(router_config(broker, client_id, workers, qos, processes > 1)))
+        config.write_text(yaml.safe_dump(router_config(broker, client_id, workers, qos, processes > 1, devices)))
         self.ids = [f"{client_id}-{i}" for i in range(processes)] if processes > 1 else [client_id]
         self.process = subprocess.Popen([sys.executable, "-m", "mqttlb", "run", "-c", str(config), "--log-level",
                                          "warning", "--processes", str(processes)], stdout=subprocess.DEVNULL)
@@ -316,20 +328,22 @@ def announce(broker: PrivateBroker, workers: int) -> None:
 
 
 def measure(broker: PrivateBroker, stats: StatsWatch, workdir: Path, workers: int, devices: int, qos: int,
-            messages: int, processes: int = 1) -> Cell:
-    """One burst through a fresh router."""
+            messages: int, processes: int = 1, primed: bool = False) -> Cell:
+    """One burst through a fresh router; ``primed``: after one message from every device."""
     name = f"bench-scale-{workers}-{devices}-{qos}-{processes}"
     packets = burst(devices, messages, qos)
     with ExitStack() as stack:
         arrivals = Arrivals(broker, qos, workdir / f"{name}.out")
         stack.callback(arrivals.stop)
-        router = Router(broker, workdir, name, workers, qos, processes)
+        router = Router(broker, workdir, name, workers, qos, processes, devices if primed else None)
         stack.callback(router.stop)
         if not wait_until(lambda: stats.ready(router.ids, workers), READY_SECONDS):
             raise RuntimeError(f"{name}: the router did not report {workers} workers up in {READY_SECONDS:.0f} s")
         publisher = RawPublisher(broker, f"{name}-devices")
         stack.callback(publisher.close)
         warm_up(publisher, arrivals, qos)
+        if primed:
+            prime(publisher, arrivals, devices)
         assert broker.process is not None
         before, cpu_before, broker_before, idle_before = (arrivals.count, router.cpu_seconds(),
                                                           process_cpu_seconds(broker.process.pid), machine_times())
@@ -355,6 +369,15 @@ def warm_up(publisher: RawPublisher, arrivals: Arrivals, qos: int) -> None:
     raise RuntimeError("nothing went through the router in 60 s")
 
 
+def prime(publisher: RawPublisher, arrivals: Arrivals, devices: int) -> None:
+    """One message (QoS 0) from every device, ``PRIME_STEP`` at a time, each step waited for."""
+    for first in range(0, devices, PRIME_STEP):
+        step = range(first, min(devices, first + PRIME_STEP))
+        expected = arrivals.poll() + len(step)
+        publisher.send([publish_packet(device_topic(device), b"{}", 0) for device in step], 0)
+        wait_for_arrivals(arrivals, expected)
+
+
 def wait_for_arrivals(arrivals: Arrivals, expected: int) -> None:
     """Until ``expected`` have arrived, or nothing has for ``STALL_SECONDS`` (QoS 0 may drop under overload)."""
     seen, since = arrivals.poll(), time.monotonic()
@@ -367,7 +390,7 @@ def wait_for_arrivals(arrivals: Arrivals, expected: int) -> None:
 
 
 def run(workers: Sequence[int], devices: Sequence[int], qos_levels: Sequence[int], messages: int,
-        processes: int) -> tuple[list[Cell], list[Cell]]:
+        processes: int, primed: bool = False) -> tuple[list[Cell], list[Cell]]:
     """The scale cells, then (when ``processes`` > 1) 1 vs ``processes`` routers on the baseline fleet."""
     cells: list[Cell] = []
     compared: list[Cell] = []
@@ -382,7 +405,7 @@ def run(workers: Sequence[int], devices: Sequence[int], qos_levels: Sequence[int
                     for d in (devices if w in workers else ()):
                         for qos in qos_levels:
                             print(f"bench: {w:,} workers x {d:,} devices, QoS {qos} ...", file=sys.stderr, flush=True)
-                            cells.append(measure(broker, stats, workdir, w, d, qos, messages))
+                            cells.append(measure(broker, stats, workdir, w, d, qos, messages, primed=primed))
                     if w == BASELINE[0] and processes > 1:
                         for qos in qos_levels:
                             for n in (1, processes):
@@ -455,12 +478,15 @@ def sizes(text: str) -> list[int]:
 
 def main(args: argparse.Namespace) -> int:
     cells, compared = run(sizes(args.workers), sizes(args.devices), [int(q) for q in args.qos.split(",")],
-                          args.messages, args.processes)
+                          args.messages, args.processes, args.primed)
     if args.json:
-        print(orjson.dumps({"cores": os.cpu_count(), "messages": args.messages, "cells": [asdict(c) for c in cells],
-                            "processes": [asdict(c) for c in compared]}, option=orjson.OPT_INDENT_2).decode())
+        print(orjson.dumps({"cores": os.cpu_count(), "messages": args.messages, "primed": args.primed,
+                            "cells": [asdict(c) for c in cells], "processes": [asdict(c) for c in compared]},
+                           option=orjson.OPT_INDENT_2).decode())
         return 0
-    print(f"{os.cpu_count()} cores; {args.messages:,} messages per burst; consistent_hash on bench/{{device}}/in\n")
+    devices = "every device primed (routed once before)" if args.primed else "devices new to the router"
+    print(f"{os.cpu_count()} cores; {args.messages:,} messages per burst; consistent_hash on bench/{{device}}/in; "
+          f"{devices}\n")
     if cells:
         print(table(cells))
     if compared:

@@ -92,6 +92,9 @@ def _parser() -> argparse.ArgumentParser:
     scale.add_argument("--processes", type=int, default=2, metavar="N",
                        help="also compare mqttlb run with --processes N on 3 workers x 100 devices "
                        "(0: skip; default 2)")
+    scale.add_argument("--primed", action="store_true",
+                       help="one message from every device before each burst, the cache sized to hold them all: "
+                       "a fleet whose devices keep publishing, not one the router meets for the first time")
     scale.add_argument("--json", action="store_true", help="figures as JSON")
     return parser
 

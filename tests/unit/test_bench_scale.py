@@ -116,9 +116,9 @@ def test_processes_table_gives_the_ratio_to_one_process() -> None:
 
 def test_cli_bench_scale_options() -> None:
     args = _parser().parse_args(["bench", "scale", "--workers", "3,1000", "--devices", "100,1M", "--qos", "1",
-                                 "--messages", "5000", "--processes", "0", "--json"])
-    assert (args.measure, args.workers, args.devices, args.qos, args.messages, args.processes, args.json) == (
-        "scale", "3,1000", "100,1M", "1", 5000, 0, True)
+                                 "--messages", "5000", "--processes", "0", "--primed", "--json"])
+    assert (args.measure, args.workers, args.devices, args.qos, args.messages, args.processes, args.primed,
+            args.json) == ("scale", "3,1000", "100,1M", "1", 5000, 0, True, True)
     defaults = _parser().parse_args(["bench", "scale"])
-    assert (sizes(defaults.workers), sizes(defaults.devices), defaults.qos, defaults.messages,
-            defaults.processes) == ([3, 100, 1000, 10_000], [100, 100_000, 1_000_000], "0,1", 100_000, 2)
+    assert (sizes(defaults.workers), sizes(defaults.devices), defaults.qos, defaults.messages, defaults.processes,
+            defaults.primed) == ([3, 100, 1000, 10_000], [100, 100_000, 1_000_000], "0,1", 100_000, 2, False)
