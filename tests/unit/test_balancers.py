@@ -589,7 +589,10 @@ def reference(weights: Mapping[str, float], key: str) -> str:
     {f"w{i}": (1e308, 5e-324, 1.0, 3e-300)[i % 4] for i in range(LARGE)},
     {f"w{i}": (1.0, 1.0 + 1e-15)[i % 2] for i in range(LARGE)},  # weights a hair apart: near-ties everywhere
     {"a": 1.0, "b": 2.0, "c": 3.0},
-], ids=["equal", "mixed", "extreme", "hair", "small"])
+    {f"w{i}": (1.0, 2.0)[i % 5 == 0] for i in range(2 * rendezvous.GROUP_SIZE_FOR_ONE)},
+    {f"w{i}": (1.0, 1.0 + 1e-15)[i % 2] for i in range(2 * rendezvous.GROUP_SIZE_FOR_ONE)},
+    {f"w{i}": float(1 + i % (rendezvous.MAX_GROUPS + 1)) for i in range(LARGE)},
+], ids=["equal", "mixed", "extreme", "hair", "small", "two-sizes", "hair-groups", "many-weights"])
 def test_every_scoring_path_agrees_with_the_definition(weights: dict[str, float]) -> None:
     pool = rendezvous.Pool.of(checked(weights))
     keys = KEYS[:300]
@@ -605,6 +608,23 @@ def test_every_scoring_path_agrees_with_the_definition(weights: dict[str, float]
             ahead.prefetch(keys[start:start + 64])
             picked += [ahead.pick(key) for key in keys[start:start + 64]]
         assert picked == expected
+
+
+@settings(derandomize=True, max_examples=100)
+@given(key_hash=st.integers(0, (1 << 64) - 1), shared=st.integers(0, (1 << 64) - 1), places=st.data())
+def test_weight_groups_break_full_ties_as_the_definition(key_hash: int, shared: int, places: st.DataObject) -> None:
+    """Two workers of one weight with the very same score for a key: the first id wins, as the rank says."""
+    size = 2 * rendezvous.GROUP_SIZE_FOR_ONE
+    seeds = {f"w{i:03d}": rendezvous.stable_hash(f"w{i}") for i in range(size)}
+    tied = places.draw(st.lists(st.integers(0, size - 1), min_size=2, max_size=3, unique=True))
+    for i in tied:
+        seeds[f"w{i:03d}"] = seed_scoring(key_hash, shared)
+    weights = checked({w: (1.0, 3.0)[i % 2] for i, w in enumerate(sorted(seeds))})
+    pool = rendezvous.Pool.of(weights, seeds)
+    assert pool.groups is not None
+    expected = max(range(size), key=lambda i: pool.rank(key_hash, i))
+    assert pool.best(key_hash) == expected
+    assert pool.best_of_many(np.array([key_hash], dtype=np.uint64)).tolist() == [expected]
 
 
 def test_keys_picked_ahead_are_cached_and_the_cache_stays_true() -> None:

@@ -11,12 +11,16 @@ depend on the key, the worker and its weight only, so the mapping is a pure
 function of the pool. When all weights are equal, ``f`` orders workers as
 ``raw`` does, and ``raw`` alone is compared.
 
-Three things keep it cheap with a thousand workers and a million devices:
+What keeps it cheap with a thousand workers and a million devices:
 
 - Scoring is vectorised with numpy from ``VECTOR_FROM`` workers on. Integer
   scores are exact; float scores within ``TOLERANCE`` of the best are scored
   again in plain Python, so numpy's ``log`` decides nothing on its own and every
   router agrees, numpy or not, whatever the machine.
+- A pool of a few weights (slow start's steps, machines of two sizes) is
+  scored a group of equal weights at a time: within a group ``f`` orders
+  workers as ``raw`` does, so each group's best is found with integers, and
+  only those few are scored in floats (or exactly, in Python).
 - The keys of many messages (one read's worth) can be picked together, ahead
   of their ``pick``: one pass over a block of keys x every worker costs less
   than a pass per key, and hashing them together less than one by one.
@@ -61,6 +65,11 @@ TOLERANCE = 1e-9
 """Float scores closer than this to the best are compared again exactly (numpy's log is ~1e-13 off at worst)."""
 BLOCK_CELLS = 1 << 15
 """Scores computed at once when many keys are scored: two buffers of this many fit the cache of one core."""
+MAX_GROUPS = 16
+"""Distinct weights up to which a pool's workers are scored a group of equal weights at a time."""
+GROUP_SIZE_FOR_ONE = 64
+"""Workers per group from which one key's group bests, ranked exactly in Python, cost less than ``f`` in numpy
+for every worker."""
 MAX_STEPS = 32
 """Changes to the pool in one update beyond which the cache is emptied rather than kept up to date."""
 
@@ -158,6 +167,42 @@ class Scratch:
 
 
 @dataclass(frozen=True, slots=True)
+class WeightGroups:
+    """A pool's workers grouped by weight, for pools of a few weights (slow start's steps, machines of two
+    sizes). Within a group ``f`` orders workers as ``raw`` does, so each group's best is found with integers
+    alone, and only the groups' bests are scored in floats: two logs for each group, not for each worker."""
+
+    order: Indices
+    """Worker indices by weight, then by index: each group a slice, in id order within it."""
+    premixed: Hashes
+    """``premix`` of each seed, in ``order``."""
+    slices: tuple[tuple[int, int], ...]
+    log_weights: npt.NDArray[np.float64]
+    """One per group."""
+
+    @classmethod
+    def of(cls, log_weights: tuple[float, ...], premixed: Hashes) -> WeightGroups | None:
+        """The groups of a pool with 2 to ``MAX_GROUPS`` distinct weights; else None."""
+        if not 1 < len(set(log_weights)) <= MAX_GROUPS:
+            return None
+        order = sorted(range(len(log_weights)), key=lambda i: (log_weights[i], i))
+        starts = [at for at in range(len(order)) if at == 0 or log_weights[order[at]] != log_weights[order[at - 1]]]
+        return cls(np.array(order, dtype=np.intp), premixed[order],
+                   tuple(zip(starts, [*starts[1:], len(order)], strict=True)),
+                   np.array([log_weights[order[at]] for at in starts], dtype=np.float64))
+
+    def bests(self, raw: Hashes) -> Indices:
+        """For each row of ``raw`` (one key's scores, in ``order``), each group's best, as positions in ``order``.
+
+        ``argmax`` takes the first of equal scores, the lowest index: the rank's tie-break.
+        """
+        best: Indices = np.empty((len(raw), len(self.slices)), dtype=np.intp)
+        for group, (start, stop) in enumerate(self.slices):
+            best[:, group] = raw[:, start:stop].argmax(axis=1) + start  # quicker than argmax(out=) on a column
+        return best
+
+
+@dataclass(frozen=True, slots=True)
 class Pool:
     """The workers in id order, with what scoring needs of each."""
 
@@ -171,6 +216,7 @@ class Pool:
     """``premix`` of each seed."""
     premixed_array: Hashes
     log_weight_array: npt.NDArray[np.float64]
+    groups: WeightGroups | None
 
     @classmethod
     def of(cls, weights: Mapping[str, float], seeds: Mapping[str, int] | None = None) -> Pool:
@@ -179,8 +225,15 @@ class Pool:
         hashes = tuple(seeds[w] if seeds and w in seeds else stable_hash(w) for w in names)
         logs = tuple(math.log(weights[w]) for w in names)
         premixed = tuple(premix(seed) for seed in hashes)
-        return cls(names, weights, hashes, logs, len(set(weights.values())) <= 1,
-                   premixed, np.array(premixed, dtype=np.uint64), np.array(logs, dtype=np.float64))
+        return cls._made(names, weights, hashes, logs, premixed, np.array(premixed, dtype=np.uint64),
+                         np.array(logs, dtype=np.float64))
+
+    @classmethod
+    def _made(cls, names: tuple[str, ...], weights: Mapping[str, float], seeds: tuple[int, ...],
+              log_weights: tuple[float, ...], premixed: tuple[int, ...], premixed_array: Hashes,
+              log_weight_array: npt.NDArray[np.float64]) -> Pool:
+        return cls(names, weights, seeds, log_weights, len(set(weights.values())) <= 1, premixed, premixed_array,
+                   log_weight_array, WeightGroups.of(log_weights, premixed_array))
 
     def changed(self, worker: str, weight: float | None) -> tuple[Pool, Indices]:
         """This pool with ``worker`` at ``weight`` or, if None, gone; and each old index's new one (-1: gone)."""
@@ -203,15 +256,14 @@ class Pool:
         seeds = tuple(self.seeds[start] if start < stop else stable_hash(w) for w in workers)
         premixed = tuple(premix(seed) for seed in seeds)
         logs = tuple(math.log(weights[w]) for w in workers)
-        return Pool(self.names[:start] + workers + self.names[stop:], weights,
-                    self.seeds[:start] + seeds + self.seeds[stop:],
-                    self.log_weights[:start] + logs + self.log_weights[stop:],
-                    len(set(weights.values())) <= 1,
-                    self.premixed[:start] + premixed + self.premixed[stop:],
-                    np.concatenate([self.premixed_array[:start], np.array(premixed, dtype=np.uint64),
-                                    self.premixed_array[stop:]]),
-                    np.concatenate([self.log_weight_array[:start], np.array(logs, dtype=np.float64),
-                                    self.log_weight_array[stop:]]))
+        return Pool._made(self.names[:start] + workers + self.names[stop:], weights,
+                          self.seeds[:start] + seeds + self.seeds[stop:],
+                          self.log_weights[:start] + logs + self.log_weights[stop:],
+                          self.premixed[:start] + premixed + self.premixed[stop:],
+                          np.concatenate([self.premixed_array[:start], np.array(premixed, dtype=np.uint64),
+                                          self.premixed_array[stop:]]),
+                          np.concatenate([self.log_weight_array[:start], np.array(logs, dtype=np.float64),
+                                          self.log_weight_array[stop:]]))
 
     def rank(self, key_hash: int, i: int) -> tuple[float, int, int]:
         """Worker ``i``'s exact rank for a key: higher is better, and no two workers tie."""
@@ -242,6 +294,10 @@ class Pool:
         key = np.array(premix(key_hash), dtype=np.uint64)
         if self.equal:
             return self._best_unfinished(key_hash, _unfinished(key, self.premixed_array))
+        if self.groups is not None and len(self.groups.slices) * GROUP_SIZE_FOR_ONE <= len(self.names):
+            raw, order = _mixed(key, self.groups.premixed), self.groups.order  # each group's best, ranked exactly
+            bests = [int(order[start + int(raw[start:stop].argmax())]) for start, stop in self.groups.slices]
+            return max(bests, key=lambda i: self.rank(key_hash, i))
         f = _approximate(_mixed(key, self.premixed_array), self.log_weight_array)
         best = int(f.argmax())
         top = f.item(best)
@@ -266,6 +322,24 @@ class Pool:
         near = np.flatnonzero(z >> _33 == top >> 33).tolist()
         return max(near, key=lambda i: (mix(key_hash, self.seeds[i]), -i))
 
+    def _best_of_groups(self, key_hashes: Hashes, raw: Hashes) -> Indices:
+        """The winner for each key from ``raw``, its row of scores in ``groups.order``: each group's best by
+        ``raw``, then the best of those by ``f``, near-ties ranked exactly."""
+        groups = cast(WeightGroups, self.groups)
+        rows = np.arange(len(raw))
+        positions = groups.bests(raw)
+        f = _approximate(raw[rows[:, None], positions], groups.log_weights)
+        chosen = f.argmax(axis=1)
+        top = f[rows, chosen]
+        winners: Indices = groups.order[positions[rows, chosen]]
+        f[rows, chosen] = -math.inf
+        for row in np.flatnonzero(f.max(axis=1) >= top - TOLERANCE).tolist():  # a second max: near-ties
+            f[row, chosen[row]] = top[row]
+            near = groups.order[positions[row, f[row] >= top[row] - TOLERANCE]].tolist()
+            key_hash = int(key_hashes[row])
+            winners[row] = max(near, key=lambda i: self.rank(key_hash, i))
+        return winners
+
     def best_of_many(self, key_hashes: Hashes, scratch: Scratch | None = None) -> Indices:
         """``best`` for each key, a block of keys at a time (in ``scratch``'s buffers, if given)."""
         winners: Indices = np.empty(len(key_hashes), dtype=np.intp)
@@ -274,7 +348,12 @@ class Pool:
         for start in range(0, len(key_hashes), step):
             block = key_hashes[start:start + step]
             rows = len(block)
-            raw = _mixed(premix_many(block)[:, None], self.premixed_array, into[:rows], spare[:rows])
+            keys = premix_many(block)[:, None]
+            if self.groups is not None:
+                raw = _mixed(keys, self.groups.premixed, into[:rows], spare[:rows])
+                winners[start:start + rows] = self._best_of_groups(block, raw)
+                continue
+            raw = _mixed(keys, self.premixed_array, into[:rows], spare[:rows])
             if self.equal:
                 winners[start:start + rows] = raw.argmax(axis=1)
                 continue
