@@ -324,18 +324,24 @@ class Pool:
 
     def _best_of_groups(self, key_hashes: Hashes, raw: Hashes) -> Indices:
         """The winner for each key from ``raw``, its row of scores in ``groups.order``: each group's best by
-        ``raw``, then the best of those by ``f``, near-ties ranked exactly."""
+        ``raw``, then the best of those by ``f``."""
         groups = cast(WeightGroups, self.groups)
-        rows = np.arange(len(raw))
         positions = groups.bests(raw)
-        f = _approximate(raw[rows[:, None], positions], groups.log_weights)
+        rows = np.arange(len(raw))[:, None]
+        return self._best_scored(key_hashes, _approximate(raw[rows, positions], groups.log_weights),
+                                 groups.order[positions])
+
+    def _best_scored(self, key_hashes: Hashes, f: npt.NDArray[np.float64], workers: Indices) -> Indices:
+        """For each key, the worker of its row of ``f`` (``workers`` names the worker of each cell) with the best
+        ``f``: near-ties, found by a second max, are ranked exactly. ``f`` is used up."""
+        rows = np.arange(len(f))
         chosen = f.argmax(axis=1)
         top = f[rows, chosen]
-        winners: Indices = groups.order[positions[rows, chosen]]
+        winners: Indices = workers[rows, chosen]
         f[rows, chosen] = -math.inf
-        for row in np.flatnonzero(f.max(axis=1) >= top - TOLERANCE).tolist():  # a second max: near-ties
+        for row in np.flatnonzero(f.max(axis=1) >= top - TOLERANCE).tolist():
             f[row, chosen[row]] = top[row]
-            near = groups.order[positions[row, f[row] >= top[row] - TOLERANCE]].tolist()
+            near = workers[row, f[row] >= top[row] - TOLERANCE].tolist()
             key_hash = int(key_hashes[row])
             winners[row] = max(near, key=lambda i: self.rank(key_hash, i))
         return winners
@@ -357,14 +363,8 @@ class Pool:
             if self.equal:
                 winners[start:start + rows] = raw.argmax(axis=1)
                 continue
-            f = _approximate(raw, self.log_weight_array)
-            top = f.max(axis=1)[:, None]
-            chosen = f.argmax(axis=1)
-            for row in np.flatnonzero((f >= top - TOLERANCE).sum(axis=1) > 1).tolist():
-                near = np.flatnonzero(f[row] >= top[row, 0] - TOLERANCE).tolist()
-                key_hash = int(block[row])
-                chosen[row] = max(near, key=lambda i: self.rank(key_hash, i))
-            winners[start:start + len(block)] = chosen
+            workers = np.broadcast_to(np.arange(len(self.names)), raw.shape)
+            winners[start:start + rows] = self._best_scored(block, _approximate(raw, self.log_weight_array), workers)
         return winners
 
     def beats(self, challenger: int, key_hashes: Hashes, winners: Indices) -> npt.NDArray[np.bool_]:
@@ -420,8 +420,6 @@ class Rendezvous:
         over a block of keys and every worker. When there are too few scores for numpy to pay, ``pick`` makes
         them, one at a time."""
         pool, cache = self._pool, self.cache
-        if len(keys) * len(pool.names) < VECTOR_FROM:
-            return
         new = list(dict.fromkeys([key for key in keys if key not in cache]))[:self.capacity]  # no row taken twice
         if len(new) * len(pool.names) < VECTOR_FROM:
             return
