@@ -31,7 +31,7 @@ import yaml
 from ..errors import ConfigError
 from . import balancers
 from .keys import KeySpec
-from .topics import TopicFilter, TopicTemplate, filters_overlap, id_in, id_level, topic_problem, with_id
+from .topics import TopicFilter, TopicTemplate, filters_overlap, id_in, topic_problem, with_id
 
 T = TypeVar("T")
 
@@ -112,11 +112,6 @@ class HeartbeatSettings:
     """An MQTT filter with exactly one ``+`` level, the worker id, and no ``#``."""
     timeout: float = 6.0
     expire: float = 300.0
-
-    @property
-    def worker_level(self) -> int:
-        """The index of the topic level that holds the worker id."""
-        return id_level(self.topic)
 
     def worker_of(self, topic: str) -> str:
         """The worker id in ``topic``, a topic this filter matches: the one place a heartbeat topic is read."""

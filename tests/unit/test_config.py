@@ -29,6 +29,7 @@ from mqttlb.core.config import (
     parse_duration,
     parse_size,
 )
+from mqttlb.core.topics import id_level
 from mqttlb.errors import ConfigError
 
 DEFAULT_FILE = Path(__file__).parents[2] / "config" / "mqttlb.yaml"
@@ -417,9 +418,9 @@ def test_tls_paths_are_resolved_and_must_exist(tmp_path: Path) -> None:
 
 def test_heartbeat_topic() -> None:
     heartbeat = parse(with_routes(heartbeat={"topic": "fleet/{worker}/hb"})).heartbeat
-    assert (heartbeat.topic, heartbeat.worker_level) == ("fleet/+/hb", 1)
+    assert (heartbeat.topic, id_level(heartbeat.topic)) == ("fleet/+/hb", 1)
     assert heartbeat.worker_of("fleet/w-7/hb") == "w-7"
-    assert HeartbeatSettings().worker_level == 2
+    assert id_level(HeartbeatSettings().topic) == 2
     assert HeartbeatSettings().worker_of("mqttlb/workers/w1/heartbeat") == "w1"
     for bad in ("fleet/+/+/hb", "fleet/hb", "fleet/+/#"):
         assert problem(with_routes(heartbeat={"topic": bad})) == (
