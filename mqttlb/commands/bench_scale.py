@@ -25,6 +25,12 @@ unacknowledged. It reports:
 - router CPU per message (µs): the router's CPU time (/proc/<pid>/stat, its
   children included) over the burst, divided by the messages delivered.
 
+On a shared machine one burst can be a fifth slower than the next for no
+reason of ours. ``--repeat N`` measures every cell N times, a round of all
+of them after another, and reports medians: each multiple is the median of
+the round-by-round multiples (a cell against the baseline of its own round),
+shown with their range.
+
 ``--processes N`` then compares ``mqttlb run`` with ``mqttlb run --processes N``
 (a share group) on 3 workers x 100 devices, at both QoS, with the broker's CPU
 per message and how busy the machine's cores were (whoever used them): on a
@@ -38,13 +44,14 @@ import argparse
 import os
 import random
 import socket
+import statistics
 import struct
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -87,6 +94,8 @@ class Cell:
     broker_cpu_us_per_message: float
     machine_busy: float
     """The share of all the machine's cores busy during the burst, whoever used them (1.0: saturated)."""
+    round: int = 0
+    """Which of ``--repeat`` rounds measured it."""
 
 
 # The raw publisher's packets (MQTT 3.1.1): pure, so the tests check them byte for byte.
@@ -328,9 +337,9 @@ def announce(broker: PrivateBroker, workers: int) -> None:
 
 
 def measure(broker: PrivateBroker, stats: StatsWatch, workdir: Path, workers: int, devices: int, qos: int,
-            messages: int, processes: int = 1, primed: bool = False) -> Cell:
+            messages: int, processes: int = 1, primed: bool = False, round_: int = 0) -> Cell:
     """One burst through a fresh router; ``primed``: after one message from every device."""
-    name = f"bench-scale-{workers}-{devices}-{qos}-{processes}"
+    name = f"bench-scale-{workers}-{devices}-{qos}-{processes}-{round_}"
     packets = burst(devices, messages, qos)
     with ExitStack() as stack:
         arrivals = Arrivals(broker, qos, workdir / f"{name}.out")
@@ -356,7 +365,7 @@ def measure(broker: PrivateBroker, stats: StatsWatch, workdir: Path, workers: in
     rate = delivered / (arrivals.last - start) if delivered else 0.0
     per_message = 1e6 / max(delivered, 1)
     return Cell(workers, devices, qos, processes, messages, delivered, rate, cpu * per_message,
-                broker_cpu * per_message, busy / total if total else 0.0)
+                broker_cpu * per_message, busy / total if total else 0.0, round_)
 
 
 def warm_up(publisher: RawPublisher, arrivals: Arrivals, qos: int) -> None:
@@ -390,30 +399,89 @@ def wait_for_arrivals(arrivals: Arrivals, expected: int) -> None:
 
 
 def run(workers: Sequence[int], devices: Sequence[int], qos_levels: Sequence[int], messages: int,
-        processes: int, primed: bool = False) -> tuple[list[Cell], list[Cell]]:
-    """The scale cells, then (when ``processes`` > 1) 1 vs ``processes`` routers on the baseline fleet."""
+        processes: int, primed: bool = False, repeat: int = 1) -> tuple[list[Cell], list[Cell]]:
+    """The scale cells, then (when ``processes`` > 1) 1 vs ``processes`` routers on the baseline fleet; all of
+    it ``repeat`` times, a round after another."""
     cells: list[Cell] = []
     compared: list[Cell] = []
     with tempfile.TemporaryDirectory(prefix="mqttlb-scale-") as tmp:
-        for w in sorted(set(workers) | ({BASELINE[0]} if processes > 1 else set())):
-            workdir = Path(tmp) / str(w)
-            workdir.mkdir()
-            with PrivateBroker(workdir=workdir) as broker:
-                announce(broker, w)
-                stats = StatsWatch(broker)
-                try:
-                    for d in (devices if w in workers else ()):
-                        for qos in qos_levels:
-                            print(f"bench: {w:,} workers x {d:,} devices, QoS {qos} ...", file=sys.stderr, flush=True)
-                            cells.append(measure(broker, stats, workdir, w, d, qos, messages, primed=primed))
-                    if w == BASELINE[0] and processes > 1:
-                        for qos in qos_levels:
-                            for n in (1, processes):
-                                print(f"bench: {n} router process(es), QoS {qos} ...", file=sys.stderr, flush=True)
-                                compared.append(measure(broker, stats, workdir, w, BASELINE[1], qos, messages, n))
-                finally:
-                    stats.close()
+        for round_ in range(repeat):
+            for w in sorted(set(workers) | ({BASELINE[0]} if processes > 1 else set())):
+                workdir = Path(tmp) / f"{w}-{round_}"
+                workdir.mkdir()
+                with PrivateBroker(workdir=workdir) as broker:
+                    announce(broker, w)
+                    stats = StatsWatch(broker)
+                    try:
+                        for d in (devices if w in workers else ()):
+                            for qos in qos_levels:
+                                _progress(f"{w:,} workers x {d:,} devices, QoS {qos}", round_, repeat)
+                                cells.append(measure(broker, stats, workdir, w, d, qos, messages, primed=primed,
+                                                     round_=round_))
+                        if w == BASELINE[0] and processes > 1:
+                            for qos in qos_levels:
+                                for n in (1, processes):
+                                    _progress(f"{n} router process(es), QoS {qos}", round_, repeat)
+                                    compared.append(measure(broker, stats, workdir, w, BASELINE[1], qos, messages,
+                                                            n, round_=round_))
+                    finally:
+                        stats.close()
     return cells, compared
+
+
+def _progress(what: str, round_: int, repeat: int) -> None:
+    where = f" (round {round_ + 1} of {repeat})" if repeat > 1 else ""
+    print(f"bench: {what}{where} ...", file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """A cell's rounds: medians, and its multiples of the reference cell, round by round."""
+
+    cells: tuple[Cell, ...]
+    ratios: tuple[float, ...]
+    """Each round's rate over its reference's in that round; empty without a reference."""
+
+    @property
+    def rate(self) -> float:
+        return statistics.median(c.msgs_per_second for c in self.cells)
+
+    @property
+    def cpu(self) -> float:
+        return statistics.median(c.cpu_us_per_message for c in self.cells)
+
+    @property
+    def lost(self) -> int:
+        return sum(c.sent - c.delivered for c in self.cells if c.delivered < c.sent)
+
+    def multiple(self, suffix: str = "") -> str:
+        """The median multiple and, over several rounds, their range: ``0.81×, 0.74–0.86``."""
+        if not self.ratios:
+            return ""
+        spread = f", {min(self.ratios):.2f}–{max(self.ratios):.2f}" if len(self.ratios) > 1 else ""
+        return f"{statistics.median(self.ratios):.2f}{suffix}{spread}"
+
+
+Reference = Callable[[Cell], tuple[int, int, int, int, int]]
+"""The (qos, processes, workers, devices, round) of the cell a cell is measured against."""
+
+
+def summaries(cells: Sequence[Cell], reference: Reference) -> dict[tuple[int, int, int, int], Summary]:
+    """Cells by (workers, devices, qos, processes), each with its multiples of the cell ``reference`` names, in the
+    rounds that measured that one."""
+    rates = {(c.qos, c.processes, c.workers, c.devices, c.round): c.msgs_per_second for c in cells}
+    grouped: dict[tuple[int, int, int, int], list[Cell]] = {}
+    for c in cells:
+        grouped.setdefault((c.workers, c.devices, c.qos, c.processes), []).append(c)
+    out = {}
+    for key, group in grouped.items():
+        ratios = []
+        for c in group:
+            ref = reference(c)
+            if rates.get(ref):
+                ratios.append(c.msgs_per_second / rates[ref])
+        out[key] = Summary(tuple(group), tuple(ratios))
+    return out
 
 
 def _count(n: int) -> str:
@@ -426,9 +494,9 @@ def _count(n: int) -> str:
 
 
 def table(cells: Sequence[Cell]) -> str:
-    """Workers x devices down, QoS 0 and 1 across, each rate beside its multiple of the baseline cell."""
-    base = {c.qos: c.msgs_per_second for c in cells if (c.workers, c.devices) == BASELINE}
-    by_cell = {(c.workers, c.devices, c.qos): c for c in cells}
+    """Workers x devices down, QoS 0 and 1 across, each rate beside its multiple of the baseline cell (medians
+    over rounds)."""
+    by_cell = summaries(cells, lambda c: (c.qos, c.processes, *BASELINE, c.round))
     rows = sorted({(c.workers, c.devices) for c in cells})
     lines = ["| workers × devices | QoS 0 msg/s (× 3×100) | QoS 1 msg/s (× 3×100) | router µs CPU/msg (QoS 0) "
              "| router µs CPU/msg (QoS 1) |",
@@ -436,29 +504,31 @@ def table(cells: Sequence[Cell]) -> str:
     for w, d in rows:
         rates, cpus = [], []
         for qos in (0, 1):
-            cell = by_cell.get((w, d, qos))
-            if cell is None:
+            summary = by_cell.get((w, d, qos, 1))
+            if summary is None:
                 rates.append("-")
                 cpus.append("-")
                 continue
-            ratio = f" ({cell.msgs_per_second / base[qos]:.2f}×)" if base.get(qos) else ""
-            lost = f", {cell.sent - cell.delivered:,} lost" if cell.delivered < cell.sent else ""
-            rates.append(f"{cell.msgs_per_second:,.0f}{ratio}{lost}")
-            cpus.append(f"{cell.cpu_us_per_message:.1f}")
+            multiple = summary.multiple("×")
+            lost = f", {summary.lost:,} lost" if summary.lost else ""
+            rates.append(f"{summary.rate:,.0f}{f' ({multiple})' if multiple else ''}{lost}")
+            cpus.append(f"{summary.cpu:.1f}")
         lines.append(f"| {_count(w)} × {_count(d)} | {rates[0]} | {rates[1]} | {cpus[0]} | {cpus[1]} |")
     return "\n".join(lines)
 
 
 def processes_table(compared: Sequence[Cell]) -> str:
-    """1 vs N router processes: rate, the ratio, CPU per message of the routers and of the broker, cores busy."""
-    one = {c.qos: c.msgs_per_second for c in compared if c.processes == 1}
+    """1 vs N router processes: rate, the ratio, CPU per message of the routers and of the broker, cores busy
+    (medians over rounds)."""
+    by_cell = summaries(compared, lambda c: (c.qos, 1, c.workers, c.devices, c.round))
     lines = ["| routers | QoS | msg/s | × 1 process | routers µs CPU/msg | broker µs CPU/msg | machine busy |",
              "|---|---:|---:|---:|---:|---:|---:|"]
-    for c in compared:
-        command = "mqttlb run" if c.processes == 1 else f"mqttlb run --processes {c.processes}"
-        ratio = f"{c.msgs_per_second / one[c.qos]:.2f}" if one.get(c.qos) else "-"
-        lines.append(f"| `{command}` | {c.qos} | {c.msgs_per_second:,.0f} | {ratio} | {c.cpu_us_per_message:.1f} "
-                     f"| {c.broker_cpu_us_per_message:.1f} | {c.machine_busy:.0%} |")
+    for (_, _, qos, processes), summary in sorted(by_cell.items(), key=lambda item: (item[0][2], item[0][3])):
+        command = "mqttlb run" if processes == 1 else f"mqttlb run --processes {processes}"
+        broker = statistics.median(c.broker_cpu_us_per_message for c in summary.cells)
+        busy = statistics.median(c.machine_busy for c in summary.cells)
+        lines.append(f"| `{command}` | {qos} | {summary.rate:,.0f} | {summary.multiple() or '-'} | {summary.cpu:.1f} "
+                     f"| {broker:.1f} | {busy:.0%} |")
     return "\n".join(lines)
 
 
@@ -478,15 +548,17 @@ def sizes(text: str) -> list[int]:
 
 def main(args: argparse.Namespace) -> int:
     cells, compared = run(sizes(args.workers), sizes(args.devices), [int(q) for q in args.qos.split(",")],
-                          args.messages, args.processes, args.primed)
+                          args.messages, args.processes, args.primed, args.repeat)
     if args.json:
         print(orjson.dumps({"cores": os.cpu_count(), "messages": args.messages, "primed": args.primed,
+                            "repeat": args.repeat,
                             "cells": [asdict(c) for c in cells], "processes": [asdict(c) for c in compared]},
                            option=orjson.OPT_INDENT_2).decode())
         return 0
     devices = "every device primed (routed once before)" if args.primed else "devices new to the router"
+    rounds = f"; medians of {args.repeat} rounds, beside the range of the multiples" if args.repeat > 1 else ""
     print(f"{os.cpu_count()} cores; {args.messages:,} messages per burst; consistent_hash on bench/{{device}}/in; "
-          f"{devices}\n")
+          f"{devices}{rounds}\n")
     if cells:
         print(table(cells))
     if compared:

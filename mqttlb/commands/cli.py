@@ -21,6 +21,13 @@ from ..processes import AUTO, count_option
 DEFAULT_CONFIG = "config/mqttlb.yaml"
 
 
+def _rounds(text: str) -> int:
+    """``bench scale --repeat``: a count of at least 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a number of at least 1, got {text!r}")
+    return int(text)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mqttlb", description="MQTT broker-side device router")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -95,6 +102,8 @@ def _parser() -> argparse.ArgumentParser:
     scale.add_argument("--primed", action="store_true",
                        help="one message from every device before each burst, the cache sized to hold them all: "
                        "a fleet whose devices keep publishing, not one the router meets for the first time")
+    scale.add_argument("--repeat", type=_rounds, default=1, metavar="N",
+                       help="measure every cell N times, round after round, and report medians (default 1)")
     scale.add_argument("--json", action="store_true", help="figures as JSON")
     return parser
 

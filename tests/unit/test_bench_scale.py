@@ -90,8 +90,9 @@ def test_sizes_read_k_and_m() -> None:
         sizes("many")
 
 
-def cell(workers: int, devices: int, qos: int, rate: float, delivered: int = 1000, processes: int = 1) -> Cell:
-    return Cell(workers, devices, qos, processes, 1000, delivered, rate, 12.34, 5.0, 0.875)
+def cell(workers: int, devices: int, qos: int, rate: float, delivered: int = 1000, processes: int = 1,
+         round_: int = 0, cpu: float = 12.34) -> Cell:
+    return Cell(workers, devices, qos, processes, 1000, delivered, rate, cpu, 5.0, 0.875, round_)
 
 
 def test_table_puts_each_rate_beside_its_multiple_of_3_workers_100_devices() -> None:
@@ -108,17 +109,43 @@ def test_table_without_the_baseline_or_a_qos() -> None:
     assert out.splitlines()[2] == "| 100 × 100k | - | 5,000 | - | 12.3 |"
 
 
+def test_table_over_rounds_gives_medians_and_each_multiple_against_its_own_rounds_baseline() -> None:
+    rounds = [(40_000, 30_000, 10.0), (20_000, 16_000, 30.0), (40_000, 36_000, 20.0)]  # round 2: a slow machine
+    cells = [c for r, (base, big, cpu) in enumerate(rounds)
+             for c in (cell(3, 100, 0, base, round_=r, cpu=cpu), cell(1000, 1_000_000, 0, big, round_=r, cpu=cpu))]
+    lines = table(cells).splitlines()
+    assert lines[2] == "| 3 × 100 | 40,000 (1.00×, 1.00–1.00) | - | 20.0 | - |"
+    # the multiples are 0.75, 0.80, 0.90: their median, not 30,000 / 40,000 from the medians of the rates
+    assert lines[3] == "| 1,000 × 1M | 30,000 (0.80×, 0.75–0.90) | - | 20.0 | - |"
+
+
+def test_table_over_rounds_sums_what_each_lost() -> None:
+    cells = [cell(3, 100, 1, 100, delivered=990, round_=0), cell(3, 100, 1, 100, delivered=995, round_=1)]
+    assert table(cells).splitlines()[2] == "| 3 × 100 | - | 100 (1.00×, 1.00–1.00), 15 lost | - | 12.3 |"
+
+
 def test_processes_table_gives_the_ratio_to_one_process() -> None:
     out = processes_table([cell(3, 100, 0, 40_000), cell(3, 100, 0, 30_000, processes=2)])
     assert "| `mqttlb run` | 0 | 40,000 | 1.00 | 12.3 | 5.0 | 88% |" in out
     assert "| `mqttlb run --processes 2` | 0 | 30,000 | 0.75 | 12.3 | 5.0 | 88% |" in out
 
 
+def test_processes_table_over_rounds_takes_each_rounds_one_process() -> None:
+    out = processes_table([cell(3, 100, 1, 20_000, round_=0), cell(3, 100, 1, 18_000, processes=2, round_=0),
+                           cell(3, 100, 1, 10_000, round_=1), cell(3, 100, 1, 11_000, processes=2, round_=1)])
+    assert "| `mqttlb run` | 1 | 15,000 | 1.00, 1.00–1.00 | 12.3 | 5.0 | 88% |" in out
+    assert "| `mqttlb run --processes 2` | 1 | 14,500 | 1.00, 0.90–1.10 | 12.3 | 5.0 | 88% |" in out
+
+
 def test_cli_bench_scale_options() -> None:
     args = _parser().parse_args(["bench", "scale", "--workers", "3,1000", "--devices", "100,1M", "--qos", "1",
-                                 "--messages", "5000", "--processes", "0", "--primed", "--json"])
+                                 "--messages", "5000", "--processes", "0", "--primed", "--repeat", "3", "--json"])
     assert (args.measure, args.workers, args.devices, args.qos, args.messages, args.processes, args.primed,
-            args.json) == ("scale", "3,1000", "100,1M", "1", 5000, 0, True, True)
+            args.repeat, args.json) == ("scale", "3,1000", "100,1M", "1", 5000, 0, True, 3, True)
     defaults = _parser().parse_args(["bench", "scale"])
     assert (sizes(defaults.workers), sizes(defaults.devices), defaults.qos, defaults.messages, defaults.processes,
-            defaults.primed) == ([3, 100, 1000, 10_000], [100, 100_000, 1_000_000], "0,1", 100_000, 2, False)
+            defaults.primed, defaults.repeat) == ([3, 100, 1000, 10_000], [100, 100_000, 1_000_000], "0,1", 100_000, 2,
+                                                  False, 1)
+    for bad in ("0", "-1", "two"):
+        with pytest.raises(SystemExit):
+            _parser().parse_args(["bench", "scale", "--repeat", bad])
