@@ -25,10 +25,10 @@ import orjson
 
 from .core import config as config_module
 from .core.config import Config
-from .core.inflight import InFlight, Receipt
+from .core.inflight import InFlight, Receipt, receipt_of
 from .core.pool import Departure, Fleet, FleetFull, Health
 from .core.reclaim import Ended, Owner, Reclaim, Reclaims
-from .core.router import Action, DeadLetter, Forward, Message, Reason, Router
+from .core.router import Action, DeadLetter, Forward, Message, Reason, Router, message_of
 from .core.routers import BEAT as ROUTER_BEAT
 from .core.routers import RouterBeat, Routers
 from .core.stats import Backlog, Counters, Moment, snapshot
@@ -297,8 +297,8 @@ class Service:
         if self._stopping:
             return  # not acknowledged: the broker keeps them for the next session
         now = self.clock()
-        messages = [Message(p.topic, p.payload, Receipt(generation, p.packet_id, p.qos, p.properties), now,
-                            len(p.properties)) for p in publishes]
+        messages = [message_of((p.topic, p.payload, receipt_of((generation, p.packet_id, p.qos, p.properties, 0)), now,
+                                len(p.properties))) for p in publishes]
         self.inflight.took(len(messages))
         for actions in self.router.route_each(messages):
             self._execute(actions)
