@@ -284,7 +284,7 @@ class Router(Generic[Ref]):
             return [self._dead_letter(message, Reason.BAD_TOPIC, f"forward to {worker!r}: {problem}", settings.name)]
         user = (("mqttlb-route", settings.name), ("mqttlb-key", key), ("mqttlb-topic", message.topic)) \
             if key is not None else (("mqttlb-route", settings.name), ("mqttlb-topic", message.topic))
-        if limits.max_packet_size is not None:
+        if not limits.surely_fits(topic, len(message.payload), message.properties_size, user):
             size = limits.packet_size(topic, len(message.payload), settings.qos, message.properties_size, user)
             problem = limits.size_problem(size)
             if problem is not None:

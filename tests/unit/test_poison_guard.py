@@ -74,6 +74,21 @@ def test_packet_size_is_what_mqtt_encodes(topic: str, payload: int, qos: int, in
         1 + len(varint(len(body))) + len(body)
 
 
+@given(st.text(st.characters(codec="utf-8"), max_size=300), st.integers(0, 70_000), st.integers(0, 1),
+       st.integers(0, 300), st.lists(st.tuples(st.text(max_size=40), st.text(st.characters(codec="utf-8"),
+                                                                               max_size=200)), max_size=4),
+       st.integers(1, 80_000), st.booleans())
+def test_a_packet_that_surely_fits_does(topic: str, payload: int, qos: int, inbound: int, user: list[tuple[str, str]],
+                                        most: int, mqtt5: bool) -> None:
+    limits = BrokerLimits(mqtt5=mqtt5, max_packet_size=most)
+    size = limits.packet_size(topic, payload, qos, inbound, tuple(user))
+    if limits.surely_fits(topic, payload, inbound, tuple(user)):
+        assert size <= most
+    if 4 * size + inbound + 13 + 5 * len(user) <= most:  # far below: the bound is not so loose as to measure them all
+        assert limits.surely_fits(topic, payload, inbound, tuple(user))
+    assert BrokerLimits(mqtt5=mqtt5).surely_fits(topic, payload, inbound, tuple(user))  # no limit known
+
+
 def test_topic_limits_are_mosquittos() -> None:
     limits = BrokerLimits()
     assert limits.topic_problem("/".join(["a"] * 201)) is None
