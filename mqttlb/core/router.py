@@ -238,7 +238,8 @@ class Router(Generic[Ref]):
                 self._waiting[owner].append(_Held(message, route, captures, key, message.arrived))
                 return []
         held = self._held_by_pool.get(settings.pool)
-        actions = None if held else self._dispatch(message, route, captures, key)  # held: keep arrival order
+        # held: keep arrival order. A failing pick is _decide's to catch, as _dispatch catches it for the others.
+        actions = None if held else self._pick(message, route, captures, key)
         if actions is not None:
             return actions
         self._held_by_pool.setdefault(settings.pool, deque()).append(

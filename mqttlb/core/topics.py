@@ -130,6 +130,9 @@ class TopicFilter:
         for index, wanted in self._fixed:  # a trailing # stands for the rest, and "a/#" matches "a" too
             if levels[index] != wanted:
                 return None
+        if len(self.captures) == 1:  # the usual filter: a dict display, not a comprehension's function and frame
+            [(index, name)] = self.captures
+            return {name: levels[index]}
         return {name: levels[index] for index, name in self.captures}
 
 
