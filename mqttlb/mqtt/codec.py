@@ -423,12 +423,14 @@ def encode_publish(protocol: int, topic: bytes, payload: bytes, qos: int, packet
         length += 2
     else:
         pid = b""
-    if protocol == MQTT_5:
-        block = encode_varint(len(properties))
-        length += len(block) + len(properties)
-        return b"".join((_ONE_BYTE[first], encode_varint(length), _TWO_BYTES[len(topic)], topic, pid, block,
-                         properties, payload))
-    return b"".join((_ONE_BYTE[first], encode_varint(length), _TWO_BYTES[len(topic)], topic, pid, payload))
+    if protocol == MQTT_5:  # lengths under 128, one byte, without a call: on every forward
+        size = len(properties)
+        block = _ONE_BYTE[size] if size < 128 else encode_varint(size)
+        length += len(block) + size
+        return b"".join((_ONE_BYTE[first], _ONE_BYTE[length] if length < 128 else encode_varint(length),
+                         _TWO_BYTES[len(topic)], topic, pid, block, properties, payload))
+    return b"".join((_ONE_BYTE[first], _ONE_BYTE[length] if length < 128 else encode_varint(length),
+                     _TWO_BYTES[len(topic)], topic, pid, payload))
 
 
 _PUBACKS = tuple(b"\x40\x02" + pid for pid in _TWO_BYTES)
