@@ -187,8 +187,8 @@ class TopicTemplate:
     parts: tuple[str, ...]
     """Literal text and placeholder names alternating, starting with literal text."""
     _format: str = field(init=False, repr=False, compare=False)
-    """The literal text with ``%s`` for each placeholder: ``%`` parses it at C speed, ``format_map`` would parse the
-    template on every render (every forward)."""
+    """The literal text with ``%s`` for each placeholder, for the values ``_values`` takes: rendering every forward,
+    ``%`` costs two thirds of ``format_map``, whose format syntax is richer and which looks each name up itself."""
     _values: Callable[[Mapping[str, str]], tuple[str, ...]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -285,6 +285,15 @@ def test_template_parse_and_render() -> None:
     assert t.as_filter() == "mqttlb/workers/+/in/#"
 
 
+def test_template_text_that_looks_like_a_format_is_kept_as_it_is() -> None:
+    t = TopicTemplate.parse("100%/%s%d%%/{worker}", FORWARD)
+    assert t.render({"worker": "w%s1", "topic": "unused"}) == "100%/%s%d%%/w%s1"
+    one = TopicTemplate.parse("{topic}", FORWARD)
+    assert one.render({"topic": "a/%(x)s/b"}) == "a/%(x)s/b"
+    with pytest.raises(KeyError):
+        t.render({"topic": "no worker"})
+
+
 def test_template_without_placeholders() -> None:
     t = TopicTemplate.parse("fixed/topic", FORWARD)
     assert t.placeholders == ()
