@@ -187,8 +187,10 @@ class Router(Generic[Ref]):
     def _prefetch(self, classified: list[_Found | list[Action[Ref]]]) -> None:
         keys: dict[str, tuple[_Route, list[str]]] = {}
         for found in classified:
-            if isinstance(found, tuple) and found[2] is not None:
-                keys.setdefault(found[0].settings.name, (found[0], []))[1].append(found[2])
+            if isinstance(found, tuple):
+                route, _, key = found
+                if key is not None:
+                    keys.setdefault(route.settings.name, (route, []))[1].append(key)
         for route, route_keys in keys.values():
             try:
                 route.balancer.prefetch(route_keys)
