@@ -194,8 +194,11 @@ class TopicTemplate:
     def __post_init__(self) -> None:
         names = self.parts[1::2]
         object.__setattr__(self, "_format", "%s".join(text.replace("%", "%%") for text in self.parts[0::2]))
-        get = operator.itemgetter(*names) if names else (lambda values: ())
-        object.__setattr__(self, "_values", get if len(names) != 1 else lambda values: (values[names[0]],))
+        if len(names) == 1:  # itemgetter of one name gives its value, not a tuple of it
+            [name] = names
+            object.__setattr__(self, "_values", lambda values: (values[name],))
+        else:
+            object.__setattr__(self, "_values", operator.itemgetter(*names) if names else lambda values: ())
 
     @classmethod
     def parse(cls, template: str, allowed: frozenset[str]) -> TopicTemplate:
