@@ -463,13 +463,13 @@ class Summary:
 
 
 Reference = Callable[[Cell], tuple[int, int, int, int, int]]
-"""The (qos, processes, workers, devices, round) of the cell a cell is measured against."""
+"""The (workers, devices, qos, processes, round) of the cell a cell is measured against."""
 
 
 def summaries(cells: Sequence[Cell], reference: Reference) -> dict[tuple[int, int, int, int], Summary]:
     """Cells by (workers, devices, qos, processes), each with its multiples of the cell ``reference`` names, in the
     rounds that measured that one."""
-    rates = {(c.qos, c.processes, c.workers, c.devices, c.round): c.msgs_per_second for c in cells}
+    rates = {(c.workers, c.devices, c.qos, c.processes, c.round): c.msgs_per_second for c in cells}
     grouped: dict[tuple[int, int, int, int], list[Cell]] = {}
     for c in cells:
         grouped.setdefault((c.workers, c.devices, c.qos, c.processes), []).append(c)
@@ -496,7 +496,7 @@ def _count(n: int) -> str:
 def table(cells: Sequence[Cell]) -> str:
     """Workers x devices down, QoS 0 and 1 across, each rate beside its multiple of the baseline cell (medians
     over rounds)."""
-    by_cell = summaries(cells, lambda c: (c.qos, c.processes, *BASELINE, c.round))
+    by_cell = summaries(cells, lambda c: (*BASELINE, c.qos, c.processes, c.round))
     rows = sorted({(c.workers, c.devices) for c in cells})
     lines = ["| workers × devices | QoS 0 msg/s (× 3×100) | QoS 1 msg/s (× 3×100) | router µs CPU/msg (QoS 0) "
              "| router µs CPU/msg (QoS 1) |",
@@ -520,7 +520,7 @@ def table(cells: Sequence[Cell]) -> str:
 def processes_table(compared: Sequence[Cell]) -> str:
     """1 vs N router processes: rate, the ratio, CPU per message of the routers and of the broker, cores busy
     (medians over rounds)."""
-    by_cell = summaries(compared, lambda c: (c.qos, 1, c.workers, c.devices, c.round))
+    by_cell = summaries(compared, lambda c: (c.workers, c.devices, c.qos, 1, c.round))
     lines = ["| routers | QoS | msg/s | × 1 process | routers µs CPU/msg | broker µs CPU/msg | machine busy |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for (_, _, qos, processes), summary in sorted(by_cell.items(), key=lambda item: (item[0][2], item[0][3])):
