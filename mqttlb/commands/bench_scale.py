@@ -15,9 +15,9 @@ state of a fleet whose devices keep publishing.
 For each cell (workers x devices) and QoS, a fresh ``mqttlb run`` (a session
 that ends with it, ready once its stats say all the workers are up) takes a
 burst of ``--messages`` published as fast as the socket takes them. The
-publisher is a raw MQTT 3.1.1 client over a socket (``mosquitto_pub -l`` has
-one topic per run, and paho would be the bottleneck): its packets are built
-before the clock starts, and at QoS 1 it keeps at most ``WINDOW``
+publisher is ``bench_publisher``'s raw MQTT 3.1.1 client (``mosquitto_pub -l``
+has one topic per run, and paho would be the bottleneck): its packets are
+built before the clock starts, and at QoS 1 it keeps at most ``WINDOW``
 unacknowledged. It reports:
 
 - msg/s: messages delivered / time from the first publish to the last arrival,
@@ -43,15 +43,12 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import socket
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -63,6 +60,7 @@ import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
 from ..core.balancers.hashing import ConsistentHash
+from .bench_publisher import RawPublisher, packet_ids, publish_packet
 from .bench_throughput import CLOCK_TICKS, wait_until
 from .broker import PrivateBroker
 
@@ -70,8 +68,6 @@ WORKERS = (3, 100, 1000, 10_000)
 DEVICES = (100, 100_000, 1_000_000)
 BASELINE = (3, 100)
 """The cell every other is compared with: the fleet of the first measurement in the issue."""
-WINDOW = 10_000
-"""QoS 1 publishes the raw publisher leaves unacknowledged at most (packet ids must not wrap in flight)."""
 SEED = 13
 READY_SECONDS = 120.0
 STALL_SECONDS = 10.0
@@ -98,40 +94,6 @@ class Cell:
     """Which of ``--repeat`` rounds measured it."""
 
 
-# The raw publisher's packets (MQTT 3.1.1): pure, so the tests check them byte for byte.
-
-def remaining_length(n: int) -> bytes:
-    """MQTT's variable-length integer."""
-    out = bytearray()
-    while True:
-        n, digit = divmod(n, 128)
-        out.append(digit | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _string(text: str) -> bytes:
-    data = text.encode()
-    return struct.pack("!H", len(data)) + data
-
-
-def connect_packet(client_id: str) -> bytes:
-    """CONNECT, clean session, no keepalive (so the broker never expects a PINGREQ mid-burst)."""
-    body = _string("MQTT") + bytes([4, 0x02]) + struct.pack("!H", 0) + _string(client_id)
-    return b"\x10" + remaining_length(len(body)) + body
-
-
-def publish_packet(topic: str, payload: bytes, qos: int, packet_id: int = 0, retain: bool = False) -> bytes:
-    body = _string(topic) + (struct.pack("!H", packet_id) if qos else b"") + payload
-    return bytes([0x30 | qos << 1 | retain]) + remaining_length(len(body)) + body
-
-
-def packet_ids() -> Iterator[int]:
-    """1, 2, ... 65535, 1, ...: never 0."""
-    while True:
-        yield from range(1, 65536)
-
-
 def device_draw(devices: int, messages: int, seed: int = SEED) -> list[int]:
     """The device of each message of a burst: uniform over ``devices`` ids, the same for the same seed."""
     draw = random.Random(seed)
@@ -153,64 +115,6 @@ def heartbeats(workers: int) -> list[bytes]:
     return [publish_packet(f"mqttlb/workers/w{i}/heartbeat",
                            orjson.dumps({"worker": f"w{i}", "state": "up", "weight": 1}), 1, next(ids), retain=True)
             for i in range(workers)]
-
-
-class RawPublisher:
-    """One MQTT 3.1.1 connection that writes prebuilt PUBLISH packets; at QoS 1 it counts PUBACKs (4 bytes each)."""
-
-    def __init__(self, broker: PrivateBroker, client_id: str) -> None:
-        self._sock = socket.create_connection((broker.host, broker.port))
-        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._sock.sendall(connect_packet(client_id))
-        connack = self._recv_exactly(4)
-        if connack[:2] != b"\x20\x02" or connack[3] != 0:
-            raise RuntimeError(f"the broker refused the bench publisher: CONNACK {connack.hex()}")
-
-    def _recv_exactly(self, n: int) -> bytes:
-        data = b""
-        while len(data) < n:
-            chunk = self._sock.recv(n - len(data))
-            if not chunk:
-                raise ConnectionError("the broker closed the bench publisher's connection")
-            data += chunk
-        return data
-
-    def send(self, packets: Sequence[bytes], qos: int) -> None:
-        """All of ``packets``; at QoS 1, returns once every one is acknowledged."""
-        if qos == 0:
-            self._sock.sendall(b"".join(packets))
-            return
-        acked = [0]
-        lock = threading.Condition()
-
-        def read_acks() -> None:
-            received = 0
-            while received < 4 * len(packets):
-                chunk = self._sock.recv(65536)
-                if not chunk:
-                    break
-                received += len(chunk)
-                with lock:
-                    acked[0] = received // 4
-                    lock.notify()
-
-        reader = threading.Thread(target=read_acks, daemon=True)
-        reader.start()
-        step = 500
-        for start in range(0, len(packets), step):
-            with lock:
-                if not lock.wait_for(lambda start=start: start - acked[0] < WINDOW, 60):  # type: ignore[misc]
-                    raise TimeoutError(f"the broker stopped acknowledging after {acked[0]} publishes")
-            self._sock.sendall(b"".join(packets[start:start + step]))
-        reader.join(60)
-        if acked[0] < len(packets):
-            raise ConnectionError(f"only {acked[0]} of {len(packets)} publishes acknowledged")
-
-    def close(self) -> None:
-        try:
-            self._sock.sendall(b"\xe0\x00")  # DISCONNECT
-        finally:
-            self._sock.close()
 
 
 class Arrivals:

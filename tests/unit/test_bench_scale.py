@@ -6,20 +6,8 @@ import itertools
 
 import pytest
 
-from mqttlb.commands.bench_scale import (
-    Cell,
-    burst,
-    connect_packet,
-    device_draw,
-    heartbeats,
-    packet_ids,
-    processes_table,
-    publish_packet,
-    remaining_length,
-    sizes,
-    stamps,
-    table,
-)
+from mqttlb.commands.bench_publisher import connect_packet, packet_ids, publish_packet, remaining_length
+from mqttlb.commands.bench_scale import Cell, burst, device_draw, heartbeats, processes_table, sizes, stamps, table
 from mqttlb.commands.cli import _parser
 
 
