@@ -40,7 +40,9 @@ from .mqtt.codec import user_properties, without_user_properties
 from .mqtt.errors import ProtocolError
 from .mqtt.events import Publish, Subscription, Will
 from .transport import (
+    ACKED,
     RECLAIM_WINDOW,
+    REFUSED,
     DeviceMessages,
     Outcome,
     PublishesDropped,
@@ -612,22 +614,23 @@ class Service:
 
     def _settle_all(self, event: Settled[Publishable]) -> None:
         for action in event.acked:
-            self._settled(action, Outcome.ACKED)
+            self._settled(action, ACKED)
         for action in event.refused:
-            self._settled(action, Outcome.REFUSED)
+            self._settled(action, REFUSED)
 
     def _settled(self, action: Publishable, outcome: Outcome) -> None:
         """The broker answered the publish made for ``action``'s message: what became of it is settled."""
         if isinstance(action, Forward):
-            if outcome is Outcome.REFUSED:
+            if outcome is ACKED:  # the usual case first
+                counters = self.counters
+                counters.forwarded[action.route, action.worker] += 1
+                counters.forward_seconds.observe(self.clock() - action.message.arrived)
+            elif outcome is REFUSED:
                 self.counters.refused += 1
                 self._publish(self.router.refused(action))
                 return
-            if outcome is Outcome.ACKED:
-                self.counters.forwarded[(action.route, action.worker)] += 1
-                self.counters.forward_seconds.observe(self.clock() - action.message.arrived)
             # LOST: a QoS 0 forward made without a connection; the route asked for no more
-        elif outcome is Outcome.ACKED:
+        elif outcome is ACKED:
             self.counters.dead_letters[(action.route or "none", action.reason)] += 1
         else:
             self._lost(action, "refused")

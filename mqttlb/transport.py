@@ -83,6 +83,11 @@ class Outcome(Enum):
     LOST = "lost"          # a QoS 0 publish made while its connection was down
 
 
+ACKED, REFUSED, LOST = Outcome.ACKED, Outcome.REFUSED, Outcome.LOST
+"""The outcomes as module names, for the hot path: ``Outcome.ACKED`` is looked up through the Enum class, at
+~100 ns on Python 3.11, three times for every message."""
+
+
 @dataclass(frozen=True, slots=True)
 class DeviceMessages:
     """Messages from the routing link's subscriptions, in order, all from its connection ``generation``
@@ -483,7 +488,7 @@ class Transport(Generic[Tag]):
         queued, LOST without a connection."""
         if not self._publishing.connected:
             if qos == 0:
-                return Outcome.LOST
+                return LOST
             self._unsent.append((topic, payload, properties, tag))
             return None
         return self._send(topic, payload, qos, properties, tag)
@@ -493,7 +498,7 @@ class Transport(Generic[Tag]):
         packet_id, data = link.session.publish(topic.encode("utf-8"), payload, qos, properties=properties)
         link.send(data)
         if qos == 0:
-            return Outcome.ACKED
+            return ACKED
         self._pending[packet_id] = tag
         return None
 
