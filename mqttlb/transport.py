@@ -260,22 +260,27 @@ class Transport(Generic[Tag]):
         events: list[Event[Tag]] = []
         links = [*self._links, *self._reclaiming.values(), *self._ending]
         for link in links:
-            if link.due(now):
+            if link.sock is None and link.due(now):
                 link.open(now)
         if self._waiting and room > 0:
             room -= self._hand_on(events, room)
             timeout = 0.0
         reading = room > 0 and not self._waiting
         reclaiming = {link.sock: (reclaim_id, link) for reclaim_id, link in self._reclaiming.items()
-                      if link.sock is not None}
+                      if link.sock is not None} if self._reclaiming else {}
         readers: list[Any] = [self._wake_r]
+        writers: list[Any] = []
         for link in links:
-            if link.sock is not None and (reading or link is not self._routing) and \
-                    (reclaim_room > 0 or link.sock not in reclaiming):
-                readers.append(link.sock)
-        writers = [link.sock for link in links if link.sock is not None and link.wants_write()]
-        waits = [link.next_attempt - now for link in links if link.enabled and link.sock is None]
-        timeout = max(0.0, min([timeout, *waits]))
+            sock = link.sock
+            if sock is None:
+                if link.enabled:
+                    timeout = min(timeout, link.next_attempt - now)
+                continue
+            if (reading or link is not self._routing) and (reclaim_room > 0 or sock not in reclaiming):
+                readers.append(sock)
+            if link.wants_write():
+                writers.append(sock)
+        timeout = max(0.0, timeout)
         try:
             readable, _, _ = select.select(readers, writers, [], timeout)
         except (OSError, ValueError):  # a socket closed under us: the next turn reconnects
@@ -298,9 +303,15 @@ class Transport(Generic[Tag]):
                     type(event) is ConnAck for event in link.read(now)) or not link.enabled:
                 link.close(0.5)  # a clean start has ended the old session: nothing more to do
                 self._ending.remove(link)
-        self._from_publishing(self._publishing.keep_alive(now, reading=True), events)
-        self._from_beats(self._beats.keep_alive(now, reading=True), events)
-        self._from_routing(self._routing.keep_alive(now, reading=reading), events, 0)
+        lost = self._publishing.keep_alive(now, reading=True)
+        if lost:
+            self._from_publishing(lost, events)
+        lost = self._beats.keep_alive(now, reading=True)
+        if lost:
+            self._from_beats(lost, events)
+        lost = self._routing.keep_alive(now, reading=reading)
+        if lost:
+            self._from_routing(lost, events, 0)
         if self._dropped is not None:  # said once the routing link was read too: if it went as well, no refusal
             (tags, taken_over), self._dropped = self._dropped, None
             events.append(PublishesDropped(tags, suspect=not taken_over and self._routing.connected))

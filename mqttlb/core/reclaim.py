@@ -233,6 +233,8 @@ class Reclaims:
     @property
     def unsettled(self) -> int:
         """Messages taken from sessions being reclaimed and not yet settled."""
+        if not self._by_id:  # read every turn, and there is seldom a reclaim
+            return 0
         return sum(reclaim.unsettled for reclaim in self._by_id.values() if reclaim.connected)
 
     # -- ending -----------------------------------------------------------------------------------------

@@ -329,12 +329,12 @@ class Router(Generic[Ref]):
     @property
     def held(self) -> int:
         """Messages waiting: for a healthy worker, or for a departed worker's session to be reclaimed."""
-        return sum(len(held) for held in self._held_by_pool.values()) + self.waiting
+        return sum(map(len, self._held_by_pool.values())) + self.waiting  # read every turn: map, not a generator
 
     @property
     def waiting(self) -> int:
         """Messages waiting for a departed worker's session to be reclaimed."""
-        return sum(len(waiting) for waiting in self._waiting.values())
+        return sum(map(len, self._waiting.values()))
 
     # -- departed workers' devices --------------------------------------
 
