@@ -331,22 +331,22 @@ def without_user_properties(properties: bytes, prefix: str) -> bytes:
 def encode_user_properties(pairs: Sequence[tuple[str, str]]) -> bytes:
     """User properties as property block content, to append to a ``Publish.properties`` or pass to publish.
 
-    On every forward's path, so the usual case is one pass of concatenation: the encoded head of each name is
+    On every forward's path, so the usual case is one pass and one join: the encoded head of each name is
     kept (a router uses a handful of names), and a value is checked only for what plain ``encode`` lets by
     (U+0000, length). Anything else takes the checked path, which raises saying why. U+0000 is looked for in
     the text: ``bytes in bytes`` first tries its operand as an integer and formats the TypeError it drops, at
     twice the cost of the rest of the loop.
     """
-    out = b""
+    parts: list[bytes] = []
     heads = _USER_HEADS
     try:
         for name, value in pairs:
             if "\x00" in value:
                 break
             data = value.encode()
-            out += heads[name] + _TWO_BYTES[len(data)] + data
+            parts += (heads[name], _TWO_BYTES[len(data)], data)
         else:
-            return out
+            return b"".join(parts)
     except (KeyError, IndexError, UnicodeEncodeError):  # a new name, a value over 65535 bytes, a surrogate
         pass
     return _encode_user_properties_checked(pairs)
