@@ -18,6 +18,7 @@ import logging
 import random
 import signal
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
@@ -110,6 +111,8 @@ class Service:
         self._started = clock()
         self._next_stats = self._started + config.stats.interval
         self.inflight: InFlight[Receipt] = InFlight(config.router.max_inflight)
+        self._written: list[Forward[Receipt]] = []
+        """QoS 0 forwards written this turn: settled together at its end (``_settle_written``)."""
         self._metrics: MetricsServer | None = None
         self._reload_requested = False
         self._broker_max_packet_size: int | None = None
@@ -186,6 +189,7 @@ class Service:
             self._execute(actions)
             self._reclaim_tick(now)
             self._report(now, announce=now >= self._next_stats)
+        self._settle_written()  # before the flush: the acknowledgements this settles go with it
         self.transport.flush()
 
     def stop(self) -> None:
@@ -588,11 +592,15 @@ class Service:
                  "already routed: duplicates)", reclaim.kind, reclaim.owner, reclaim.settled, unsettled)
 
     def _publish(self, action: Publishable) -> None:
-        """Publish what the router decided for a message; settled now (QoS 0) or when the broker answers."""
+        """Publish what the router decided for a message; settled at the end of the turn (a QoS 0 forward, once
+        written: the route asked for no more) or when the broker answers."""
         message = action.message
         if isinstance(action, Forward):
             properties = self.transport.properties(message.ref.properties, action.user_properties)
             outcome = self.transport.publish(action.topic, message.payload, action.qos, properties, action)
+            if outcome is ACKED:
+                self._written.append(action)
+                return
         else:
             self._log_dead_letter(action)
             inbound = message.ref.properties if action.keep_properties else b""
@@ -613,19 +621,36 @@ class Service:
                                     "dead letter (%s) on route %s: %s", action.reason, route, action.detail)
 
     def _settle_all(self, event: Settled[Publishable]) -> None:
+        self._forwarded([action for action in event.acked if isinstance(action, Forward)])
         for action in event.acked:
-            self._settled(action, ACKED)
+            if not isinstance(action, Forward):
+                self._settled(action, ACKED)
         for action in event.refused:
             self._settled(action, REFUSED)
 
+    def _settle_written(self) -> None:
+        """Settle the QoS 0 forwards written this turn."""
+        if self._written:
+            written, self._written = self._written, []
+            self._forwarded(written)
+
+    def _forwarded(self, forwards: list[Forward[Receipt]]) -> None:
+        """The broker has these forwards (acknowledged, or a QoS 0 one written): counted by worker and timed with
+        one clock reading, and their messages settled, in order. Together: tens of thousands a second."""
+        now = self.clock()
+        counters = self.counters
+        counters.forwarded.update([(forward.route, forward.worker) for forward in forwards])
+        arrivals = Counter([forward.message.arrived for forward in forwards])  # a read's messages share theirs
+        for arrived, count in arrivals.items():
+            counters.forward_seconds.observe(now - arrived, count)
+        for forward in forwards:
+            self._settle(forward.message.ref)
+
     def _settled(self, action: Publishable, outcome: Outcome) -> None:
-        """The broker answered the publish made for ``action``'s message: what became of it is settled."""
+        """The broker refused the publish made for ``action``'s message, or acknowledged a dead letter, or a QoS 0
+        forward was made without a connection: what became of the message is settled."""
         if isinstance(action, Forward):
-            if outcome is ACKED:  # the usual case first
-                counters = self.counters
-                counters.forwarded[action.route, action.worker] += 1
-                counters.forward_seconds.observe(self.clock() - action.message.arrived)
-            elif outcome is REFUSED:
+            if outcome is REFUSED:
                 self.counters.refused += 1
                 self._publish(self.router.refused(action))
                 return

@@ -35,9 +35,10 @@ class Histogram:
     """Per bucket, not cumulative; the last one is above every bound."""
     sum: float = 0.0
 
-    def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1
-        self.sum += value
+    def observe(self, value: float, count: int = 1) -> None:
+        """``count`` observations of ``value``."""
+        self.counts[bisect_left(self.bounds, value)] += count
+        self.sum += value * count
 
     def figures(self) -> dict[str, Any]:
         """Count, sum and cumulative buckets keyed by their upper bound ("+Inf" last), for JSON."""

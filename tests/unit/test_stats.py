@@ -80,6 +80,16 @@ def test_histogram_buckets_are_cumulative_and_bounds_inclusive() -> None:
     assert buckets["+Inf"] == 5
 
 
+def test_observations_of_one_value_count_as_many() -> None:
+    """The service times a read's forwards together: they share an arrival and a settling time."""
+    together, apart = Histogram(), Histogram()
+    together.observe(0.002, 3)
+    together.observe(0.2)
+    for seconds in (0.002, 0.002, 0.002, 0.2):
+        apart.observe(seconds)
+    assert together.counts == apart.counts and abs(together.sum - apart.sum) < 1e-12
+
+
 def test_a_fleet_too_big_to_list_keeps_its_pool_counts_and_forward_counts() -> None:
     workers = [WorkerView(f"w{i}", "default", Health.UP if i % 4 else Health.TIMEOUT, 1.0, 0, 49.0)
                for i in range(40)]
