@@ -32,9 +32,9 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import orjson
 import yaml
@@ -62,6 +62,8 @@ class Result:
     cpu_seconds_per_100k: float | None
     rss_start_mib: float | None
     rss_end_mib: float | None
+    round: int = 0
+    """Which of ``--repeat`` rounds measured it."""
 
 
 def payload(n: int, sent_ns: int = 0) -> bytes:
@@ -141,7 +143,9 @@ class Middle:
 
 def router_config(broker: PrivateBroker, qos: int) -> dict[str, object]:
     return {
-        "broker": {"host": broker.host, "port": broker.port, "client_id": f"bench-mqttlb-{qos}"},
+        # A session that ends with the router: a kept one would gather the other systems' messages for the
+        # next round's router, which would take them first (and time them from when they were sent).
+        "broker": {"host": broker.host, "port": broker.port, "client_id": f"bench-mqttlb-{qos}", "session_expiry": 0},
         "heartbeat": {"timeout": "1h", "expire": "2h"},
         "metrics": {"listen": "127.0.0.1:0"},
         "routes": [{"name": "bench", "match": "bench/in", "key": "payload.device", "algorithm": "consistent_hash",
@@ -241,17 +245,38 @@ def run_one(broker: PrivateBroker, system: str, qos: int, messages: int, workdir
         subscribers.stop()
 
 
-def run(messages: int, systems: tuple[str, ...] = SYSTEMS, qos_levels: tuple[int, ...] = (0, 1)) -> list[Result]:
+def run(messages: int, systems: tuple[str, ...] = SYSTEMS, qos_levels: tuple[int, ...] = (0, 1),
+        repeat: int = 1) -> list[Result]:
+    """Every system at every QoS, ``repeat`` rounds of them one after another."""
     results = []
     with tempfile.TemporaryDirectory(prefix="mqttlb-bench-") as tmp, PrivateBroker(workdir=Path(tmp)) as broker:
         announce_workers(broker)
-        for qos in qos_levels:
-            latency_rate = None
-            for system in systems:
-                print(f"bench: {system}, QoS {qos} ...", file=sys.stderr, flush=True)
-                results.append(run_one(broker, system, qos, messages, Path(tmp), latency_rate))
-                latency_rate = latency_rate or results[-1].latency_rate
+        for round_ in range(repeat):
+            for qos in qos_levels:
+                latency_rate = None
+                for system in systems:
+                    of = f" (round {round_ + 1} of {repeat})" if repeat > 1 else ""
+                    print(f"bench: {system}, QoS {qos}{of} ...", file=sys.stderr, flush=True)
+                    result = run_one(broker, system, qos, messages, Path(tmp), latency_rate)
+                    results.append(replace(result, round=round_))
+                    latency_rate = latency_rate or result.latency_rate
     return results
+
+
+def medians(results: list[Result]) -> list[Result]:
+    """One result per system and QoS, each figure the median of its rounds (the fewest delivered)."""
+    grouped: dict[tuple[str, int], list[Result]] = {}
+    for result in results:
+        grouped.setdefault((result.system, result.qos), []).append(result)
+
+    def median(rounds: list[Result], figure: str) -> Any:
+        values = [getattr(r, figure) for r in rounds if getattr(r, figure) is not None]
+        return statistics.median(values) if values else None
+
+    figures = ("msgs_per_second", "latency_rate", "p50_ms", "p99_ms", "cpu_seconds_per_100k", "rss_start_mib",
+               "rss_end_mib")
+    return [replace(rounds[0], delivered=min(r.delivered for r in rounds),
+                    **{figure: median(rounds, figure) for figure in figures}) for rounds in grouped.values()]
 
 
 def soak(seconds: float, rate: float, qos: int = 1) -> list[tuple[float, float, int]]:
@@ -286,11 +311,13 @@ def soak(seconds: float, rate: float, qos: int = 1) -> list[tuple[float, float, 
     return samples
 
 
-def table(results: list[Result]) -> str:
+def table(results: list[Result], rounds: int = 1) -> str:
+    """``results``: one per system and QoS (``medians`` of ``rounds``)."""
     relay = {r.qos: r.msgs_per_second for r in results if r.system == "relay"}
     shared = {r.qos: r.p99_ms for r in results if r.system == "shared"}
+    of = f"; medians of {rounds} rounds" if rounds > 1 else ""
     lines = [f"{os.cpu_count()} cores; {results[0].sent:,} messages per burst; latency at half mqttlb's peak, "
-             "for every system; +p99: over shared's",
+             f"for every system; +p99: over shared's{of}",
              "",
              f"{'system':8} {'QoS':>3} {'msg/s':>9} {'x relay':>8} {'at msg/s':>9} {'p50 ms':>7} {'p99 ms':>7} "
              f"{'+p99 ms':>7} {'CPU s/100k':>10} {'RSS MiB':>13} {'delivered':>10}"]
@@ -314,10 +341,10 @@ def main(args: argparse.Namespace) -> int:
         print(f"mqttlb at {args.rate:,.0f} msg/s for {args.seconds:,.0f} s: RSS {samples[0][1]:.1f} MiB at the start, "
               f"{samples[-1][1]:.1f} MiB at the end; {samples[-1][2]:,} messages delivered")
         return 0
-    results = run(args.messages)
+    results = run(args.messages, repeat=args.repeat)
     if args.json:
         print(orjson.dumps({"cores": os.cpu_count(), "results": [asdict(r) for r in results]},
                            option=orjson.OPT_INDENT_2).decode())
     else:
-        print(table(results))
+        print(table(medians(results), args.repeat))
     return 0

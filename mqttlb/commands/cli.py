@@ -22,7 +22,7 @@ DEFAULT_CONFIG = "config/mqttlb.yaml"
 
 
 def _rounds(text: str) -> int:
-    """``bench scale --repeat``: a count of at least 1."""
+    """``bench --repeat`` and ``bench scale --repeat``: a count of at least 1."""
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"must be a number of at least 1, got {text!r}")
     return int(text)
@@ -77,6 +77,8 @@ def _parser() -> argparse.ArgumentParser:
     bench = command("bench", "throughput and latency beside a plain relay and the broker alone (or: bench balance)",
                     config=False)
     bench.add_argument("--messages", type=int, default=50_000, help="messages per burst (default 50000)")
+    bench.add_argument("--repeat", type=_rounds, default=1, metavar="N",
+                       help="measure every system N times, round after round, and report medians (default 1)")
     bench.add_argument("--json", action="store_true", help="figures as JSON")
     bench.set_defaults(measure="throughput")
     measures = bench.add_subparsers(dest="measure", required=False, metavar="MEASURE")

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from mqttlb.commands.bench_throughput import Result, table
+from dataclasses import replace
+
+import pytest
+
+from mqttlb.commands.bench_throughput import Result, medians, table
+from mqttlb.commands.cli import _parser
 
 
 def result(system: str, qos: int, rate: float, p99: float, cpu: float | None = 1.0) -> Result:
@@ -18,3 +23,23 @@ def test_the_table_says_what_each_system_adds_to_shareds_p99() -> None:
     assert rows[("shared", "0")][7] == "-"
     assert rows[("mqttlb", "1")][7] == "-"  # no shared run at QoS 1: nothing to compare with
     assert "+p99 ms" in text.splitlines()[2]
+
+
+def test_rounds_are_summed_up_as_medians_per_system_and_qos() -> None:
+    rounds = [replace(result("mqttlb", 0, rate, p99, cpu), round=n, delivered=delivered)
+              for n, (rate, p99, cpu, delivered) in enumerate([(4000, 1.0, 1.2, 1000), (5000, 3.0, 1.0, 990),
+                                                               (3000, 2.0, 1.1, 1000)])]
+    shared = [replace(result("shared", 0, 9000, 0.5, None), round=n) for n in range(3)]
+    summed = {r.system: r for r in medians(rounds + shared)}
+    mqttlb = summed["mqttlb"]
+    assert (mqttlb.msgs_per_second, mqttlb.p99_ms, mqttlb.cpu_seconds_per_100k) == (4000, 2.0, 1.1)
+    assert mqttlb.delivered == 990  # the worst round's: a loss in any round shows
+    assert summed["shared"].cpu_seconds_per_100k is None
+    assert "medians of 3 rounds" in table(list(summed.values()), 3).splitlines()[0]
+
+
+def test_the_bench_takes_a_number_of_rounds() -> None:
+    assert _parser().parse_args(["bench", "--repeat", "3"]).repeat == 3
+    assert _parser().parse_args(["bench"]).repeat == 1
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["bench", "--repeat", "0"])
