@@ -112,11 +112,11 @@ class RawPublisher:
             raise ConnectionError(f"only {acked[0]} of {len(packets)} publishes acknowledged")
 
     def paced(self, packet: Callable[[int], bytes], rate: float, seconds: float) -> int:
-        """Write ``packet(n)`` for n = 0, 1, ... on time, ``rate`` a second for ``seconds``, reading and dropping
-        the PUBACKs of QoS 1 ones as they come; how many were written."""
-        start, n = time.monotonic(), 0
-        while (elapsed := time.monotonic() - start) < seconds:
-            due = int(elapsed * rate)
+        """Write ``packet(n)`` for n = 0, 1, ... on time, ``rate`` a second for ``seconds`` (``rate * seconds`` of
+        them), reading and dropping the PUBACKs of QoS 1 ones as they come; how many were written."""
+        start, n, last = time.monotonic(), 0, int(rate * seconds)
+        while n < last:
+            due = min(last, int((time.monotonic() - start) * rate))
             if n < due:
                 self._sock.sendall(b"".join([packet(i) for i in range(n, due)]))
                 n = due
