@@ -621,10 +621,13 @@ class Service:
                                     "dead letter (%s) on route %s: %s", action.reason, route, action.detail)
 
     def _settle_all(self, event: Settled[Publishable]) -> None:
-        self._forwarded([action for action in event.acked if isinstance(action, Forward)])
+        forwards = []
         for action in event.acked:
-            if not isinstance(action, Forward):
+            if isinstance(action, Forward):
+                forwards.append(action)
+            else:
                 self._settled(action, ACKED)
+        self._forwarded(forwards)
         for action in event.refused:
             self._settled(action, REFUSED)
 

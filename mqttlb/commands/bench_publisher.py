@@ -11,6 +11,7 @@ many with one system call.
 
 from __future__ import annotations
 
+import itertools
 import socket
 import struct
 import threading
@@ -53,11 +54,14 @@ def publish_packet(topic: str, payload: bytes, qos: int, packet_id: int = 0, ret
     return bytes([0x30 | qos << 1 | retain]) + remaining_length(len(body)) + body
 
 
-def packet_ids() -> Iterator[int]:
-    """1, 2, ... 65535, 1, ...: never 0."""
-    while True:
-        yield from range(1, 65536)
+def packet_id(n: int) -> int:
+    """The packet id of the ``n``-th publish (from 0): 1, 2, ... 65535, 1, ...: never 0."""
+    return n % 65535 + 1
 
+
+def packet_ids() -> Iterator[int]:
+    """``packet_id`` of 0, 1, 2, ...: for publishes made one after another."""
+    return map(packet_id, itertools.count())
 
 
 class RawPublisher:

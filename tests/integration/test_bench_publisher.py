@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from mqttlb.commands.bench_publisher import RawPublisher, publish_packet
+from mqttlb.commands.bench_publisher import RawPublisher, packet_id, publish_packet
 from mqttlb.commands.broker import PrivateBroker
 
 from .conftest import Client, wait_for
@@ -21,7 +21,7 @@ def test_a_paced_run_publishes_at_its_rate_and_every_message_arrives(broker: Pri
     publisher = RawPublisher(broker, "paced-test")
     start = time.monotonic()
     try:
-        sent = publisher.paced(lambda n: publish_packet("paced/t", b"%d" % n, 1, n % 65535 + 1), 2000, 1.0)
+        sent = publisher.paced(lambda n: publish_packet("paced/t", b"%d" % n, 1, packet_id(n)), 2000, 1.0)
     finally:
         publisher.close()
     took = time.monotonic() - start
