@@ -1,0 +1,96 @@
+"""The transport on a private Mosquitto: when the forwards' acknowledgements are read (``ACK_LINGER``).
+
+They may wait to share a turn with the next device messages, but never longer than the linger, never when
+something else wakes the loop, and never when what awaits them is as much as the room left to take messages in.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from mqttlb import transport as transport_module
+from mqttlb.commands.broker import PrivateBroker
+from mqttlb.core.config import BrokerSettings
+from mqttlb.mqtt.events import Subscription
+from mqttlb.transport import DeviceMessages, Event, Settled, Transport
+
+from .conftest import Client, wait_for
+
+ROOM = 100
+
+
+@pytest.fixture
+def transport(broker: PrivateBroker) -> Iterator[Transport[str]]:
+    settings = BrokerSettings(host=broker.host, port=broker.port, client_id="t-acks", session_expiry=0)
+    link: Transport[str] = Transport(settings, heartbeat_filter="mqttlb/workers/+/heartbeat",
+                                     routes=[Subscription("dev/#", 1)])
+    link.start()
+    wait_for(lambda: link.poll(0.05, ROOM) is not None and link.connected, what="the transport to connect")
+    yield link
+    link.close(0.5)
+
+
+def settled_tags(events: list[Event[str]]) -> list[str]:
+    return [tag for event in events if isinstance(event, Settled) for tag in event.acked]
+
+
+def forward_and_settle(transport: Transport[str], tag: str) -> None:
+    """Publish at QoS 1 and poll until the broker's acknowledgement is read (which starts a linger)."""
+    assert transport.publish("w/in", tag.encode(), 1, b"", tag) is None
+    wait_for(lambda: tag in settled_tags(transport.poll(0.05, ROOM)), what=f"{tag} settled")
+
+
+def test_acknowledgements_alone_wait_for_the_linger_then_are_read(
+        transport: Transport[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(transport_module, "ACK_LINGER", 1.0)
+    forward_and_settle(transport, "a")
+    started = time.monotonic()
+    assert transport.publish("w/in", b"b", 1, b"", "b") is None
+    early: list[str] = []
+    while time.monotonic() - started < 0.5:
+        early += settled_tags(transport.poll(0.05, ROOM))
+    assert early == []  # read as it came, it would have taken a turn of its own
+    wait_for(lambda: "b" in settled_tags(transport.poll(0.05, ROOM)), timeout=5, what="b settled")
+    assert time.monotonic() - started < 1.0 + 2.0
+
+
+def test_acknowledgements_are_read_with_the_device_messages_that_wake_the_loop(
+        broker: PrivateBroker, transport: Transport[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(transport_module, "ACK_LINGER", 30.0)
+    worker = Client(broker, "t-worker")
+    device = Client(broker, "t-device")
+    try:
+        worker.subscribe("w/in")
+        def probe() -> bool:
+            device.publish("w/in", b"probe", qos=1)
+            return bool(worker.messages())
+
+        wait_for(probe, what="the worker subscribed")
+        forward_and_settle(transport, "a")
+        assert transport.publish("w/in", b"b", 1, b"", "b") is None
+        transport.poll(0.0, ROOM)  # writes it
+        wait_for(lambda: b"b" in [m.payload for m in worker.messages()], what="the worker to get b")
+        device.publish("dev/1", b"m", qos=1)
+        events: list[Event[str]] = []
+
+        def device_message() -> bool:
+            events.extend(transport.poll(0.05, ROOM))
+            return any(isinstance(event, DeviceMessages) for event in events)
+
+        wait_for(device_message, timeout=5, what="the device message")
+        assert "b" in settled_tags(events)  # long before the linger's 30 s
+    finally:
+        worker.close()
+        device.close()
+
+
+def test_acknowledgements_are_read_at_once_when_they_are_as_many_as_the_room_left(
+        transport: Transport[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(transport_module, "ACK_LINGER", 30.0)
+    forward_and_settle(transport, "a")
+    assert transport.publish("w/in", b"b", 1, b"", "b") is None
+    wait_for(lambda: "b" in settled_tags(transport.poll(0.05, room=1)), timeout=5,
+             what="b settled with the room for one message")
