@@ -646,8 +646,15 @@ class Service:
         arrivals = Counter([forward.message.arrived for forward in forwards])  # a read's messages share theirs
         for arrived, count in arrivals.items():
             counters.forward_seconds.observe(now - arrived, count)
+        receipts = []
         for forward in forwards:
-            self._settle(forward.message.ref)
+            receipt = forward.message.ref
+            if receipt.source:
+                self._settle(receipt)
+            else:
+                receipts.append(receipt)
+        if receipts:
+            self.transport.ack_all(self.inflight.settle_all(receipts))
 
     def _settled(self, action: Publishable, outcome: Outcome) -> None:
         """The broker refused the publish made for ``action``'s message, or acknowledged a dead letter, or a QoS 0

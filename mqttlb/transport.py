@@ -555,6 +555,11 @@ class Transport(Generic[Tag]):
         if link is not None and link.connected:
             link.send(link.session.puback(packet_id))
 
+    def ack_all(self, packet_ids: list[int]) -> None:
+        """Acknowledge inbound messages on the routing link, in order, in one write."""
+        if packet_ids and self._routing.connected:
+            self._routing.send(self._routing.session.pubacks(packet_ids))
+
     def close(self, grace: float = 2.0) -> None:
         """Send what is queued (acknowledgements above all), then disconnect both links cleanly.
 

@@ -88,6 +88,12 @@ class InFlight(Generic[Ref]):
         self.unsettled -= 1
         return qos > 0 and generation == self.generation
 
+    def settle_all(self, receipts: Sequence[Receipt]) -> list[int]:
+        """``settle`` for the routing connection's ``receipts`` together: the packet ids to acknowledge now."""
+        self.unsettled -= len(receipts)
+        generation = self.generation
+        return [receipt.packet_id for receipt in receipts if receipt.qos and receipt.generation == generation]
+
     def connected(self, generation: int) -> None:
         self.generation = generation
 

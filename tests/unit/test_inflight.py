@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mqttlb.core.inflight import InFlight
+from mqttlb.core.inflight import InFlight, Receipt
 
 
 def test_rule_1_a_message_counts_until_it_is_settled() -> None:
@@ -36,6 +36,18 @@ def test_rule_3_only_the_connection_it_came_on_acknowledges() -> None:
     assert window.settle(2, 1) is True
     window.took(1)
     assert window.settle(2, 0) is False  # QoS 0: nothing to acknowledge
+
+
+def test_rules_1_and_3_for_many_settled_together() -> None:
+    window: InFlight[str] = InFlight(limit=10)
+    window.connected(1)
+    window.took(2)
+    window.connected(2)
+    window.took(3)
+    receipts = [Receipt(1, 11, 1, b""), Receipt(2, 21, 1, b""), Receipt(2, 22, 0, b""), Receipt(2, 23, 1, b""),
+                Receipt(1, 12, 1, b"")]
+    assert window.settle_all(receipts) == [21, 23]  # this connection's, at QoS 1, in order
+    assert window.unsettled == 0
 
 
 def test_rule_4_forgotten_messages_leave_the_window() -> None:

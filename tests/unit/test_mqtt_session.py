@@ -98,6 +98,7 @@ def test_subscribe_publish_receive_and_acknowledge(protocol: int) -> None:
     assert isinstance(echo, Publish) and (echo.topic, echo.payload, echo.qos) == ("devices/1", b"hello", 1)
     assert user_properties(echo.properties) == ((("mqttlb-key", "dev\ufeff1"),) if protocol == 5 else ())
     assert session.puback(echo.packet_id) == codec.encode_puback(protocol, echo.packet_id)
+    assert session.pubacks([echo.packet_id, 7]) == session.puback(echo.packet_id) + session.puback(7)
     packet_id, data = session.unsubscribe(["devices/#"])
     assert exchange(session, broker, data) == [UnsubAck(packet_id, (0,) if protocol == 5 else ())]
     assert exchange(session, broker, session.ping()) == [PingResp()]
@@ -117,7 +118,7 @@ def test_packets_split_anywhere_come_out_whole_and_in_order() -> None:
 def test_nothing_goes_out_before_connack() -> None:
     session = Session()
     for call in (lambda: session.publish("t", b""), lambda: session.subscribe([Subscription("t", 0)]),
-                 session.ping, lambda: session.puback(1)):
+                 session.ping, lambda: session.puback(1), lambda: session.pubacks([1])):
         with pytest.raises(LocalProtocolError):
             call()
     session.connect("c", clean_start=True, keepalive=0)
@@ -197,7 +198,8 @@ def test_the_brokers_disconnect_ends_the_connection() -> None:
 def test_local_errors_change_nothing() -> None:
     session, broker = connected()
     for call in (lambda: session.publish("a/+", b""), lambda: session.publish("t", b"", 2),
-                 lambda: session.subscribe([Subscription("a/#/b", 1)]), lambda: session.unsubscribe([])):
+                 lambda: session.subscribe([Subscription("a/#/b", 1)]), lambda: session.unsubscribe([]),
+                 lambda: session.pubacks([1, 0]), lambda: session.pubacks([65536])):
         with pytest.raises(LocalProtocolError):
             call()
     assert session.in_flight == 0 and session.connected
