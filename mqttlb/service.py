@@ -672,7 +672,7 @@ class Service:
             else:
                 receipts.append(receipt)
         if receipts:
-            self.transport.ack_all(self.inflight.settle_all(receipts))
+            self.transport.ack(self.inflight.settle_all(receipts))
 
     def _settled(self, action: Publishable, outcome: Outcome) -> None:
         """The broker refused the publish made for ``action``'s message, or acknowledged a dead letter, or a QoS 0
@@ -699,7 +699,7 @@ class Service:
         """What became of the message is settled: acknowledge it, on the connection it came on."""
         if receipt.source:
             if self.reclaims.settle(receipt.source, receipt.generation) and receipt.qos:
-                self.transport.ack(receipt.packet_id, receipt.source)
+                self.transport.ack([receipt.packet_id], receipt.source)
             return
         if self.inflight.settle(receipt.generation, receipt.qos):
-            self.transport.ack(receipt.packet_id)
+            self.transport.ack([receipt.packet_id])

@@ -65,8 +65,7 @@ At QoS 1 each forward's PUBACK comes some tens of microseconds after it. Read as
 its own: a ``select``, a read and a write of the device messages' acknowledgements, for two or three messages
 (about four turns in ten of a bench run). Read at most once in this time, unless other sockets wake the loop
 first, they share a turn with the next device messages: the router's CPU per message at QoS 1 fell by about a
-quarter.
-No forward waits for it; only the device messages' acknowledgements to the broker do, by at most this, and
+quarter. No forward waits for it; only the device messages' acknowledgements to the broker do, by at most this, and
 not at all once what awaits acknowledgement is as much as the room left to take messages in."""
 RECLAIM_WINDOW = 500
 """The most messages a reclaim link holds unacknowledged (its Receive Maximum)."""
@@ -549,17 +548,12 @@ class Transport(Generic[Tag]):
         if self._publishing.connected:
             self._publishing.send(self._publishing.session.publish(topic.encode("utf-8"), payload, 0, retain=True)[1])
 
-    def ack(self, packet_id: int, source: int = 0) -> None:
-        """Acknowledge an inbound message on the routing link, or (``source``) on that reclaim's link; the
-        service checked that it came on this connection."""
+    def ack(self, packet_ids: list[int], source: int = 0) -> None:
+        """Acknowledge inbound messages, in order and in one write, on the routing link, or (``source``) on that
+        reclaim's link; the service checked that they came on this connection."""
         link = self._reclaiming.get(source) if source else self._routing
-        if link is not None and link.connected:
-            link.send(link.session.puback(packet_id))
-
-    def ack_all(self, packet_ids: list[int]) -> None:
-        """Acknowledge inbound messages on the routing link, in order, in one write."""
-        if packet_ids and self._routing.connected:
-            self._routing.send(self._routing.session.pubacks(packet_ids))
+        if packet_ids and link is not None and link.connected:
+            link.send(link.session.pubacks(packet_ids))
 
     def close(self, grace: float = 2.0) -> None:
         """Send what is queued (acknowledgements above all), then disconnect both links cleanly.

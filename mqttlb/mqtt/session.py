@@ -154,12 +154,7 @@ class Session:
 
     def pubacks(self, packet_ids: Sequence[int]) -> bytes:
         """PUBACKs of success for inbound QoS 1 PUBLISHes, in order, as one piece."""
-        if not self.connected:
-            raise LocalProtocolError("PUBACK before a successful CONNACK")
-        if not all(0 < packet_id <= MAX_PACKET_ID for packet_id in packet_ids):
-            raise LocalProtocolError(f"PUBACK for a packet id out of 1-{MAX_PACKET_ID}")
-        protocol = self.protocol
-        return b"".join([encode_puback(protocol, packet_id) for packet_id in packet_ids])
+        return b"".join([self.puback(packet_id) for packet_id in packet_ids])
 
     def subscribe(self, subscriptions: Sequence[Subscription]) -> tuple[int, bytes]:
         return self._numbered(SUBSCRIBE, lambda packet_id: encode_subscribe(self.protocol, packet_id, subscriptions))
