@@ -103,7 +103,8 @@ _SCALARS: tuple[tuple[Family, str, str, tuple[str, ...]], ...] = (
      ("bad_heartbeats",)),
     (CounterMetricFamily, "mqttlb_forwards_refused_total", "Forwards the broker refused (dead-lettered instead)",
      ("refused",)),
-    (CounterMetricFamily, "mqttlb_lost_total", "Messages lost: the broker refused their dead letter too",
+    (CounterMetricFamily, "mqttlb_lost_total", "Messages lost: the broker refused their dead letter too, or "
+     "not even its shortest form fit the broker's Maximum Packet Size",
      ("dropped",)),
 )
 """Single figures: kind, name, help, and where the snapshot has the value."""

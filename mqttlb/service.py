@@ -45,6 +45,7 @@ from .transport import (
     ACKED,
     RECLAIM_WINDOW,
     REFUSED,
+    TOO_LARGE,
     DeviceMessages,
     Outcome,
     PublishesDropped,
@@ -414,12 +415,17 @@ class Service:
             metrics.publish(figures)
         if announce:
             self._next_stats = now + self.config.stats.interval
-            payload, limits = orjson.dumps(figures), self.router.limits
-            if limits.size_problem(limits.packet_size(self.config.stats.topic, len(payload), 0, 0, ())) is None:
-                self.transport.announce(self.config.stats.topic, payload)
-            else:  # the broker would drop the publishing connection, forwards in flight and all
-                self._bad_input.warning("stats-size", now, "stats not published: larger than the broker's "
-                                        "maximum packet size (%s bytes)", limits.max_packet_size)
+            self._announce("stats", self.config.stats.topic, orjson.dumps(figures), now)
+
+    def _announce(self, what: str, topic: str, payload: bytes, now: float) -> None:
+        """Publish retained (stats, this router's heartbeat) if the broker's limits let it through: one over
+        them would cost the publishing connection, forwards in flight and all."""
+        limits = self.router.limits
+        if limits.size_problem(limits.packet_size(topic, len(payload), 0, 0, ())) is None:
+            self.transport.announce(topic, payload)
+        else:
+            self._bad_input.warning(what + "-size", now, "%s not published: larger than the broker's maximum "
+                                    "packet size (%s bytes)", what, limits.max_packet_size)
 
     # -- actions ------------------------------------------------------------------
 
@@ -523,7 +529,8 @@ class Service:
         self._announced = self.reclaims.sessions() if up else frozenset()
         self._next_router_beat = self.clock() + ROUTER_BEAT
         beat = RouterBeat(me, up, me, self._announced)
-        self.transport.announce(self.config.router.heartbeat_of(me), beat.payload(time.time()))
+        self._announce("router heartbeat", self.config.router.heartbeat_of(me), beat.payload(time.time()),
+                       self.clock())
 
     def _router_heartbeat(self, topic: str, payload: bytes) -> None:
         try:
@@ -648,6 +655,8 @@ class Service:
         self._forwarded(forwards)
         for action in event.refused:
             self._settled(action, REFUSED)
+        for action in event.too_large:
+            self._settled(action, TOO_LARGE)
 
     def _settle_written(self) -> None:
         """Settle the QoS 0 forwards written this turn."""
@@ -676,23 +685,33 @@ class Service:
 
     def _settled(self, action: Publishable, outcome: Outcome) -> None:
         """The broker refused the publish made for ``action``'s message, or acknowledged a dead letter, or a QoS 0
-        forward was made without a connection: what became of the message is settled."""
+        forward was made without a connection, or the publish is over the broker's Maximum Packet Size (which
+        the broker may have lowered since the router made it): what became of the message is settled, or it
+        becomes a dead letter, a smaller one if it was one."""
         if isinstance(action, Forward):
             if outcome is REFUSED:
                 self.counters.refused += 1
                 self._publish(self.router.refused(action))
                 return
+            if outcome is TOO_LARGE:
+                self._publish(self.router.too_large(action))
+                return
             # LOST: a QoS 0 forward made without a connection; the route asked for no more
         elif outcome is ACKED:
             self.counters.dead_letters[(action.route or "none", action.reason)] += 1
+        elif outcome is TOO_LARGE and action.keep_properties:  # not yet as small as a dead letter can be
+            self._publish(self.router.minimal_dead_letter(action.message, action.reason, action.detail,
+                                                          action.route, action.error))
+            return
         else:
-            self._lost(action, "refused")
+            self._lost(action, "refused" if outcome is REFUSED else "has too small a maximum packet size for")
             return
         self._settle(action.message.ref)
 
     def _lost(self, action: DeadLetter[Receipt], how: str) -> None:
         self.counters.dropped += 1
-        log.error("the broker %s the dead letter for %s; the message is lost", how, action.message.topic[:200])
+        self._bad_input.error("lost:" + how, self.clock(), "the broker %s the dead letter for %s; the message is "
+                              "lost", how, action.message.topic[:200])
         self._settle(action.message.ref)
 
     def _settle(self, receipt: Receipt) -> None:

@@ -41,6 +41,7 @@ import logging
 import select
 import socket
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Generic, TypeVar
@@ -51,6 +52,7 @@ from .core.topics import filter_matches
 from .errors import TransportError
 from .mqtt.client import Client
 from .mqtt.codec import encode_user_properties
+from .mqtt.errors import PacketTooLarge
 from .mqtt.events import BadPublish, ConnAck, PubAck, Publish, SubAck, Subscription, UnsubAck, Will
 from .mqtt.link import Link, Lost
 
@@ -91,9 +93,10 @@ class Outcome(Enum):
     ACKED = "acked"        # the broker has it (a QoS 0 one: it is written)
     REFUSED = "refused"    # the broker answered with a failure reason code: sending again will not help
     LOST = "lost"          # a QoS 0 publish made while its connection was down
+    TOO_LARGE = "too_large"  # over the Maximum Packet Size the broker named (MQTT 5): not sent, never will be
 
 
-ACKED, REFUSED, LOST = Outcome.ACKED, Outcome.REFUSED, Outcome.LOST
+ACKED, REFUSED, LOST, TOO_LARGE = Outcome.ACKED, Outcome.REFUSED, Outcome.LOST, Outcome.TOO_LARGE
 """The outcomes as module names, for the hot path: ``Outcome.ACKED`` is looked up through the Enum class, at
 ~100 ns on Python 3.11, three times for every message."""
 
@@ -125,10 +128,13 @@ class RouterHeartbeat:
 
 @dataclass(frozen=True, slots=True)
 class Settled(Generic[Tag]):
-    """The broker acknowledged the QoS 1 publishes made with ``acked``, in order, and refused ``refused``."""
+    """The broker acknowledged the QoS 1 publishes made with ``acked``, in order, and refused ``refused``;
+    ``too_large``: publishes made while the publishing link was down, over the Maximum Packet Size the broker
+    named when it came back (they were not sent)."""
 
     acked: list[Tag]
     refused: list[Tag]
+    too_large: Sequence[Tag] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -399,10 +405,12 @@ class Transport(Generic[Tag]):
 
     def _publishing_up(self, ack: ConnAck, events: list[Event[Tag]]) -> None:
         self.publish_window = ack.receive_maximum if self.mqtt5 else MAX_RECEIVE
+        events.append(PublishingConnected(ack.maximum_packet_size, self.publish_window))  # the limits first
         unsent, self._unsent = self._unsent, []
-        for topic, payload, properties, tag in unsent:
-            self._send(topic, payload, 1, properties, tag)
-        events.append(PublishingConnected(ack.maximum_packet_size, self.publish_window))
+        too_large = [tag for topic, payload, properties, tag in unsent
+                     if self._send(topic, payload, 1, properties, tag) is TOO_LARGE]
+        if too_large:
+            events.append(Settled([], [], too_large))
 
     def _publishing_lost(self, lost: Lost) -> None:
         self._count_lost(self._publishing, lost)
@@ -519,7 +527,7 @@ class Transport(Generic[Tag]):
     def publish(self, topic: str, payload: bytes, qos: int, properties: bytes, tag: Tag) -> Outcome | None:
         """Publish on the publishing link. None: ``Settled`` (or ``PublishesDropped``) comes later; a QoS 1 publish
         made while the link is down is sent when it is back. A QoS 0 one is settled at once: ACKED once
-        queued, LOST without a connection."""
+        queued, LOST without a connection. TOO_LARGE: over the broker's Maximum Packet Size, not sent."""
         if not self._publishing.connected:
             if qos == 0:
                 return LOST
@@ -529,7 +537,10 @@ class Transport(Generic[Tag]):
 
     def _send(self, topic: str, payload: bytes, qos: int, properties: bytes, tag: Tag) -> Outcome | None:
         link = self._publishing
-        packet_id, data = link.session.publish(topic.encode("utf-8"), payload, qos, properties=properties)
+        try:
+            packet_id, data = link.session.publish(topic.encode("utf-8"), payload, qos, properties=properties)
+        except PacketTooLarge:
+            return TOO_LARGE
         link.send(data)
         if qos == 0:
             return ACKED
@@ -543,10 +554,14 @@ class Transport(Generic[Tag]):
         return inbound + encode_user_properties(user)
 
     def announce(self, topic: str, payload: bytes) -> None:
-        """Publish retained, fire-and-forget (stats): the next one takes its place anyway. The caller checked it
-        against the broker's limits."""
-        if self._publishing.connected:
-            self._publishing.send(self._publishing.session.publish(topic.encode("utf-8"), payload, 0, retain=True)[1])
+        """Publish retained, fire-and-forget (stats, heartbeats): the next one takes its place anyway. The caller
+        checked it against the broker's limits; one over them is not sent."""
+        link = self._publishing
+        if link.connected:
+            try:
+                link.send(link.session.publish(topic.encode("utf-8"), payload, 0, retain=True)[1])
+            except PacketTooLarge as error:
+                log.warning("not published on %s: %s", topic[:200], error)
 
     def ack(self, packet_ids: list[int], source: int = 0) -> None:
         """Acknowledge inbound messages, in order and in one write, on the routing link, or (``source``) on that

@@ -442,6 +442,16 @@ class Router(Generic[Ref]):
         return self._dead_letter(forward.message, Reason.REFUSED, f"the broker refused the forward to "
                                  f"{forward.worker!r}", forward.route)
 
+    def too_large(self, forward: Forward[Ref]) -> DeadLetter[Ref]:
+        """A forward over the broker's Maximum Packet Size as it is now (a reconnect lowered it after the forward
+        was made): it becomes a dead letter, without its payload."""
+        message, limits = forward.message, self.limits
+        size = limits.packet_size(forward.topic, len(message.payload), forward.qos, message.properties_size,
+                                  forward.user_properties)
+        problem = limits.size_problem(size) or "over the broker's maximum packet size"
+        return self._dead_letter(message, Reason.TOO_LARGE, f"forward to {forward.worker!r}: {problem}",
+                                 forward.route, keep_payload=False)
+
     # -- heartbeats and time --------------------------------------------
 
     def heartbeat(self, worker: str, payload: bytes, now: float) -> list[Action[Ref]]:

@@ -16,5 +16,10 @@ class LocalProtocolError(ProtocolError):
     """Our caller misused the session: fix the call; the connection is unharmed."""
 
 
+class PacketTooLarge(LocalProtocolError):
+    """A PUBLISH over the broker's Maximum Packet Size: not sent, for the broker would drop the connection over
+    it. The broker names its limit, which any reconnect may change, so its caller decides what becomes of it."""
+
+
 class RemoteProtocolError(ProtocolError):
     """The broker broke the protocol: close the connection."""

@@ -90,6 +90,7 @@ class Link:
         self.quick_drops = 0
         self.takeovers = 0
         self._out = bytearray()
+        self._connect_size = 0
         self._last_sent = 0.0
         self._ping_sent: float | None = None
         self._disconnect_reason: int | None = None
@@ -129,6 +130,7 @@ class Link:
             session_expiry=int(self.broker.session_expiry) if self.persistent else None,
             receive_maximum=self.receive_maximum, username=self.broker.username, password=self.broker.password,
             will=self.will))
+        self._connect_size = len(self._out)
         self._last_sent = now
         self._ping_sent = None
         self.flush()
@@ -189,7 +191,9 @@ class Link:
         events = self._decode(now, chunks) if chunks else []
         was_connected = self.connected
         self._close()
-        if not was_connected:
+        if not was_connected:  # as Mosquitto does with a CONNECT over its max_packet_size, saying nothing
+            self.report(f"the broker closed the connection without answering CONNECT; is the CONNECT "
+                        f"({self._connect_size} bytes: client id, credentials, will) over its max_packet_size?")
             return events
         reason = self._disconnect_reason
         events.append(Lost(reason, detail, self._taken_over(reason, now)))

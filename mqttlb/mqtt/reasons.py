@@ -29,6 +29,8 @@ _REFUSAL_FIXES = {
     0x88: "the broker is unavailable: it may be starting or overloaded",
     0x89: "the broker is busy: it may be overloaded",
     0x9F: "the broker limits how often a client may connect: wait",
+    0x9A: "the broker takes no retained messages (Mosquitto's retain_available false), and the router's will, its "
+          "heartbeats and the workers' are retained: allow them",
 }
 
 

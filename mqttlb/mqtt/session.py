@@ -46,7 +46,7 @@ from .codec import (
     encode_unsubscribe,
     frame,
 )
-from .errors import LocalProtocolError, RemoteProtocolError
+from .errors import LocalProtocolError, PacketTooLarge, RemoteProtocolError
 from .events import (
     BadPublish,
     ConnAck,
@@ -126,8 +126,8 @@ class Session:
                                 properties)
         if self.maximum_packet_size is not None and len(packet) > self.maximum_packet_size:
             self._in_use.pop(packet_id, None)
-            raise LocalProtocolError(f"a PUBLISH of {len(packet)} bytes: the broker's Maximum Packet Size is "
-                                     f"{self.maximum_packet_size}")
+            raise PacketTooLarge(f"a PUBLISH of {len(packet)} bytes: the broker's Maximum Packet Size is "
+                                 f"{self.maximum_packet_size}")
         if qos:
             self._publishes += 1
         return packet_id, packet

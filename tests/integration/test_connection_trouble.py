@@ -108,3 +108,31 @@ def test_two_routers_with_one_client_id_are_told_and_back_off(broker, tmp_path, 
     finally:
         first.stop()
         second.stop()
+
+
+def test_a_broker_whose_packet_limit_is_below_the_routers_connect_is_said_not_crashed_on(tmp_path):
+    """Mosquitto closes a connection whose CONNECT is over its max_packet_size without a word. The router's
+    routing CONNECT carries its will, so its other connections get in and the broker's CONNACK names a
+    limit that its own heartbeat and stats are over too: before, the first heartbeat was a traceback and
+    exit 1, at every restart. Now each is held back and the unanswered CONNECT is said, in the log and in
+    /healthz, with the CONNECT's size."""
+    workdir = tmp_path / "tiny"
+    workdir.mkdir()
+    with PrivateBroker(workdir=workdir, edits={"set_tcp_nodelay true": "set_tcp_nodelay true\n"
+                                                                       "max_packet_size 120"}) as broker:
+        router = RouterProcess(write_config(tmp_path / "router.yaml", broker, metrics={"listen": "127.0.0.1:0"}))
+        try:
+            base = endpoint(router)
+            router.wait_log("router heartbeat not published: larger than the broker's maximum packet size "
+                            "(120 bytes)")
+            router.wait_log("the broker closed the connection without answering CONNECT")
+            line = next(line for line in router.lines if "without answering CONNECT" in line)
+            assert "ERROR" in line and "max_packet_size" in line and "bytes: client id, credentials, will" in line
+            wait_for(lambda: "without answering CONNECT" in get(base + "/healthz")[1], what="/healthz saying why")
+            wait_for(lambda: broker.log().count("oversize packet") >= 3, timeout=20, what="three attempts")
+            assert router.process.poll() is None
+            assert router.stop() == 0
+            assert "Traceback" not in router.log()
+        finally:
+            router.stop()
+

@@ -25,6 +25,9 @@ pytestmark = pytest.mark.integration
 
 LIMITED = {"set_tcp_nodelay true": "set_tcp_nodelay true\nmax_packet_size 2048"}
 """dev.conf with a Maximum Packet Size: MQTT 5 clients are told it in CONNACK, MQTT 3.1.1 ones are not."""
+TINY = {"set_tcp_nodelay true": "set_tcp_nodelay true\nmax_packet_size 200"}
+"""Room for the router's CONNECT (its will included) and a short forward; none for any dead letter of a message
+on a long topic, whose smallest one carries the topic in its reason."""
 
 
 @pytest.fixture
@@ -232,3 +235,35 @@ def test_stats_over_the_brokers_packet_size_are_held_back_not_sent(limited_broke
         router.stop()
         for c in (beats, worker, device):
             c.close()
+
+
+def test_a_message_not_even_whose_smallest_dead_letter_fits_is_lost_counted_and_acknowledged(tmp_path):
+    """A broker may name any Maximum Packet Size (MQTT 5 allows one byte). When not even the smallest dead
+    letter of a message fits, the message is lost: said and counted, and acknowledged, for the broker would
+    send it again for ever, to the same end. Before, that dead letter was a traceback and exit 1, and the
+    message came back to the next router: a crash loop."""
+    workdir = tmp_path / "tiny"
+    workdir.mkdir()
+    with PrivateBroker(workdir=workdir, edits=TINY) as broker:
+        worker = TestWorker(broker, "w1")
+        device = Client(broker, "device")
+        config = write_config(tmp_path / "router.yaml", broker)
+        router = RouterProcess(config)
+        try:
+            router.wait_ready()
+            long_topic = "devices/" + "d" * 120 + "/telemetry"
+            device.publish(long_topic, b"lost")
+            device.publish("devices/d1/telemetry", b"ok")
+            wait_for(lambda: b"ok" in delivered(worker), what="the short message at its worker")
+            router.wait_log("the broker has too small a maximum packet size for the dead letter for devices/ddd")
+            assert router.process.poll() is None
+            assert router.stop() == 0
+            router = RouterProcess(config).wait_ready()
+            device.publish("devices/d2/telemetry", b"after")
+            wait_for(lambda: b"after" in delivered(worker), what="a message after the restart")
+            assert "the message is lost" not in router.log()  # acknowledged: the broker did not send it again
+            assert b"lost" not in delivered(worker)
+        finally:
+            router.stop()
+            worker.close()
+            device.close()

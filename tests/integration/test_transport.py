@@ -1,13 +1,16 @@
-"""The transport on a private Mosquitto: when the forwards' acknowledgements are read (``ACK_LINGER``).
+"""The transport on a private Mosquitto: when the forwards' acknowledgements are read (``ACK_LINGER``), and
+publishes the broker's Maximum Packet Size forbids.
 
-They may wait to share a turn with the next device messages, but never longer than the linger, never when
-something else wakes the loop, and never when what awaits them is as much as the room left to take messages in.
+Acknowledgements may wait to share a turn with the next device messages, but never longer than the linger,
+never when something else wakes the loop, and never when what awaits them is as much as the room left to take
+messages in.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -15,7 +18,7 @@ from mqttlb import transport as transport_module
 from mqttlb.commands.broker import PrivateBroker
 from mqttlb.core.config import BrokerSettings
 from mqttlb.mqtt.events import Subscription
-from mqttlb.transport import DeviceMessages, Event, Settled, Transport
+from mqttlb.transport import TOO_LARGE, DeviceMessages, Event, PublishingConnected, Settled, Transport
 
 from .conftest import Client, wait_for
 
@@ -94,3 +97,35 @@ def test_acknowledgements_are_read_at_once_when_they_are_as_many_as_the_room_lef
     assert transport.publish("w/in", b"b", 1, b"", "b") is None
     wait_for(lambda: "b" in settled_tags(transport.poll(0.05, room=1)), timeout=5,
              what="b settled with the room for one message")
+
+
+def test_publishes_made_while_down_that_the_broker_comes_back_too_small_for_are_settled_too_large(
+        tmp_path: Path) -> None:
+    """The broker's Maximum Packet Size is its CONNACK's, and a restart may lower it. What was published while
+    the link was down is sent when it is back, but for what the new limit forbids: that is handed back as
+    ``too_large``, after the new limit (before, the session's refusal escaped ``poll``: a traceback)."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with PrivateBroker(workdir=tmp_path / "a") as broker:
+        settings = BrokerSettings(host=broker.host, port=broker.port, client_id="t-limit", session_expiry=0)
+        link: Transport[str] = Transport(settings, heartbeat_filter="mqttlb/workers/+/heartbeat",
+                                         routes=[Subscription("dev/#", 1)])
+        link.start()
+        wait_for(lambda: link.poll(0.05, ROOM) is not None and link.connected, what="the transport to connect")
+        assert link.publish("w/in", b"x" * 1000, 1, b"", "fits") is None
+    try:
+        wait_for(lambda: link.poll(0.05, ROOM) is not None and not link.connected, what="the broker gone")
+        assert link.publish("w/in", b"x" * 1000, 1, b"", "big") is None  # kept, to be sent once back
+        assert link.publish("w/in", b"small", 1, b"", "small") is None
+        with PrivateBroker(port=broker.port, workdir=tmp_path / "b",
+                           edits={"set_tcp_nodelay true": "set_tcp_nodelay true\nmax_packet_size 512"}):
+            events: list[Event[str]] = []
+            wait_for(lambda: events.extend(link.poll(0.05, ROOM)) or "small" in settled_tags(events),
+                     what="the small one acknowledged")
+        connected = next(i for i, e in enumerate(events) if isinstance(e, PublishingConnected))
+        assert isinstance(events[connected], PublishingConnected) and events[connected].max_packet_size == 512
+        too_large = [(i, tag) for i, e in enumerate(events) if isinstance(e, Settled) for tag in e.too_large]
+        assert [tag for _, tag in too_large] == ["big"] and too_large[0][0] > connected  # the limit first
+        assert link.publish("w/in", b"x" * 1000, 1, b"", "later") is TOO_LARGE  # made now: said at once
+    finally:
+        link.close(0.5)
