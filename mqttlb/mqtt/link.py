@@ -87,6 +87,9 @@ class Link:
         self.problem: str | None = None
         """Why it is not connected, or keeps being dropped (for /healthz and the stats topic)."""
         self.connected_at = 0.0
+        self.keepalive = broker.keepalive
+        """Seconds: ours, or the Server Keep Alive the broker's CONNACK set instead (MQTT 5; Mosquitto's
+        max_keepalive), which the broker times the connection out by."""
         self.quick_drops = 0
         self.takeovers = 0
         self._out = bytearray()
@@ -144,6 +147,7 @@ class Link:
         self.attempt = 0
         self.generation += 1
         self.connected_at = now
+        self.keepalive = self.broker.keepalive if ack.server_keepalive is None else ack.server_keepalive
         if not self.takeovers:
             self.report(None)
 
@@ -227,9 +231,9 @@ class Link:
         A link the loop is not ``reading`` (the router's window is full) cannot hear the answer, so it is not
         given up on: its pings still keep the broker from dropping it.
         """
-        if not self.connected or not self.broker.keepalive:
+        keepalive = self.keepalive
+        if not self.connected or not keepalive:
             return []
-        keepalive = self.broker.keepalive
         if self._ping_sent is not None and reading and now - self._ping_sent > keepalive:
             log.warning("%s: no answer from the broker for %ds; reconnecting", self.name, keepalive)
             return [event for event in self._lost(now, "the broker stopped answering", [])

@@ -136,3 +136,24 @@ def test_a_broker_whose_packet_limit_is_below_the_routers_connect_is_said_not_cr
         finally:
             router.stop()
 
+
+def test_a_brokers_shorter_keep_alive_is_kept_to(tmp_path):
+    """Mosquitto's max_keepalive under the router's broker.keepalive: the broker says its own in CONNACK (MQTT
+    5's Server Keep Alive) and drops a connection quiet for one and a half of it. The router pings by the
+    broker's; before, by its own, so its quiet connections (heartbeats in, device messages in) were dropped and
+    made again, here every 15 s."""
+    workdir = tmp_path / "brisk"
+    workdir.mkdir()
+    with PrivateBroker(workdir=workdir, edits={"set_tcp_nodelay true": "set_tcp_nodelay true\nmax_keepalive 10",
+                                               "log_type notice": "log_type notice\nlog_type debug"}) as broker:
+        router = RouterProcess(write_config(tmp_path / "router.yaml", broker, broker={"keepalive": 60}))
+        try:
+            router.wait_ready()
+            for client in ("mqttlb-test-router", "mqttlb-test-router-beats"):  # nothing else goes out on these
+                line = f"Received PINGREQ from {client}\n"
+                wait_for(lambda line=line: line in broker.log(), timeout=9,
+                         what=f"{client} pinging within the broker's 10 s, not its own 60 s")
+            assert router.stop() == 0
+            assert "exceeded timeout" not in broker.log()
+        finally:
+            router.stop()
