@@ -285,10 +285,13 @@ class Link:
         self.takeovers += 1
         delay = min(MAX_TAKEOVER_BACKOFF, 2.0 ** self.takeovers)
         self.next_attempt = now + delay
-        self.report(f"session taken over: another client connected with client id {self.name!r} "
-                    f"({'the broker says so' if said else f'dropped {self.quick_drops} times right after connecting'})"
-                    f". Two routers with the same broker.client_id? Give each router its own client_id (a share "
-                    f"group's members too). Backing off {delay:.0f}s before taking it back")
+        why = "the broker says so" if said else f"dropped {self.quick_drops} times right after connecting"
+        unless = "" if said else (" Or the broker drops us over a packet it will not take: one over its maximum "
+                                  "packet size, which MQTT 3.1.1 brokers do not say (set broker.max_packet_size), "
+                                  "or a retained one where retain_available is false; its log says which.")
+        self.report(f"session taken over: another client connected with client id {self.name!r} ({why}). Two "
+                    f"routers with the same broker.client_id? Give each router its own client_id (a share group's "
+                    f"members too).{unless} Backing off {delay:.0f}s before taking it back")
         return True
 
     def _settled(self, now: float) -> None:

@@ -267,3 +267,22 @@ def test_a_message_not_even_whose_smallest_dead_letter_fits_is_lost_counted_and_
             router.stop()
             worker.close()
             device.close()
+
+
+def test_a_311_broker_dropping_us_over_its_unsaid_packet_size_is_named_as_a_possible_cause(limited_broker,
+                                                                                            tmp_path):
+    """An MQTT 3.1.1 broker does not say its maximum packet size; without broker.max_packet_size the stats
+    snapshot (40 workers: ~6 KiB against 2 KiB) goes out at once on every connect and the broker drops the
+    connection right after. That looks like a takeover, and used to be said as one alone; the error now names
+    the other cause and its fix."""
+    beats = Client(limited_broker, "beats")
+    for n in range(40):
+        beats.publish(f"mqttlb/workers/w{n:02d}/heartbeat", orjson.dumps({"worker": f"w{n:02d}"}), retain=True)
+    router = RouterProcess(write_config(tmp_path / "router.yaml", limited_broker, broker={"protocol": "3.1.1"}))
+    try:
+        router.wait_log("session taken over", timeout=20)
+        line = next(line for line in router.lines if "session taken over" in line)
+        assert "ERROR" in line and "set broker.max_packet_size" in line
+    finally:
+        router.stop()
+        beats.close()
