@@ -287,13 +287,18 @@ class Router(Generic[Ref]):
             return [self._dead_letter(message, Reason.BAD_TOPIC, f"forward to {worker!r}: {problem}", settings.name)]
         user = (("mqttlb-route", settings.name), ("mqttlb-key", key), ("mqttlb-topic", message.topic)) \
             if key is not None else (("mqttlb-route", settings.name), ("mqttlb-topic", message.topic))
+        forward = forward_of((message, topic, settings.qos, settings.name, key, worker, user))
         if not limits.surely_fits(topic, len(message.payload), message.properties_size, user):
-            size = limits.packet_size(topic, len(message.payload), settings.qos, message.properties_size, user)
-            problem = limits.size_problem(size)
+            problem = self._size_problem(forward)
             if problem is not None:
-                return [self._dead_letter(message, Reason.TOO_LARGE, f"forward to {worker!r}: {problem}",
-                                          settings.name, keep_payload=False)]
-        return [forward_of((message, topic, settings.qos, settings.name, key, worker, user))]
+                return [self.too_large(forward, problem)]
+        return [forward]
+
+    def _size_problem(self, forward: Forward[Ref]) -> str | None:
+        """Why the broker's Maximum Packet Size, as the router knows it, forbids ``forward``, or None."""
+        limits, message = self.limits, forward.message
+        return limits.size_problem(limits.packet_size(forward.topic, len(message.payload), forward.qos,
+                                                      message.properties_size, forward.user_properties))
 
     def _dead_letter(self, message: Message[Ref], reason: str, detail: str, route: str | None,
                      keep_payload: bool = True, error: BaseException | None = None) -> DeadLetter[Ref]:
@@ -442,14 +447,12 @@ class Router(Generic[Ref]):
         return self._dead_letter(forward.message, Reason.REFUSED, f"the broker refused the forward to "
                                  f"{forward.worker!r}", forward.route)
 
-    def too_large(self, forward: Forward[Ref]) -> DeadLetter[Ref]:
-        """A forward over the broker's Maximum Packet Size as it is now (a reconnect lowered it after the forward
-        was made): it becomes a dead letter, without its payload."""
-        message, limits = forward.message, self.limits
-        size = limits.packet_size(forward.topic, len(message.payload), forward.qos, message.properties_size,
-                                  forward.user_properties)
-        problem = limits.size_problem(size) or "over the broker's maximum packet size"
-        return self._dead_letter(message, Reason.TOO_LARGE, f"forward to {forward.worker!r}: {problem}",
+    def too_large(self, forward: Forward[Ref], problem: str | None = None) -> DeadLetter[Ref]:
+        """A forward over the broker's Maximum Packet Size, as a dead letter without its payload: ``problem`` as
+        routing measured it, or measured now (the broker lowered its limit, on a reconnect, after the forward
+        was made)."""
+        problem = problem or self._size_problem(forward) or "over the broker's maximum packet size"
+        return self._dead_letter(forward.message, Reason.TOO_LARGE, f"forward to {forward.worker!r}: {problem}",
                                  forward.route, keep_payload=False)
 
     # -- heartbeats and time --------------------------------------------
