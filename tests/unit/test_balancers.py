@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 from collections import Counter
@@ -646,6 +647,21 @@ def test_too_few_scores_are_left_to_pick() -> None:
     assert b.cache == {}
     b.prefetch(KEYS[:rendezvous.VECTOR_FROM // 3])
     assert len(b.cache) == rendezvous.VECTOR_FROM // 3
+
+
+@pytest.mark.parametrize(("weights", "picks"), [
+    ({f"w{i}": 1.0 for i in range(5)}, ["w3", "w0", "w2", "w4", "w0", "w0", "w3", "w1"]),
+    ({"a": 1.0, "b": 2.0, "c": 3.0}, ["b", "c", "c", "a", "c", "a", "a", "a"]),
+    ({f"w{i}": 1.0 for i in range(100)}, ["w43", "w96", "w72", "w11", "w98", "w60", "w21", "w53"]),
+])
+def test_the_mapping_is_the_one_every_version_makes(weights: dict[str, float], picks: list[str]) -> None:
+    """Routers of two versions in a share group (a rolling upgrade) must agree on every device: the key hash is
+    BLAKE2b-64 of the UTF-8 text, and these picks were made by the code of 2026-11."""
+    for text in ("", "device-42", "日本", "\ud800 lone surrogate"):
+        expected = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+        assert rendezvous.stable_hash(text) == int.from_bytes(expected, "big")
+    b = make("consistent_hash", weights)
+    assert [b.pick(f"device-{i}") for i in range(8)] == picks
 
 
 def test_hashes_of_many_keys_are_those_of_each() -> None:
