@@ -9,7 +9,9 @@ measured against every limit the router can know before it is published:
   than 200 separators, 201 levels: measured, it answers "Protocol error");
 * the whole packet against the broker's Maximum Packet Size: the one its
   MQTT 5 CONNACK names, or ``broker.max_packet_size`` (the only way to know it
-  with MQTT 3.1.1), whichever is smaller;
+  with MQTT 3.1.1), whichever is smaller; and always against MQTT's own
+  largest packet, which a broker with no limit of its own takes from a
+  device, leaving the router no room to add a forward's topic and properties;
 * UTF-8 rules: device topics were accepted by the broker already, keys are
   checked when extracted, and the text the router adds of its own (a dead
   letter's reason) is made plain ASCII here.
@@ -26,6 +28,8 @@ from .topics import MAX_TOPIC_BYTES
 
 MAX_TOPIC_SEPARATORS = 200
 """Mosquitto 2.0 drops a client that publishes to a topic with more ``/`` than this."""
+MQTT_MAX_PACKET = 1 + 4 + 268_435_455
+"""The largest packet MQTT can frame: a fixed header of 1 + 4 bytes, and at most 268,435,455 after it."""
 
 UserProperties = tuple[tuple[str, str], ...]
 
@@ -54,7 +58,7 @@ class BrokerLimits:
 
     mqtt5: bool = True
     max_packet_size: int | None = None
-    """Bytes of a whole packet; None: not known (MQTT allows 268,435,455)."""
+    """Bytes of a whole packet; None: not known, and only ``MQTT_MAX_PACKET`` applies."""
 
     def topic_problem(self, topic: str) -> str | None:
         """Why the broker would refuse a PUBLISH to ``topic``, or None."""
@@ -78,7 +82,8 @@ class BrokerLimits:
     def surely_fits(self, topic: str, payload: int, inbound_properties: int, user: UserProperties) -> bool:
         """Whether such a PUBLISH (as ``packet_size`` takes it) is within the maximum packet size however its text
         encodes: a bound, from the text's length in characters, for a tenth of the cost of ``packet_size``, which
-        encodes every string. Forwards far below the limit, the usual ones, are measured no further."""
+        encodes every string. Forwards far below the limit, the usual ones, are measured no further. Without a
+        known limit nothing is measured: a forward over MQTT's own is refused as too large by the session."""
         if self.max_packet_size is None:
             return True
         chars = len(topic)
@@ -91,6 +96,8 @@ class BrokerLimits:
         """Why the broker would refuse a packet of ``size`` bytes, or None."""
         if self.max_packet_size is not None and size > self.max_packet_size:
             return f"{size} bytes, over the broker's maximum packet size of {self.max_packet_size}"
+        if size > MQTT_MAX_PACKET:
+            return f"{size} bytes, over MQTT's largest packet of {MQTT_MAX_PACKET}"
         return None
 
 

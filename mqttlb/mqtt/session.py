@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 
 from .codec import (
     MAX_PACKET_ID,
+    MAX_REMAINING_LENGTH,
     MQTT_5,
     PINGREQ_PACKET,
     PROTOCOLS,
@@ -122,8 +123,12 @@ class Session:
             packet_id = self._take_id(PUBLISH)
         else:
             raise LocalProtocolError(f"QoS {qos}: this client publishes at QoS 0 or 1")
-        packet = encode_publish(self.protocol, topic, payload, qos, packet_id, retain, False,
-                                properties)
+        try:
+            packet = encode_publish(self.protocol, topic, payload, qos, packet_id, retain, False, properties)
+        except LocalProtocolError as error:  # the topic and properties are encoded: only a length can overflow
+            self._in_use.pop(packet_id, None)
+            raise PacketTooLarge(f"a PUBLISH of over {MAX_REMAINING_LENGTH} bytes after its fixed header: more "
+                                 f"than MQTT can frame") from error
         if self.maximum_packet_size is not None and len(packet) > self.maximum_packet_size:
             self._in_use.pop(packet_id, None)
             raise PacketTooLarge(f"a PUBLISH of {len(packet)} bytes: the broker's Maximum Packet Size is "

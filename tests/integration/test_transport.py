@@ -17,6 +17,7 @@ import pytest
 from mqttlb import transport as transport_module
 from mqttlb.commands.broker import PrivateBroker
 from mqttlb.core.config import BrokerSettings
+from mqttlb.mqtt import codec
 from mqttlb.mqtt.events import Subscription
 from mqttlb.transport import TOO_LARGE, DeviceMessages, Event, PublishingConnected, Settled, Transport
 
@@ -129,3 +130,13 @@ def test_publishes_made_while_down_that_the_broker_comes_back_too_small_for_are_
         assert link.publish("w/in", b"x" * 1000, 1, b"", "later") is TOO_LARGE  # made now: said at once
     finally:
         link.close(0.5)
+
+
+def test_a_forward_more_than_mqtt_can_frame_is_too_large_and_the_link_goes_on(transport: Transport[str]) -> None:
+    """Mosquitto names no Maximum Packet Size by default, and takes a device message of MQTT's largest size: the
+    forward, a few bytes longer, cannot be framed. It is answered ``too_large`` (which the service dead-letters),
+    not raised (a crash, and a crash loop: the message comes back after a restart)."""
+    most = codec.MAX_REMAINING_LENGTH  # zeros from calloc: no memory is touched
+    assert transport.publish("w/in", bytes(most), 1, b"", "unframeable") is TOO_LARGE
+    assert transport.publish("w/in", bytes(most), 0, b"", "unframeable") is TOO_LARGE
+    forward_and_settle(transport, "next")

@@ -23,6 +23,7 @@ from mqttlb.mqtt import (
     encode_user_properties,
     user_properties,
 )
+from mqttlb.mqtt.errors import PacketTooLarge
 from mqttlb.mqtt.events import Connect, Packet, PingReq, Subscribe, Unsubscribe
 
 
@@ -153,6 +154,19 @@ def test_the_broker_limits_are_reported_and_the_packet_size_enforced() -> None:
     with pytest.raises(LocalProtocolError, match="Maximum Packet Size"):
         session.publish("t", bytes(64), 1)
     assert session.in_flight == 1  # the refused publish took no id
+
+
+@pytest.mark.parametrize("protocol", [5, 4])
+def test_a_publish_more_than_mqtt_can_frame_is_too_large_and_takes_no_id(protocol: int) -> None:
+    """Without a Maximum Packet Size from the broker, MQTT's own framing is the limit: such a forward is refused
+    as too large, which the router dead-letters, not as a local error it would crash on (a crash loop, since the
+    message comes back after a restart)."""
+    session, _ = connected(protocol)
+    most = codec.MAX_REMAINING_LENGTH - 2 - 1 - 2 - (protocol == 5)  # a topic of one byte, a packet id, properties
+    assert len(session.publish("t", bytes(most), 1)[1]) == 5 + codec.MAX_REMAINING_LENGTH
+    with pytest.raises(PacketTooLarge, match="more than MQTT can frame"):
+        session.publish("t", bytes(most + 1), 1)
+    assert session.in_flight == 1
 
 
 def test_a_persistent_reconnect_keeps_unacknowledged_publishes_for_republish() -> None:

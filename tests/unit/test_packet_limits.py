@@ -17,6 +17,7 @@ import pytest
 
 from mqttlb.core.config import parse
 from mqttlb.core.inflight import Receipt
+from mqttlb.core.limits import MQTT_MAX_PACKET
 from mqttlb.core.router import DeadLetter, Forward, Message, Reason
 from mqttlb.service import Service
 from mqttlb.transport import TOO_LARGE, Outcome, Settled
@@ -45,10 +46,10 @@ class FakeTransport:
         self.acked.extend(packet_ids)
 
 
-@pytest.fixture
-def service() -> Iterator[Service]:
+@pytest.fixture(params=[{}])
+def service(request: pytest.FixtureRequest) -> Iterator[Service]:
     config = parse({"routes": [{"match": "devices/{device}/telemetry", "key": "device"}],
-                    "metrics": {"listen": None}}, base_dir=Path("."), environ={})
+                    "metrics": {"listen": None}, **request.param}, base_dir=Path("."), environ={})
     made = Service(config)
     real = made.transport
     made.transport = FakeTransport()  # type: ignore[assignment]
@@ -110,3 +111,19 @@ def test_a_router_heartbeat_over_the_limit_is_held_back_not_sent(service, caplog
     service.router.limits = replace(service.router.limits, max_packet_size=None)
     service._announce_router()
     assert fake(service).announced == [service.config.router.heartbeat_of(service.config.broker.client_id)]
+
+
+@pytest.mark.parametrize("service", [{"dead_letter": {"max_payload": MQTT_MAX_PACKET - 5}}], indirect=True)
+def test_a_forward_more_than_mqtt_can_frame_becomes_a_too_large_dead_letter_that_says_so(service):
+    """No limit from the broker, payloads up to MQTT's largest allowed, and a device message of that size: the
+    forward cannot be framed."""
+    message = Message("devices/d1/telemetry", bytes(MQTT_MAX_PACKET - 5 - 30), Receipt(service.inflight.generation,
+                      5, 1, b""), service.clock())  # zeros from calloc: no memory is touched
+    service.inflight.took(1)
+    [forward] = service.router.route(message)
+    assert isinstance(forward, Forward)  # nothing is measured when the broker names no limit
+    fake(service).outcomes = [TOO_LARGE]  # as the session answers it
+    service._publish(forward)
+    [_, (topic, payload, letter)] = fake(service).published
+    assert isinstance(letter, DeadLetter) and letter.reason == Reason.TOO_LARGE and payload == b""
+    assert "over MQTT's largest packet of 268435460" in letter.detail
