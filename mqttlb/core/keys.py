@@ -9,7 +9,10 @@ A number's key is its text exactly as the payload writes it: ``12`` routes as
 ``"12"``, a 20-digit ICCID as its 20 digits, ``1.50`` as ``"1.50"``. orjson
 gives integers as ``int`` up to 64 bits (their digits are their text) and the
 rest as ``float``, which has lost digits; for those the payload is read again
-with every number quoted, so orjson hands back the text itself.
+with every number quoted, so orjson hands back the text itself. orjson refuses
+a number past a double's range (``1e400``, a 310-digit integer), which JSON
+allows: such a payload, too, is read with every number quoted, so a sensor's
+huge reading costs its message nothing, and a huge key is its digits.
 """
 
 from __future__ import annotations
@@ -71,7 +74,7 @@ class KeySpec:
         if isinstance(value, int) and not isinstance(value, bool) and value != 0:
             return str(value)  # the digits as written ("-0" is the one int written otherwise)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            literal = self._walk(_STRING_OR_NUMBER.sub(_quote_number, payload))
+            literal = self._walk(_quoted_numbers(payload))
             assert isinstance(literal, str)
             return literal
         raise BadKey(f"{self}: field is {type(value).__name__}, not a string or number")
@@ -80,7 +83,12 @@ class KeySpec:
         try:
             value = orjson.loads(payload)
         except orjson.JSONDecodeError as error:
-            raise BadKey(f"payload is not JSON: {error}") from None
+            if "infinity" not in str(error):  # "number is infinity when parsed as double": JSON, for all that
+                raise BadKey(f"payload is not JSON: {error}") from None
+            try:
+                value = orjson.loads(_quoted_numbers(payload))
+            except orjson.JSONDecodeError as error:
+                raise BadKey(f"payload is not JSON: {error}") from None
         for part in self.path:
             if not isinstance(value, dict):
                 raise BadKey(f"{self}: payload has no object where {part!r} should be")
@@ -88,6 +96,11 @@ class KeySpec:
                 raise BadKey(f"{self}: field absent")
             value = value[part]
         return value
+
+
+def _quoted_numbers(payload: bytes) -> bytes:
+    """``payload`` with every number written as a string of its text; strings and the rest as they were."""
+    return _STRING_OR_NUMBER.sub(_quote_number, payload)
 
 
 def _quote_number(token: re.Match[bytes]) -> bytes:

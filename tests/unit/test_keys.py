@@ -138,6 +138,9 @@ def test_extract_nested_path_refuses(payload: bytes) -> None:
     (b'{"id": "\\ufdd0"}', "forbidden"),
     (b'{"id": ""}', "empty"),
     (b'{"id": 1e+300}', "forbidden character U\\+002B"),  # as the string "1e+300": no + in a topic level
+    (b'{"id": 1' + b"0" * 400 + b"}", "longer than 256 bytes"),  # its digits, too many for a key
+    (b'{"id": 1e400', "not JSON"),  # past a double's range, and broken besides
+    (b'{"id": 1e400, }', "not JSON"),
 ])
 def test_extract_from_payload_refuses(payload: bytes, why: str | None) -> None:
     with pytest.raises(BadKey, match=why):
@@ -203,6 +206,9 @@ def test_any_json_gives_a_usable_key_or_bad_key(value: object) -> None:
     (b"1E3", "1E3"),
     (b"1e-3", "1e-3"),
     (b"1e300", "1e300"),
+    (b"1e400", "1e400"),  # past a double's range, which orjson refuses: JSON all the same
+    (b"-1e400", "-1e400"),
+    (b"9" * 256, "9" * 256),  # an integer past a double's range, as long as a key may be
     (b"10.0", "10.0"),
     (b"-0", "-0"),
     (b"-0.0", "-0.0"),
@@ -223,6 +229,13 @@ def test_the_number_is_found_among_strings_and_numbers_that_look_alike() -> None
                b'"meta": {"id": 1.0, "device": {"n": [2e22], "id": 98765432109876543210}}}')
     assert NESTED.extract({}, payload) == "98765432109876543210"
     assert KeySpec.parse("payload.meta.id", ()).extract({}, payload) == "1.0"
+
+
+@pytest.mark.parametrize("reading", [b"1e400", b"-1e999", b"1" + b"0" * 400, b"[1e400, 2]", b'{"x": 1e400}'])
+def test_a_number_past_a_doubles_range_elsewhere_costs_the_message_nothing(reading: bytes) -> None:
+    """orjson refuses such a number, which JSON allows: one huge sensor reading made the message a bad key."""
+    assert ID.extract({}, b'{"id": "dev1", "reading": ' + reading + b"}") == "dev1"
+    assert NESTED.extract({}, b'{"reading": ' + reading + b', "meta": {"device": {"id": 12}}}') == "12"
 
 
 def test_a_big_number_beside_the_deepest_nesting_orjson_takes() -> None:
