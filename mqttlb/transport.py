@@ -200,6 +200,11 @@ class Transport(Generic[Tag]):
         self._heartbeat_filter = heartbeat_filter
         self._routers_filter = routers_filter
         self._routes = routes
+        self._held: list[Subscription] = []
+        """The route subscriptions the routing link's broker session holds, as far as this process knows: what it
+        subscribed since the session was last new. A reconnect that finds the session present subscribes only
+        what is missing; subscribing again would, with MQTT 3.1.1, make the broker send every retained device
+        message again, to be routed again."""
         self._routing = Link(broker, broker.client_id, persistent=True, receive_maximum=max_inflight, will=will)
         self._publishing = Link(broker, broker.client_id + PUBLISHING_SUFFIX, persistent=False)
         self._beats = Link(broker, broker.client_id + BEATS_SUFFIX, persistent=False)
@@ -256,17 +261,21 @@ class Transport(Generic[Tag]):
     def update_routes(self, routes: list[Subscription]) -> None:
         """Subscribe to the filters a reloaded config adds and unsubscribe from those it drops, now if
         the routing link is up, else when it connects. Messages already held are not affected."""
-        added = [s for s in routes if s not in self._routes]
-        dropped = [s.filter for s in self._routes if s.filter not in {r.filter for r in routes}]
         self._routes = routes
         if self._routing.connected:
-            if dropped:
-                self._routing.send(self._routing.session.unsubscribe(dropped)[1])
-            self._subscribe(added)
+            self._subscribe()
 
-    def _subscribe(self, routes: list[Subscription]) -> None:
-        if routes:  # retain handling 1 (MQTT 5): retained device messages are not routed again
-            self._routing.send(self._routing.session.subscribe(routes)[1])
+    def _subscribe(self) -> None:
+        """Bring the session's subscriptions from ``_held`` to ``_routes``. With MQTT 5, retain handling 1 also
+        keeps retained device messages from coming again for a subscription the session had."""
+        routes, session = self._routes, self._routing.session
+        dropped = [s.filter for s in self._held if s.filter not in {r.filter for r in routes}]
+        added = [s for s in routes if s not in self._held]
+        if dropped:
+            self._routing.send(session.unsubscribe(dropped)[1])
+        if added:
+            self._routing.send(session.subscribe(added)[1])
+        self._held = list(routes)
 
     def poll(self, timeout: float, room: int, reclaim_room: int = 0) -> list[Event[Tag]]:
         """One turn: connect what needs it, wait for the sockets (at most ``timeout``), read, keep alive.
@@ -426,7 +435,9 @@ class Transport(Generic[Tag]):
             elif kind is ConnAck:
                 if self._routing.connected:
                     log.info("routing link connected (session present: %s)", event.session_present)
-                    self._subscribe(self._routes)
+                    if not event.session_present:
+                        self._held = []
+                    self._subscribe()
                     events.append(RoutingConnected(True, self._routing.generation))
             elif kind is Lost:
                 self._count_lost(self._routing, event)
@@ -434,6 +445,7 @@ class Transport(Generic[Tag]):
                 events.append(RoutingConnected(False, self._routing.generation))
             elif kind is SubAck and any(reason >= 0x80 for reason in event.reasons):
                 log.error("the broker refused a route subscription: reason codes %s", event.reasons)
+                self._held = []  # asked again on the next connection
         if self._waiting:
             self._hand_on(events, room)
 

@@ -238,3 +238,33 @@ def test_qos_0_routes_keep_flowing_past_the_window(make_router, clients):
     for n in range(300):
         device.publish(f"devices/d{n % 7}/logs/app", b"%d" % n, qos=0)
     wait_for(lambda: len(worker.messages()) == 300, what="all 300 QoS 0 messages")
+
+
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+def test_retained_device_messages_are_routed_once_across_a_broker_restart(make_router, clients, broker, protocol):
+    """A reconnect that finds the router's session present does not subscribe again: an MQTT 3.1.1 broker
+    answers every SUBSCRIBE with the retained messages it matches, which were routed again on each reconnect
+    (MQTT 5 has retain handling for it)."""
+    clients(TestWorker, "w1")
+    watcher = clients(Client, "watcher", clean=False)
+    watcher.subscribe("mqttlb/workers/+/in/#")
+    router = make_router(broker={"protocol": protocol}, stats={"interval": "0.25s"})
+    stats = clients(Client, "stats")
+    stats.subscribe("mqttlb/stats")
+    device = clients(Client, "device")
+    for i in range(3):
+        device.publish(f"devices/r{i}/telemetry", b"state", retain=True)
+    wait_for(lambda: len(watcher.messages()) == 3, what="the retained messages routed")
+    seen = len(stats.messages())
+    wait_for(lambda: any(orjson.loads(m.payload)["inbound"]["unacked"] == 0 for m in stats.messages()[seen:]),
+             what="the router's acknowledgements written")  # else the broker may rightly send them again
+    broker.restart()  # SIGTERM: Mosquitto keeps the router's session, its subscriptions and the retained messages
+    wait_for(lambda: router.log().count("session present: True") == 1, timeout=20, what="the router back")
+    wait_for(device.client.is_connected, timeout=20, what="the device back")
+    device.publish("devices/after/telemetry", b"news")
+    wait_for(lambda: any(m.topic.endswith("/after/telemetry") for m in watcher.messages()), timeout=20,
+             what="a new message routed")
+    # Retained messages sent again would come with the SUBACK, before the new one, and be forwarded in order;
+    # what the broker sends the watcher again (its own acknowledgement lost in the restart) is marked DUP.
+    assert sorted(m.topic.split("/in/")[1] for m in watcher.messages() if not m.dup) == \
+        ["devices/after/telemetry", "devices/r0/telemetry", "devices/r1/telemetry", "devices/r2/telemetry"]
