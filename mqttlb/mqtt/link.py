@@ -30,12 +30,15 @@ from ..core.config import BrokerSettings
 from .errors import RemoteProtocolError
 from .events import ConnAck, Disconnect, Event, PingResp, Will
 from .net import open_socket
-from .reasons import refusal
+from .reasons import reason_name, refusal, said
 from .session import Session
 
 log = logging.getLogger("mqttlb.link")
 
 CONNECT_TIMEOUT = 5.0
+CONNACK_TIMEOUT = 10.0
+"""Seconds a CONNECT waits for its CONNACK before the connection is given up (MQTT: "a reasonable amount of
+time"). A proxy in front of a broker that is down, or a hung broker, takes the connection and says nothing."""
 READ_SIZE = 65536
 SESSION_TAKEN_OVER = 0x8E
 QUICK_DROP = 2.0
@@ -91,9 +94,11 @@ class Link:
         """Seconds: ours, or the Server Keep Alive the broker's CONNACK set instead (MQTT 5; Mosquitto's
         max_keepalive), which the broker times the connection out by."""
         self.quick_drops = 0
-        self.takeovers = 0
+        self.backoffs = 0
+        """Drops answered with a backoff that doubles: takeovers, and quick drops the broker gives a reason for."""
         self._out = bytearray()
         self._connect_size = 0
+        self._opened_at = 0.0
         self._last_sent = 0.0
         self._ping_sent: float | None = None
         self._disconnect_reason: int | None = None
@@ -134,7 +139,7 @@ class Link:
             receive_maximum=self.receive_maximum, username=self.broker.username, password=self.broker.password,
             will=self.will))
         self._connect_size = len(self._out)
-        self._last_sent = now
+        self._opened_at = self._last_sent = now
         self._ping_sent = None
         self.flush()
 
@@ -148,7 +153,7 @@ class Link:
         self.generation += 1
         self.connected_at = now
         self.keepalive = self.broker.keepalive if ack.server_keepalive is None else ack.server_keepalive
-        if not self.takeovers:
+        if not self.backoffs:
             self.report(None)
 
     # -- reading and writing ----------------------------------------------------------------
@@ -182,17 +187,26 @@ class Link:
         except RemoteProtocolError as error:
             log.error("%s: the broker sent a malformed packet (%s); reconnecting", self.name, error)
             return self._lost(now, f"malformed packet from the broker: {error}", [])
+        disconnect: Disconnect | None = None
         for event in events:
             if type(event) is ConnAck:
                 self._accepted(event, now)
             elif type(event) is PingResp:
                 self._ping_sent = None
             elif type(event) is Disconnect:
-                self._disconnect_reason = event.reason
+                disconnect = event
+        if disconnect is not None:  # the connection is over now, though the broker may close its socket later
+            self._disconnect_reason = disconnect.reason
+            why = reason_name(disconnect.reason) + (f": {disconnect.reason_string}" if disconnect.reason_string
+                                                    else "")
+            events += self._lost(now, f"the broker disconnected us: {why}", [])
         return events
 
-    def _lost(self, now: float, detail: str, chunks: list[bytes]) -> list[Event | Lost]:
+    def _lost(self, now: float, detail: str, chunks: list[bytes], ours: bool = False) -> list[Event | Lost]:
+        """The connection went: closed, and a ``Lost`` last if it had been accepted. ``ours``: we gave up on it."""
         events = self._decode(now, chunks) if chunks else []
+        if self.sock is None:  # the last bytes were a DISCONNECT, which said it already
+            return events
         was_connected = self.connected
         self._close()
         if not was_connected:  # as Mosquitto does with a CONNECT over its max_packet_size, saying nothing
@@ -200,7 +214,7 @@ class Link:
                         f"({self._connect_size} bytes: client id, credentials, will) over its max_packet_size?")
             return events
         reason = self._disconnect_reason
-        events.append(Lost(reason, detail, self._taken_over(reason, now)))
+        events.append(Lost(reason, detail, self._taken_over(reason, now, explained=ours or reason is not None)))
         return events
 
     def send(self, data: bytes) -> None:
@@ -226,22 +240,30 @@ class Link:
             self._last_sent = time.monotonic()
 
     def keep_alive(self, now: float, reading: bool) -> list[Lost]:
-        """Ping when nothing went out for half the keep-alive; give up on a broker that does not answer.
+        """Ping when nothing went out for half the keep-alive; give up on a broker that does not answer a ping,
+        or a CONNECT within ``CONNACK_TIMEOUT``.
 
         A link the loop is not ``reading`` (the router's window is full) cannot hear the answer, so it is not
         given up on: its pings still keep the broker from dropping it.
         """
         keepalive = self.keepalive
-        if not self.connected or not keepalive:
+        if not self.connected:
+            if self.sock is not None and reading and now - self._opened_at > CONNACK_TIMEOUT:
+                self._close()
+                self.report(f"the broker at {self.broker.host}:{self.broker.port} took the connection but did not "
+                            f"answer CONNECT in {CONNACK_TIMEOUT:.0f}s (a proxy in front of a broker that is down, "
+                            f"or a broker that hangs); trying again")
+            return []
+        if not keepalive:
             return []
         if self._ping_sent is not None and reading and now - self._ping_sent > keepalive:
             log.warning("%s: no answer from the broker for %ds; reconnecting", self.name, keepalive)
-            return [event for event in self._lost(now, "the broker stopped answering", [])
+            return [event for event in self._lost(now, "the broker stopped answering", [], ours=True)
                     if isinstance(event, Lost)]
         if self._ping_sent is None and now - self._last_sent >= keepalive / 2:
             self.send(self.session.ping())
             self._ping_sent = self._last_sent = now
-        if self.takeovers or self.quick_drops:
+        if self.backoffs or self.quick_drops:
             self._settled(now)
         return []
 
@@ -274,21 +296,33 @@ class Link:
 
     # -- takeovers ----------------------------------------------------------------------------
 
-    def _taken_over(self, reason: int | None, now: float) -> bool:
-        said = reason == SESSION_TAKEN_OVER
+    def _taken_over(self, reason: int | None, now: float, explained: bool) -> bool:
+        """Whether a drop was a takeover, and when to connect again.
+
+        A takeover: the broker says so, or (unsaid) the last of ``QUICK_DROPS`` drops right after connecting that
+        nothing else ``explained``. Quick drops the broker gives another reason for (it refuses something the
+        link sends as soon as it connects) are no takeover, but are said, with the fix, and backed off from alike.
+        """
+        said_taken = reason == SESSION_TAKEN_OVER
         if self.borrowed:
-            return said
+            return said_taken
         self.quick_drops = self.quick_drops + 1 if now - self.connected_at < QUICK_DROP else 0
-        if not said and self.quick_drops < QUICK_DROPS:
+        if not said_taken and self.quick_drops < QUICK_DROPS:
             self.next_attempt = now + backoff(0)
             return False
-        self.takeovers += 1
-        delay = min(MAX_TAKEOVER_BACKOFF, 2.0 ** self.takeovers)
+        self.backoffs += 1
+        delay = min(MAX_TAKEOVER_BACKOFF, 2.0 ** self.backoffs)
         self.next_attempt = now + delay
-        why = "the broker says so" if said else f"dropped {self.quick_drops} times right after connecting"
-        unless = "" if said else (" Or the broker drops us over a packet it will not take: one over its maximum "
-                                  "packet size, which MQTT 3.1.1 brokers do not say (set broker.max_packet_size), "
-                                  "or a retained one where retain_available is false; its log says which.")
+        if explained and not said_taken:
+            why = said(reason) if reason is not None else "it stopped answering"
+            self.report(f"the broker drops this connection right after accepting it, {self.quick_drops} times in a "
+                        f"row: {why}. Backing off {delay:.0f}s")
+            return False
+        why = "the broker says so" if said_taken else f"dropped {self.quick_drops} times right after connecting"
+        unless = "" if said_taken else (
+            " Or the broker drops us over a packet it will not take: one over its maximum packet size, which MQTT "
+            "3.1.1 brokers do not say (set broker.max_packet_size), or a retained one where retain_available is "
+            "false; its log says which.")
         self.report(f"session taken over: another client connected with client id {self.name!r} ({why}). Two "
                     f"routers with the same broker.client_id? Give each router its own client_id (a share group's "
                     f"members too).{unless} Backing off {delay:.0f}s before taking it back")
@@ -298,5 +332,5 @@ class Link:
         """A connection that has lasted: what made it look taken over is over."""
         if self.connected and now - self.connected_at >= STABLE:
             log.info("%s: connected for %.0fs; the session is ours again", self.name, STABLE)
-            self.takeovers = self.quick_drops = 0
+            self.backoffs = self.quick_drops = 0
             self.problem = None

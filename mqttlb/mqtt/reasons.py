@@ -18,7 +18,8 @@ NAMES = {
 }
 """MQTT 5 (2.4) reason codes by value, as the specification names them."""
 
-_REFUSAL_FIXES = {
+_SEE_THE_LOG = "see the broker's log"
+_FIXES = {
     0x84: "set broker.protocol to one the broker speaks (5 or 3.1.1)",
     0x85: "broker.client_id is not acceptable to the broker: choose another",
     0x86: "check broker.username and its password (password, password_file or password_env) against the "
@@ -41,5 +42,9 @@ def reason_name(reason: int) -> str:
 def refusal(reason: int, name: str) -> str:
     """Why the broker refused a connection (an MQTT 5 CONNACK reason code; ``Session`` gives MQTT 3.1.1's
     return codes as those), and what to do about it, in one line."""
-    fix = _REFUSAL_FIXES.get(reason, "see the broker's log")
-    return f"the broker refused the connection as {name}: {reason_name(reason)} (0x{reason:02X}); {fix}"
+    return f"the broker refused the connection as {name}: {said(reason)}"
+
+
+def said(reason: int) -> str:
+    """A reason code in words, and what to do about it."""
+    return f"{reason_name(reason)} (0x{reason:02X}); {_FIXES.get(reason, _SEE_THE_LOG)}"
