@@ -41,6 +41,7 @@ from .metrics import MetricsServer, Pulse
 from .mqtt.codec import user_properties, without_user_properties
 from .mqtt.errors import ProtocolError
 from .mqtt.events import Publish, Subscription, Will
+from .mqtt.reasons import NO_MATCHING_SUBSCRIBERS, reason_name
 from .transport import (
     ACKED,
     RECLAIM_WINDOW,
@@ -653,8 +654,11 @@ class Service:
             else:
                 self._settled(action, ACKED)
         self._forwarded(forwards)
-        for action in event.refused:
-            self._settled(action, REFUSED)
+        for action, reason in event.refused:
+            if reason == NO_MATCHING_SUBSCRIBERS and not isinstance(action, Forward):
+                self._settled(action, ACKED)  # a dead letter no one listens for is published all the same
+            else:
+                self._settled(action, REFUSED, reason)
         for action in event.too_large:
             self._settled(action, TOO_LARGE)
 
@@ -683,15 +687,18 @@ class Service:
         if receipts:
             self.transport.ack(self.inflight.settle_all(receipts))
 
-    def _settled(self, action: Publishable, outcome: Outcome) -> None:
-        """The broker refused the publish made for ``action``'s message, or acknowledged a dead letter, or a QoS 0
-        forward was made without a connection, or the publish is over the broker's Maximum Packet Size (which
-        the broker may have lowered since the router made it): what became of the message is settled, or it
-        becomes a dead letter, a smaller one if it was one."""
+    def _settled(self, action: Publishable, outcome: Outcome, reason: int = 0) -> None:
+        """The broker refused the publish made for ``action``'s message (``reason``, its reason code), or
+        acknowledged a dead letter, or a QoS 0 forward was made without a connection, or the publish is over the
+        broker's Maximum Packet Size (which the broker may have lowered since the router made it): what became
+        of the message is settled, or it becomes a dead letter, a smaller one if it was one."""
         if isinstance(action, Forward):
             if outcome is REFUSED:
                 self.counters.refused += 1
-                self._publish(self.router.refused(action))
+                why = f"{reason_name(reason)} (0x{reason:02X})"
+                if reason == NO_MATCHING_SUBSCRIBERS:  # taken, and thrown away: the worker is not listening
+                    why += f"; nothing subscribes to the inbox of {action.worker!r}, which still sends heartbeats"
+                self._publish(self.router.refused(action, why))
                 return
             if outcome is TOO_LARGE:
                 self._publish(self.router.too_large(action))

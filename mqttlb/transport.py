@@ -55,6 +55,7 @@ from .mqtt.codec import encode_user_properties
 from .mqtt.errors import PacketTooLarge
 from .mqtt.events import BadPublish, ConnAck, PubAck, Publish, SubAck, Subscription, UnsubAck, Will
 from .mqtt.link import Link, Lost
+from .mqtt.reasons import NO_MATCHING_SUBSCRIBERS
 
 log = logging.getLogger("mqttlb.transport")
 
@@ -91,7 +92,7 @@ class Outcome(Enum):
     """How a publish ended."""
 
     ACKED = "acked"        # the broker has it (a QoS 0 one: it is written)
-    REFUSED = "refused"    # the broker answered with a failure reason code: sending again will not help
+    REFUSED = "refused"    # the broker answered with a failure reason code, or took it for no subscriber
     LOST = "lost"          # a QoS 0 publish made while its connection was down
     TOO_LARGE = "too_large"  # over the Maximum Packet Size the broker named (MQTT 5): not sent, never will be
 
@@ -128,12 +129,13 @@ class RouterHeartbeat:
 
 @dataclass(frozen=True, slots=True)
 class Settled(Generic[Tag]):
-    """The broker acknowledged the QoS 1 publishes made with ``acked``, in order, and refused ``refused``;
-    ``too_large``: publishes made while the publishing link was down, over the Maximum Packet Size the broker
-    named when it came back (they were not sent)."""
+    """The broker acknowledged the QoS 1 publishes made with ``acked``, in order, and refused ``refused`` (with
+    its reason code: a failure, or 0x10, No matching subscribers: taken, and then thrown away); ``too_large``:
+    publishes made while the publishing link was down, over the Maximum Packet Size the broker named when it
+    came back (they were not sent)."""
 
     acked: list[Tag]
-    refused: list[Tag]
+    refused: list[tuple[Tag, int]]
     too_large: Sequence[Tag] = ()
 
 
@@ -366,13 +368,16 @@ class Transport(Generic[Tag]):
     def _from_publishing(self, events_in: list[Any], events: list[Event[Tag]]) -> None:
         pending = self._pending
         acked: list[Tag] = []
-        refused: list[Tag] = []
+        refused: list[tuple[Tag, int]] = []
         for event in events_in:
             kind = type(event)
             if kind is PubAck:
                 tag = pending.pop(event.packet_id, None)
                 if tag is not None:
-                    (refused if event.reason >= 0x80 else acked).append(tag)
+                    if event.reason >= 0x80 or event.reason == NO_MATCHING_SUBSCRIBERS:
+                        refused.append((tag, event.reason))
+                    else:
+                        acked.append(tag)
                 continue
             if acked or refused:  # what was settled before, in order
                 events.append(Settled(acked, refused))

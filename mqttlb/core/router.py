@@ -442,10 +442,10 @@ class Router(Generic[Ref]):
             self._waiting[worker] = kept
         return forgotten
 
-    def refused(self, forward: Forward[Ref]) -> DeadLetter[Ref]:
-        """The broker refused a forward (an MQTT 5 reason code): it becomes a dead letter."""
+    def refused(self, forward: Forward[Ref], why: str) -> DeadLetter[Ref]:
+        """The broker refused a forward (an MQTT 5 reason code, said in ``why``): it becomes a dead letter."""
         return self._dead_letter(forward.message, Reason.REFUSED, f"the broker refused the forward to "
-                                 f"{forward.worker!r}", forward.route)
+                                 f"{forward.worker!r}: {why}", forward.route)
 
     def too_large(self, forward: Forward[Ref], problem: str | None = None) -> DeadLetter[Ref]:
         """A forward over the broker's Maximum Packet Size, as a dead letter without its payload: ``problem`` as

@@ -17,6 +17,8 @@ NAMES = {
     0xA1: "Subscription Identifiers not supported", 0xA2: "Wildcard Subscriptions not supported",
 }
 """MQTT 5 (2.4) reason codes by value, as the specification names them."""
+NO_MATCHING_SUBSCRIBERS = 0x10
+"""A PUBACK's: the broker took the message, and nothing being subscribed, threw it away."""
 
 _SEE_THE_LOG = "see the broker's log"
 _FIXES = {

@@ -60,3 +60,20 @@ def test_each_reason_is_dead_lettered_and_routing_goes_on(make_router, clients):
              what="routing after bad input")
     assert router.process.poll() is None
     assert "disconnected" not in router.log()
+
+
+def test_a_forward_no_one_subscribes_to_is_a_dead_letter_not_a_delivery(make_router, clients):
+    """A worker that sends heartbeats but is not subscribed to its inbox (a wrong filter, a clean session not yet
+    subscribed): Mosquitto takes each forward with PUBACK 0x10, No matching subscribers, and throws it away. It
+    was counted as forwarded and acknowledged: lost without a word."""
+    beating = clients(Client, "deaf-worker")
+    beating.publish("mqttlb/workers/deaf/heartbeat", orjson.dumps({"worker": "deaf"}), retain=True)
+    make_router(routes=ROUTES)
+    dead = clients(Client, "dead-watch")
+    dead.subscribe("mqttlb/deadletter/#")
+    device = clients(Client, "device")
+    device.publish("devices/d1/telemetry", b"reading")
+    [letter] = wait_for(dead.messages, what="the dead letter")
+    assert (letter.topic, letter.payload) == ("mqttlb/deadletter/refused/devices/d1/telemetry", b"reading")
+    reason = dict(letter.properties.UserProperty)["mqttlb-reason"]
+    assert "No matching subscribers (0x10)" in reason and "nothing subscribes to the inbox of 'deaf'" in reason

@@ -85,7 +85,7 @@ def test_a_forward_over_a_lowered_limit_becomes_a_too_large_dead_letter_without_
 def test_a_dead_letter_over_the_limit_goes_again_as_small_as_a_dead_letter_can_be(service):
     forward = forward_of(service)
     fake(service).outcomes = [TOO_LARGE]
-    service._settle_all(Settled([], [forward], []))  # refused: a dead letter, which the broker cannot take whole
+    service._settle_all(Settled([], [(forward, 0x87)], []))  # refused: a dead letter the broker cannot take whole
     [(_, _, whole), (topic, payload, smallest)] = fake(service).published
     assert isinstance(whole, DeadLetter) and whole.keep_properties
     assert isinstance(smallest, DeadLetter) and not smallest.keep_properties and payload == b""

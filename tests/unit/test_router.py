@@ -162,8 +162,9 @@ def test_refused_forward_becomes_a_dead_letter() -> None:
     router = make_router()
     beat(router, "w1", 0)
     action = forward(router, "devices/d1/telemetry", b"p")
-    dead = router.refused(action)
+    dead = router.refused(action, "Not authorized (0x87)")
     assert (dead.reason, dead.route, dead.keep_payload) == ("refused", "telemetry", True)
+    assert dead.detail == "the broker refused the forward to 'w1': Not authorized (0x87)"
     assert dead.topic == "mqttlb/deadletter/refused/devices/d1/telemetry"
     assert dead.message is action.message
 
