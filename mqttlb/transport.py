@@ -55,7 +55,7 @@ from .mqtt.codec import encode_user_properties
 from .mqtt.errors import PacketTooLarge
 from .mqtt.events import BadPublish, ConnAck, PubAck, Publish, SubAck, Subscription, UnsubAck, Will
 from .mqtt.link import Link, Lost
-from .mqtt.reasons import NO_MATCHING_SUBSCRIBERS
+from .mqtt.reasons import NO_MATCHING_SUBSCRIBERS, reason_name
 
 log = logging.getLogger("mqttlb.transport")
 
@@ -228,6 +228,8 @@ class Transport(Generic[Tag]):
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._sync_id: int | None = None
+        self._asked: dict[tuple[str, int], list[Subscription]] = {}
+        """SUBSCRIBEs awaiting their SUBACK, by link name and packet id."""
         self._read_acks_at = 0.0
         """When the publishing link's acknowledgements are next read even if nothing else wakes the loop."""
         self.reconnects = 0
@@ -276,8 +278,25 @@ class Transport(Generic[Tag]):
         if dropped:
             self._routing.send(session.unsubscribe(dropped)[1])
         if added:
-            self._routing.send(session.subscribe(added)[1])
+            self._subscribe_on(self._routing, added)
         self._held = list(routes)
+
+    def _subscribe_on(self, link: Link, subscriptions: list[Subscription]) -> None:
+        packet_id, data = link.session.subscribe(subscriptions)
+        self._asked[(link.name, packet_id)] = subscriptions
+        link.send(data)
+
+    def _granted(self, link: Link, ack: SubAck, what: str) -> bool:
+        """Say what the broker did not grant of a SUBSCRIBE: refused filters as the link's problem (logged, and
+        in /healthz), filters granted a lower QoS than asked as a warning. Whether all were granted."""
+        refused, lowered = ungranted(self._asked.pop((link.name, ack.packet_id), []), ack.reasons)
+        if lowered:
+            log.warning("%s: the broker granted %s: less than asked, so what comes there may be lost (the broker's "
+                        "max_qos?)", link.name, ", ".join(lowered))
+        if refused:
+            link.report(f"the broker refused the {what} subscription to {', '.join(refused)}; the broker's log (or "
+                        f"its ACL) says why")
+        return not refused
 
     def poll(self, timeout: float, room: int, reclaim_room: int = 0) -> list[Event[Tag]]:
         """One turn: connect what needs it, wait for the sockets (at most ``timeout``), read, keep alive.
@@ -403,9 +422,11 @@ class Transport(Generic[Tag]):
                     filters = [Subscription(self._heartbeat_filter, 0)]
                     if self._routers_filter is not None:
                         filters.append(Subscription(self._routers_filter, 0))
-                    link.send(link.session.subscribe(filters)[1])
+                    self._subscribe_on(link, filters)
                     self._sync_id, data = link.session.unsubscribe([SYNC_TOPIC])
                     link.send(data)
+            elif kind is SubAck:
+                self._granted(self._beats, event, "heartbeat")
             elif kind is UnsubAck:
                 if event.packet_id == self._sync_id and not self._routing.enabled:
                     log.info("fleet known; connecting the routing link")
@@ -448,8 +469,7 @@ class Transport(Generic[Tag]):
                 self._count_lost(self._routing, event)
                 self._waiting.clear()  # unacknowledged: the broker sends them again
                 events.append(RoutingConnected(False, self._routing.generation))
-            elif kind is SubAck and any(reason >= 0x80 for reason in event.reasons):
-                log.error("the broker refused a route subscription: reason codes %s", event.reasons)
+            elif kind is SubAck and not self._granted(self._routing, event, "route"):
                 self._held = []  # asked again on the next connection
         if self._waiting:
             self._hand_on(events, room)
@@ -602,6 +622,17 @@ class Transport(Generic[Tag]):
         self._beats.close(grace)
         self._wake_r.close()
         self._wake_w.close()
+
+
+def ungranted(asked: list[Subscription], reasons: Sequence[int]) -> tuple[list[str], list[str]]:
+    """Of the filters ``asked`` in a SUBSCRIBE, and its SUBACK's ``reasons``: those refused, and those granted a
+    lower QoS than asked, each with what the broker said."""
+    answered = list(zip(asked, reasons, strict=False))
+    refused = [f"{s.filter} ({reason_name(reason)}, 0x{reason:02X})" for s, reason in answered if reason >= 0x80]
+    refused += [f"{s.filter} (not answered: the SUBACK has {len(reasons)} codes for {len(asked)} filters)"
+                for s in asked[len(answered):]]
+    lowered = [f"{s.filter} QoS {reason} (asked {s.qos})" for s, reason in answered if reason < s.qos]
+    return refused, lowered
 
 
 def own_client_ids(client_id: str) -> set[str]:
