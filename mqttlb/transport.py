@@ -50,6 +50,7 @@ from .core.config import BrokerSettings
 from .core.limits import UserProperties
 from .core.topics import filter_matches
 from .errors import TransportError
+from .logs import RateLimited
 from .mqtt.client import Client
 from .mqtt.codec import encode_user_properties
 from .mqtt.errors import PacketTooLarge
@@ -228,6 +229,7 @@ class Transport(Generic[Tag]):
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._sync_id: int | None = None
+        self._bad_topics = RateLimited(log)
         self._asked: dict[tuple[str, int], list[Subscription]] = {}
         """SUBSCRIBEs awaiting their SUBACK, by link name and packet id."""
         self._read_acks_at = 0.0
@@ -543,10 +545,11 @@ class Transport(Generic[Tag]):
             events.append(DeviceMessages(self._routing.generation, messages))
         return count
 
-    @staticmethod
-    def _drop(link: Link, bad: BadPublish) -> None:
-        """A broker passing a topic that is not UTF-8: acknowledge it, for it cannot be routed, and say so."""
-        log.warning("%s: dropping a message whose topic is not UTF-8: %r", link.name, bad.topic[:200])
+    def _drop(self, link: Link, bad: BadPublish) -> None:
+        """A broker passing a topic that is not a valid topic name: acknowledge it, for it cannot be routed (nor
+        dead-lettered under its topic), and say so, rate-limited."""
+        self._bad_topics.warning("topic", time.monotonic(), "%s: dropping a message whose topic is not a valid "
+                                 "topic name (%s): %r", link.name, bad.detail, bad.topic[:200])
         if bad.qos:
             link.send(link.session.puback(bad.packet_id))
 

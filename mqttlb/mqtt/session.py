@@ -162,6 +162,9 @@ class Session:
         return b"".join([self.puback(packet_id) for packet_id in packet_ids])
 
     def subscribe(self, subscriptions: Sequence[Subscription]) -> tuple[int, bytes]:
+        """SUBSCRIBE, at QoS 0 or 1 (rule 5)."""
+        if any(subscription.qos > 1 for subscription in subscriptions):
+            raise LocalProtocolError("QoS 2: this client subscribes at QoS 0 or 1")
         return self._numbered(SUBSCRIBE, lambda packet_id: encode_subscribe(self.protocol, packet_id, subscriptions))
 
     def unsubscribe(self, filters: Sequence[str]) -> tuple[int, bytes]:
@@ -260,6 +263,8 @@ class Session:
                     needed = stop - at
                     break
                 if first >> 4 == PUBLISH and connected:
+                    if first & 0x06 == 0x04:
+                        raise RemoteProtocolError("a PUBLISH at QoS 2, which this client never subscribes at")
                     append(decode_publish(mqtt5, first, data, start, stop))
                 elif first == 0x40 and length == 2 and connected:  # a PUBACK of success
                     packet_id = data[start] << 8 | data[start + 1]

@@ -192,6 +192,18 @@ def test_a_bad_topic_from_the_broker_is_an_event_and_the_session_goes_on() -> No
     assert isinstance(bad, BadPublish) and bad.packet_id == 7 and isinstance(good, Publish)
 
 
+@pytest.mark.parametrize("protocol", [5, 4])
+def test_qos_2_is_refused_both_ways(protocol: int) -> None:
+    """This client has no QoS 2 flow: a QoS 2 PUBLISH from the broker was routed and answered with a PUBACK, which
+    the broker cannot take for its PUBREC; subscribing at QoS 2 is what would invite one."""
+    session, _ = connected(protocol)
+    with pytest.raises(LocalProtocolError, match="QoS 2"):
+        session.subscribe([Subscription("t/#", 2)])
+    session.receive_data(codec.encode_publish(protocol, b"t/1", b"x", 2, 5))
+    with pytest.raises(RemoteProtocolError, match="QoS 2"):
+        session.events()
+
+
 def test_a_broken_session_stays_broken_until_it_connects_again() -> None:
     session, _ = connected()
     session.receive_data(b"\x62\x02\x00\x01")  # PUBREL: QoS 2, which this client never asks for
