@@ -222,8 +222,9 @@ class Fleet:
         """(when, worker): a heap of the moments time changes something for a worker."""
         self._departures: list[Departure] = []
         self._refused: Counter[tuple[str, str]] = Counter()
-        self._sessions: dict[str, str] = {}
-        """session client id -> the worker whose heartbeat last named it."""
+        self._sessions: dict[str, set[str]] = {}
+        """session client id -> the workers whose last heartbeats name it. Any of them alive makes the session
+        one not to reclaim: a heartbeat naming a live worker's session, then going down, must not hand it over."""
 
     def reconfigure(self, timeout: float, expire: float, pools: Mapping[str, PoolSettings], now: float) -> None:
         """New settings from a reloaded config: every worker's record is kept, health is worked out again."""
@@ -259,8 +260,10 @@ class Fleet:
             beat = replace(beat, session=old.beat.session)  # nor a session: it is still the one to reclaim
         if old is None or old.beat.pool != beat.pool:
             self._check_room(beat)
+        if old is not None and old.beat.session != beat.session:
+            self._unname(old.beat)
         if beat.session is not None:
-            self._sessions[beat.session] = beat.worker
+            self._sessions.setdefault(beat.session, set()).add(beat.worker)
         self._advance(now)
         if old is not None and self._records.get(beat.worker) is not old:
             old = None  # time forgot it just now (expired; its room is free): this heartbeat is a newcomer's
@@ -309,12 +312,22 @@ class Fleet:
         return snapshot
 
     def using(self, session: str) -> str | None:
-        """The live worker whose heartbeats name ``session``, if any: that session is not to be reclaimed."""
-        worker = self._sessions.get(session)
-        record = self._records.get(worker) if worker is not None else None
-        if record is None or record.beat.session != session or record.health not in _LIVE:
-            return None
-        return worker
+        """A live worker whose heartbeats name ``session`` (the first by id), if any: that session is not to be
+        reclaimed."""
+        for worker in sorted(self._sessions.get(session, ())):
+            record = self._records.get(worker)
+            if record is not None and record.beat.session == session and record.health in _LIVE:
+                return worker
+        return None
+
+    def _unname(self, beat: Heartbeat) -> None:
+        """``beat``'s worker no longer names its session."""
+        if beat.session is None or beat.session not in self._sessions:
+            return
+        workers = self._sessions[beat.session]
+        workers.discard(beat.worker)
+        if not workers:
+            del self._sessions[beat.session]
 
     def live(self, worker: str) -> bool:
         """Whether ``worker`` is up or draining, and heard from within the timeout."""
@@ -418,8 +431,7 @@ class Fleet:
             self._count(record, -1)
             self._place(record, None)
             del self._records[record.beat.worker]
-            if record.beat.session is not None and self._sessions.get(record.beat.session) == record.beat.worker:
-                del self._sessions[record.beat.session]
+            self._unname(record.beat)
             return
         health = self._health(record, now)
         if health is not record.health:

@@ -654,4 +654,22 @@ def test_a_session_a_live_worker_names_is_in_use() -> None:
     fleet.apply(Heartbeat("w2", state=WorkerState.DOWN), 1.0)  # its will: the session is no longer in use
     assert fleet.using("shared") is None
     fleet.apply(Heartbeat("w3", session="mqttlb-worker-w1"), 1.0)  # a second worker naming w1's session
-    assert fleet.using("mqttlb-worker-w1") == "w3"
+    assert fleet.using("mqttlb-worker-w1") == "w1"
+
+
+def test_a_session_stays_in_use_while_any_live_worker_names_it() -> None:
+    """A worker's heartbeat names a live worker's session, then goes down: the session was 'no longer in use' (the
+    last to name it had gone), so the router reclaimed the live worker's session, kicked it off again and again,
+    and routed what it took back into that session: 154 messages became 6,980 forwards."""
+    fleet = Fleet(6.0, 300.0)
+    fleet.apply(Heartbeat("w1", session="mqttlb-worker-w1"), 0.0)
+    fleet.apply(Heartbeat("evil", session="mqttlb-worker-w1"), 0.5)
+    fleet.apply(Heartbeat("evil", state=WorkerState.DOWN, session="mqttlb-worker-w1"), 1.0)
+    [departure] = [d for d in fleet.take_departures() if d.worker == "evil"]
+    assert departure.session == "mqttlb-worker-w1"
+    assert fleet.using("mqttlb-worker-w1") == "w1"  # so the departure's reclaim is refused
+    fleet.apply(Heartbeat("w1", session="mqttlb-worker-w1-b"), 2.0)  # w1 moves to another session
+    assert fleet.using("mqttlb-worker-w1") is None
+    assert fleet.using("mqttlb-worker-w1-b") == "w1"
+    fleet.tick(400.0)  # both expire
+    assert fleet._sessions == {}
