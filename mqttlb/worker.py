@@ -118,10 +118,11 @@ class Worker:
         self._beating = threading.Thread(target=self._heartbeat_loop, name=f"worker-{worker_id}-heartbeat",
                                          daemon=True)
         self._failures = RateLimited(log)
-        will = Will(self.heartbeat_topic, orjson.dumps({"worker": worker_id, "state": "down"}), qos=1, retain=True)
         self.session = f"mqttlb-worker-{worker_id}"
         """The client id of its persistent session: heartbeats name it, so the router can reclaim what is queued
-        there if this worker never comes back."""
+        there if this worker never comes back; its will too, for a router that starts after it died."""
+        will = Will(self.heartbeat_topic, orjson.dumps({"worker": worker_id, "state": "down", "session": self.session}),
+                    qos=1, retain=True)
         self._client = Client(broker, self.session, persistent=True, manual_ack=True, will=will,
                               on_message=self._arrived, on_connect=self._connected)
 

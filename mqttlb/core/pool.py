@@ -157,7 +157,7 @@ class Departure:
     weight: float = 1.0
     """Its weight in the healthy set it left (to tell which devices were its own)."""
     drained: bool = False
-    """It was draining: its devices had moved on already."""
+    """It was draining, or was first heard gone: its devices had moved on already."""
 
 
 _LIVE = (Health.UP, Health.DRAINING)
@@ -273,6 +273,10 @@ class Fleet:
             return self._changes()
         if old is None:
             record = self._records[beat.worker] = _Record(beat, now, health, up_since=now)
+            if health not in _LIVE and beat.session is not None:
+                # First heard gone (its will, retained while no router ran): its session may still hold what was
+                # forwarded to it. Its devices moved on long ago, so none waits for the reclaim.
+                self._departed(record, health, moved=True)
         else:
             if old.health in _LIVE and health not in _LIVE:
                 # a will or a "down" says nothing of the load: what it held is what it last reported
@@ -463,11 +467,11 @@ class Fleet:
 
     # -- one worker -------------------------------------------------------------------------------
 
-    def _departed(self, record: _Record, health: Health) -> None:
+    def _departed(self, record: _Record, health: Health, moved: bool = False) -> None:
         weight = self._healthy.get(record.beat.pool, {}).get(record.beat.worker, record.beat.weight)
         self._departures.append(Departure(record.beat.worker, record.beat.pool, health,
                                           record.beat.inflight + record.assigned, record.beat.session, weight,
-                                          drained=record.health is Health.DRAINING))
+                                          drained=moved or record.health is Health.DRAINING))
 
     def _health(self, record: _Record, now: float) -> Health:
         if record.beat.state is WorkerState.UP and now - record.last_seen >= self._timeout:

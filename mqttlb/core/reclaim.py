@@ -15,7 +15,10 @@ Rule 2. One router reclaims a session: of the live routers (their
         (rendezvous hashing, so every router makes the same choice). The
         others watch its heartbeats, which list what it is reclaiming: their
         own messages of the departed worker's devices wait until it is done,
-        and if it dies first, they choose again.
+        and if it dies first, they choose again. A router runs at most
+        ``AT_ONCE`` reclaims at a time (each is a connection, and a router
+        that starts may meet the wills of many workers gone long ago); the
+        rest wait their turn.
 Rule 3. A reclaimed message is acknowledged on the reclaiming connection
         only once its new forward (or dead letter) is settled, as any
         message is (``inflight``). A session is done when every message
@@ -51,6 +54,8 @@ QUIET = 1.0
 """Seconds without a message, and nothing unsettled, after which a session being reclaimed is taken as empty."""
 CONNECT_GIVE_UP = 30.0
 """Seconds a reclaim may take to get its connection before it is given up (the owner's session stays)."""
+AT_ONCE = 16
+"""Reclaims one router runs at a time."""
 
 
 class Owner(StrEnum):
@@ -170,11 +175,15 @@ class Reclaims:
         """The reclaims due by ``now`` that this router starts now; the others' are watched (``elsewhere``)."""
         mine: list[Reclaim] = []
         live = routers.live(now)
+        running = sum(reclaim.started is not None for reclaim in self._by_id.values())
         for reclaim in self._by_id.values():
             if reclaim.started is not None or reclaim.by is not None or reclaim.due > now:
                 continue
             chosen = chooser(live, reclaim.session)  # live() counts this router in
             if chosen == routers.me:
+                if running >= AT_ONCE:
+                    continue  # its turn comes when one ends
+                running += 1
                 reclaim.started = now
                 mine.append(reclaim)
             else:  # it starts on its own schedule, not on one this router hurried: watch it from then on

@@ -591,6 +591,18 @@ def test_a_will_keeps_the_session_the_worker_named() -> None:
     assert [d.session for d in fleet.take_departures()] == ["s1"]
 
 
+def test_a_worker_first_heard_gone_with_a_session_departs_with_its_devices_moved_on() -> None:
+    """A router that starts after a worker died hears only its retained will: what its session holds is still to
+    be reclaimed, and since its devices went elsewhere long ago, none waits for that."""
+    fleet = Fleet(TIMEOUT, EXPIRE)
+    fleet.apply(hb("w1", state="down", session="s1"), 0)
+    fleet.apply(hb("w2", state="down"), 0)  # nothing named to reclaim
+    fleet.apply(hb("w3", session="s3"), 0)  # up: no departure
+    assert fleet.take_departures() == [Departure("w1", "default", Health.DOWN, 0, "s1", 1.0, drained=True)]
+    fleet.apply(hb("w1", state="down", session="s1"), 1)  # its will again: the same departure, not another
+    assert fleet.take_departures() == []
+
+
 def test_a_worker_back_without_a_session_departs_without_one() -> None:
     fleet = Fleet(TIMEOUT, EXPIRE)
     fleet.apply(hb("w1", session="s1"), 0)

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mqttlb.core.reclaim import CONNECT_GIVE_UP, QUIET, Ended, Owner, Reclaim, Reclaims, chooses, score
+from mqttlb.core.reclaim import AT_ONCE, CONNECT_GIVE_UP, QUIET, Ended, Owner, Reclaim, Reclaims, chooses, score
 from mqttlb.core.routers import LIVE_WITHIN, RouterBeat, Routers
 
 properties = settings(derandomize=True, max_examples=150, deadline=None)
@@ -461,3 +461,16 @@ def test_a_hurried_reclaim_another_router_takes_is_watched_from_that_routers_sch
     assert reclaims.due(2.0, known) == [] and reclaim.by == by
     known.apply(RouterBeat(by, up=True, session=by), 2.0 + QUIET + 1)  # it has not started: not yet due there
     assert reclaims.elsewhere(2.0 + QUIET + 1, known) == []
+
+
+def test_a_router_runs_a_bounded_number_of_reclaims_at_once() -> None:
+    """A router that starts may meet the wills of many workers gone long ago: each reclaim is a connection."""
+    reclaims = make()
+    for i in range(AT_ONCE + 5):
+        worker_gone(reclaims, f"w{i}", session=f"s-w{i}")
+    first = reclaims.due(AFTER, alone())
+    assert len(first) == AT_ONCE
+    assert reclaims.due(AFTER + 1, alone()) == []  # the rest wait their turn
+    reclaims.drop(first[0])
+    [next_one] = reclaims.due(AFTER + 2, alone())
+    assert next_one.owner not in {reclaim.owner for reclaim in first}
