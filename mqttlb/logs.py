@@ -29,8 +29,9 @@ class RateLimited:
         if last is not None and now - last < self._interval:
             self._suppressed[key] = self._suppressed.get(key, 0) + 1
             return
-        if len(self._last) > 1000:  # keys come from remote input: keep the table bounded
+        if len(self._last) > 1000:  # keys come from remote input: keep the tables bounded
             self._last.clear()
+            self._suppressed.clear()
         self._last[key] = now
         suppressed = self._suppressed.pop(key, 0)
         if suppressed:

@@ -339,7 +339,7 @@ class Service:
             return
         except BadHeartbeat as error:
             self.counters.bad_heartbeats += 1
-            self._bad_input.warning("heartbeat:" + worker[:64], now, "ignoring heartbeat on %s: %s",
+            self._bad_input.warning("heartbeat", now, "ignoring heartbeat on %s: %s",  # one key: ids are many
                                     topic[:200], error)
             return
         except Exception as error:  # noqa: BLE001 - a retained heartbeat would crash every restart
@@ -551,7 +551,7 @@ class Service:
             beat = RouterBeat.parse(router, payload)
         except BadHeartbeat as error:
             self.counters.bad_heartbeats += 1
-            self._bad_input.warning("router-heartbeat:" + router[:64], now, "ignoring router heartbeat on %s: %s",
+            self._bad_input.warning("router-heartbeat", now, "ignoring router heartbeat on %s: %s",
                                     topic[:200], error)
             return
         departed = self.routers.apply(beat, now)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import reprlib
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -603,9 +604,14 @@ _LISTEN = re.compile(r"(?:\[([0-9A-Fa-f:.]+)\]|([^\s:\[\]/]+)):(\d{1,5})")
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxother = 3, 6, 4, 60, 60
+
+
 def _shown(value: object) -> str:
-    """``value`` for a message: quoted, on one line, cut short."""
-    text = repr(value)
+    """``value`` for a message: quoted, on one line, cut short. Made short, not cut after: YAML aliases can make
+    a value of a few lines whose whole ``repr`` would take gigabytes (a "billion laughs")."""
+    text = _SHORT.repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 

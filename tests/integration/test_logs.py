@@ -31,9 +31,9 @@ def test_json_log_lines_and_rate_limited_bad_input(broker, clients, tmp_path):
         dead.subscribe("mqttlb/deadletter/#")
         device = clients(Client, "device")
         wait_for(lambda: any("routing link connected" in line for line in lines), what="the router ready")
-        for _ in range(50):
+        for n in range(50):
             device.publish("events/e1", b"not json")
-            device.publish("mqttlb/workers/w9/heartbeat", b"{", qos=0)
+            device.publish(f"mqttlb/workers/w{n}/heartbeat", b"{", qos=0)  # each on an id of its own
         wait_for(lambda: len(dead.messages()) == 50, what="50 dead letters")
         process.send_signal(signal.SIGTERM)
         assert process.wait(15) == 0
@@ -48,7 +48,7 @@ def test_json_log_lines_and_rate_limited_bad_input(broker, clients, tmp_path):
     assert all(set(entry) == {"ts", "level", "logger", "msg"} for entry in entries)
     assert {entry["level"] for entry in entries} <= {"info", "warning"}
     dead_letters = [e for e in entries if e["msg"].startswith("dead letter (bad_key) on route events")]
-    heartbeats = [e for e in entries if e["msg"].startswith("ignoring heartbeat on mqttlb/workers/w9/heartbeat")]
+    heartbeats = [e for e in entries if e["msg"].startswith("ignoring heartbeat on mqttlb/workers/w")]
     assert len(dead_letters) == 1 and dead_letters[0]["level"] == "warning"
     assert len(heartbeats) == 1 and heartbeats[0]["logger"] == "mqttlb.router"
     assert entries[-1]["msg"] == "stopped"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -680,3 +681,22 @@ def test_a_toml_syntax_error_names_its_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as refused:
         config.load(path, environ={})
     assert refused.value.problems == (f"{path}: TOML syntax error: Invalid value (at line 2, column 8)",)
+
+
+def test_a_yaml_alias_bomb_is_refused_without_expanding_it() -> None:
+    """Aliases make a value of a few lines that holds millions of strings (a "billion laughs"). Parsing shares
+    them; the problem message showed ``repr`` of the whole value before cutting it to 60 characters: gigabytes
+    and minutes, in ``check`` and in a router's reload. Here 9**7 strings: tens of MiB, before."""
+    levels = ["a: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    levels += [f"a{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 7)]
+    text = "\n".join(["x:", *("  " + line for line in levels), "routes:", "  - match: devices/{d}/t",
+                      "    key: d", "    name: *l6"])
+    tracemalloc.start()
+    try:
+        found = problems(yaml.safe_load(text))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert any(p.startswith("routes[0].name: must be a non-empty string, got [[[[") for p in found), found
+    assert all(len(p) < 200 for p in found)
+    assert peak < 4 << 20, peak
