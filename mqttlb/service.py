@@ -243,7 +243,8 @@ class Service:
         and nothing is dropped, duplicated or reconnected; new filters (a new share group's too) are
         subscribed and dropped ones unsubscribed on the live connection. A change to the broker section
         or the heartbeat topic needs new connections: the forwards in flight are finished first, as
-        when stopping, and the broker sends again whatever was not acknowledged.
+        when stopping, and the broker sends again whatever was not acknowledged. The client id and the
+        metrics address change only with a restart.
         """
         path = self.config.source
         if path is None:
@@ -257,6 +258,10 @@ class Service:
             return
         if new.metrics.listen != self.config.metrics.listen:
             log.warning("reload: metrics.listen changes only when the router restarts")
+        if new.broker.client_id != self.config.broker.client_id:  # who it is among routers, and its own sessions
+            log.warning("reload: broker.client_id changes only when the router restarts; it stays %s",
+                        self.config.broker.client_id)
+            new = replace(new, broker=replace(new.broker, client_id=self.config.broker.client_id))
         if (new.broker, new.heartbeat.topic) != (self.config.broker, self.config.heartbeat.topic):
             self._reconnect(new)
         now = self.clock()
@@ -291,10 +296,6 @@ class Service:
         self.router.forget_held(lambda receipt: receipt.source in sources)
         for reclaim in interrupted:  # their links went with the transport: they start again
             self.reclaims.interrupted(reclaim, self.clock())
-        if new.broker.client_id != self.config.broker.client_id:
-            log.warning("reload: broker.client_id changed from %s to %s: what the old session holds stays "
-                        "there until a router connects as %s", self.config.broker.client_id,
-                        new.broker.client_id, self.config.broker.client_id)
         self.transport = self._transport_for(new)
         self.inflight.limit = new.router.max_inflight
         signal.set_wakeup_fd(self.transport.wake_fd, warn_on_full_buffer=False)

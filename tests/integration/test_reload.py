@@ -77,3 +77,23 @@ def test_sighup_with_new_broker_settings_reconnects_cleanly(broker, make_router,
     wait_for(lambda: account(sent, workers)[0] == 0, timeout=20, what="every message")
     assert "reconnecting" in router.log() or "finishing" in router.log()
     assert account(sent, workers)[0] == 0
+
+
+def test_sighup_keeps_the_client_id_the_router_started_with(broker, make_router, clients):
+    """The client id is the router's identity among routers: changed in place, the router took its own new
+    heartbeat for a peer's, left that 'peer' about half of the reclaims, and reclaimed none of them."""
+    router = make_router(routes=[LOGS])
+    started_as = f"mqttlb-test-{router.config_path.stem}"
+    beats = clients(Client, "router-beats")
+    beats.subscribe("mqttlb/routers/+/heartbeat")
+    wait_for(lambda: any(m.topic == f"mqttlb/routers/{started_as}/heartbeat" for m in beats.messages()),
+             what="the router's own heartbeat")
+    write_config(router.config_path, broker, routes=[LOGS], broker={"client_id": "renamed", "keepalive": 20})
+    router.process.send_signal(signal.SIGHUP)
+    router.wait_log("reloaded")
+    assert f"broker.client_id changes only when the router restarts; it stays {started_as}" in router.log()
+    worker = clients(TestWorker, "w1")
+    device = clients(Client, "device")
+    device.publish(logs("d1"), b"after")
+    wait_for(lambda: [m.payload for m in worker.messages()] == [b"after"], what="routing after the reload")
+    assert not any("renamed" in m.topic for m in beats.messages())
