@@ -17,7 +17,9 @@ Prometheus warns against for big, changing sets of ids.
 
 from __future__ import annotations
 
+import logging
 import socket
+import sys
 import threading
 import time
 from collections import Counter
@@ -34,6 +36,8 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from .core.pool import Health
+
+log = logging.getLogger("mqttlb.metrics")
 
 STALLED = 10.0
 """Seconds without a pulse from the routing loop (it hands one over every tick) before /healthz fails."""
@@ -210,7 +214,16 @@ class _SnapshotCollector(Collector):
             yield from families(figures)
 
 
+MAX_CLIENTS = 32
+"""Connections served at once; more are closed at once. A thread and a file descriptor each: clients that hold
+connections open (a slowloris) took every descriptor the process had, and then the broker's too."""
+CLIENT_TIMEOUT = 10.0
+"""Seconds a client may take to send its request or read the answer, before it is cut off."""
+
+
 class _Quiet(WSGIRequestHandler):
+    timeout = CLIENT_TIMEOUT
+
     def log_message(self, format: str, *args: Any) -> None:
         """Nothing: a scrape every few seconds would flood the log."""
 
@@ -220,6 +233,28 @@ def _server_class(host: str) -> type[WSGIServer]:
 
     class Server(ThreadingWSGIServer):
         address_family = family
+        request_queue_size = 64  # socketserver's 5 drops a burst of scrapers' SYNs: a second each to try again
+        _slots = threading.BoundedSemaphore(MAX_CLIENTS)
+
+        def process_request(self, request: Any, client_address: Any) -> None:
+            if not self._slots.acquire(blocking=False):
+                self.shutdown_request(request)  # no thread, no descriptor kept: the client may try again
+                return
+            try:
+                super().process_request(request, client_address)
+            except BaseException:
+                self._slots.release()
+                raise
+
+        def process_request_thread(self, request: Any, client_address: Any) -> None:
+            try:
+                super().process_request_thread(request, client_address)
+            finally:
+                self._slots.release()
+
+        def handle_error(self, request: Any, client_address: Any) -> None:
+            """A client that timed out or went away: socketserver would print a traceback for each."""
+            log.debug("metrics client %s: %s", client_address, sys.exc_info()[1])
 
     return Server
 

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -9,6 +14,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
+from mqttlb import metrics
 from mqttlb.core.pool import Health, WorkerView
 from mqttlb.core.stats import Backlog, Counters, Moment, snapshot
 from mqttlb.metrics import STALLED, Pulse, families, health
@@ -138,3 +144,33 @@ def test_starting_and_stopping_are_unhealthy() -> None:
     assert health(None, 0.0, ["default"]).reason == "starting"
     verdict = health(pulse(stopping=True), 0.1, ["default"])
     assert not verdict.healthy and verdict.reason == "stopping"
+
+
+def test_clients_that_hold_connections_open_are_bounded_and_cut_off(monkeypatch: Any) -> None:
+    """A slowloris on /metrics took every file descriptor the router had, one connection and thread each: then
+    the broker's connection could not be made again, and accept() failing spun a core. At most MAX_CLIENTS are
+    served at once, the rest closed at once, and each is cut off after its timeout."""
+    monkeypatch.setattr(metrics._Quiet, "timeout", 1.0)
+    server = metrics.MetricsServer(("127.0.0.1", 0), ["default"])
+    holders: list[socket.socket] = []
+    try:
+        before = len(os.listdir("/proc/self/fd"))
+        for _ in range(3 * metrics.MAX_CLIENTS):
+            holder = socket.create_connection(server.address, timeout=5)
+            holder.sendall(b"GET /metrics HTTP/1.1\r\n")  # and never the rest
+            holders.append(holder)
+        time.sleep(0.5)  # the server accepts them as they come
+        served = len(os.listdir("/proc/self/fd")) - before - len(holders)
+        assert served <= metrics.MAX_CLIENTS + 2, served
+        deadline = time.monotonic() + 10
+        for holder in holders:  # every one is closed by the server: at once, or after its timeout
+            holder.settimeout(max(0.1, deadline - time.monotonic()))
+            assert holder.recv(100) == b""
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.address[1]}/healthz", timeout=5) as answer:
+            assert answer.status in (200, 503)
+    except urllib.error.HTTPError as error:
+        assert error.code == 503  # no pulse yet: unhealthy, but answered
+    finally:
+        for holder in holders:
+            holder.close()
+        server.close()
