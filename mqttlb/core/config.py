@@ -15,6 +15,7 @@ heartbeats is refused (see ``_loop_problems``).
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import re
@@ -604,7 +605,20 @@ _LISTEN = re.compile(r"(?:\[([0-9A-Fa-f:.]+)\]|([^\s:\[\]/]+)):(\d{1,5})")
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
-_SHORT = reprlib.Repr()
+class _Short(reprlib.Repr):
+    """``repr`` with bounds, and mappings in the file's order (``reprlib`` sorts their keys)."""
+
+    def repr_dict(self, x: dict[object, object], level: int) -> str:
+        if not x:
+            return "{}"
+        if level <= 0:
+            return "{...}"
+        pieces = [f"{self.repr1(key, level - 1)}: {self.repr1(x[key], level - 1)}"
+                  for key in itertools.islice(x, self.maxdict)]
+        return "{" + ", ".join(pieces + (["..."] if len(x) > self.maxdict else [])) + "}"
+
+
+_SHORT = _Short()
 _SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxother = 3, 6, 4, 60, 60
 
 
@@ -709,6 +723,9 @@ def _positive_duration(value: object) -> float:
 
 def _session_expiry(value: object) -> float:
     seconds = parse_duration(value)
+    if seconds < 1 or seconds != int(seconds):  # MQTT counts whole seconds: 0.5s became 0, no session at all
+        raise ValueError(f"must be whole seconds, at least 1s: what arrives while the router is away waits in its "
+                         f"session that long, got {_shown(value)}")
     if seconds > MAX_SESSION_EXPIRY:
         raise ValueError(f"must be at most {MAX_SESSION_EXPIRY:.0f} seconds (MQTT's limit), got {_shown(value)}")
     return seconds
