@@ -133,7 +133,15 @@ class RawPublisher:
         return n
 
     def close(self) -> None:
+        """DISCONNECT, then read to the broker's close: closing with its acknowledgements unread sends a reset,
+        and the broker may then drop the publishes it has not read yet (the last of a run, now and then)."""
         try:
             self._sock.sendall(b"\xe0\x00")  # DISCONNECT
+            self._sock.shutdown(socket.SHUT_WR)
+            self._sock.settimeout(5.0)
+            while self._sock.recv(65536):
+                pass
+        except OSError:
+            pass
         finally:
             self._sock.close()

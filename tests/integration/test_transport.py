@@ -19,6 +19,7 @@ from mqttlb.commands.broker import PrivateBroker
 from mqttlb.core.config import BrokerSettings
 from mqttlb.mqtt import codec
 from mqttlb.mqtt.events import Subscription
+from mqttlb.mqtt.reasons import NO_MATCHING_SUBSCRIBERS
 from mqttlb.transport import TOO_LARGE, DeviceMessages, Event, PublishingConnected, Settled, Transport
 
 from .conftest import Client, wait_for
@@ -38,7 +39,10 @@ def transport(broker: PrivateBroker) -> Iterator[Transport[str]]:
 
 
 def settled_tags(events: list[Event[str]]) -> list[str]:
-    return [tag for event in events if isinstance(event, Settled) for tag in event.acked]
+    """What the broker answered: nothing subscribes to ``w/in`` here, so it takes each publish with 0x10, No
+    matching subscribers (which the service makes a dead letter of)."""
+    return [tag for event in events if isinstance(event, Settled)
+            for tag in [*event.acked, *(tag for tag, reason in event.refused if reason == NO_MATCHING_SUBSCRIBERS)]]
 
 
 def forward_and_settle(transport: Transport[str], tag: str) -> None:

@@ -85,7 +85,8 @@ def test_heartbeats_are_retained_with_load_and_the_will_marks_a_dropped_worker_d
     wait_for(lambda: len(live.messages()) >= 3, what="periodic heartbeats")
     # Drop the connection without DISCONNECT, as a crash or a network failure would.
     worker._client.kill()
-    wait_for(lambda: orjson.loads(live.messages()[-1].payload) == {"worker": "w1", "state": "down"},
+    wait_for(lambda: orjson.loads(live.messages()[-1].payload) == {"worker": "w1", "state": "down",
+                                                                   "session": "mqttlb-worker-w1"},
              what="the will")
     assert retained_heartbeat(clients, "w1", "late")["state"] == "down"
 
