@@ -464,6 +464,10 @@ class Transport(Generic[Tag]):
                 if self._routing.connected:
                     log.info("routing link connected (session present: %s)", event.session_present)
                     if not event.session_present:
+                        if self._held:  # this process had one: the broker did not keep it
+                            log.warning("%s: the broker kept no session for the router (a broker restarted without "
+                                        "persistence, or past broker.session_expiry): device messages that came "
+                                        "while it was away are lost", self._routing.name)
                         self._held = []
                     self._subscribe()
                     events.append(RoutingConnected(True, self._routing.generation))

@@ -177,3 +177,19 @@ def test_a_broker_without_retained_messages_is_said_as_such(tmp_path):
             assert router.process.poll() is None
         finally:
             router.stop()
+
+
+def test_a_broker_that_forgot_the_routers_session_is_said_to_have(tmp_path):
+    """A broker restarted without persistence answers the router's reconnect with no session: what came while
+    it was away is gone. That was an INFO line ('session present: False') like any first connection."""
+    workdir = tmp_path / "forgetful"
+    workdir.mkdir()
+    with PrivateBroker(workdir=workdir, edits={"persistence true": "persistence false"}) as broker:
+        router = RouterProcess(write_config(tmp_path / "router.yaml", broker))
+        try:
+            router.wait_ready()
+            assert "kept no session" not in router.log()  # a first connection has none to keep
+            broker.restart()
+            router.wait_log("the broker kept no session for the router", timeout=20)
+        finally:
+            router.stop()
