@@ -41,7 +41,7 @@ from .metrics import MetricsServer, Pulse
 from .mqtt.codec import user_properties, without_user_properties
 from .mqtt.errors import ProtocolError
 from .mqtt.events import Publish, Subscription, Will
-from .mqtt.reasons import NO_MATCHING_SUBSCRIBERS, reason_name
+from .mqtt.reasons import NO_MATCHING_SUBSCRIBERS, coded
 from .transport import (
     ACKED,
     RECLAIM_WINDOW,
@@ -696,7 +696,7 @@ class Service:
         if isinstance(action, Forward):
             if outcome is REFUSED:
                 self.counters.refused += 1
-                why = f"{reason_name(reason)} (0x{reason:02X})"
+                why = coded(reason)
                 if reason == NO_MATCHING_SUBSCRIBERS:  # taken, and thrown away: the worker is not listening
                     why += f"; nothing subscribes to the inbox of {action.worker!r}, which still sends heartbeats"
                 self._publish(self.router.refused(action, why))

@@ -49,4 +49,9 @@ def refusal(reason: int, name: str) -> str:
 
 def said(reason: int) -> str:
     """A reason code in words, and what to do about it."""
-    return f"{reason_name(reason)} (0x{reason:02X}); {_FIXES.get(reason, _SEE_THE_LOG)}"
+    return f"{coded(reason)}; {_FIXES.get(reason, _SEE_THE_LOG)}"
+
+
+def coded(reason: int) -> str:
+    """A reason code in words, and its number."""
+    return f"{reason_name(reason)} (0x{reason:02X})"
