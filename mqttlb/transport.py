@@ -208,7 +208,8 @@ class Transport(Generic[Tag]):
         subscribed since the session was last new. A reconnect that finds the session present subscribes only
         what is missing; subscribing again would, with MQTT 3.1.1, make the broker send every retained device
         message again, to be routed again."""
-        self._routing = Link(broker, broker.client_id, persistent=True, receive_maximum=max_inflight, will=will)
+        self._routing = Link(broker, broker.client_id, persistent=broker.session_expiry > 0,
+                             receive_maximum=max_inflight, will=will)
         self._publishing = Link(broker, broker.client_id + PUBLISHING_SUFFIX, persistent=False)
         self._beats = Link(broker, broker.client_id + BEATS_SUFFIX, persistent=False)
         self._links = (self._publishing, self._beats, self._routing)
@@ -464,7 +465,7 @@ class Transport(Generic[Tag]):
                 if self._routing.connected:
                     log.info("routing link connected (session present: %s)", event.session_present)
                     if not event.session_present:
-                        if self._held:  # this process had one: the broker did not keep it
+                        if self._held and self._routing.persistent:  # this process had one: the broker lost it
                             log.warning("%s: the broker kept no session for the router (a broker restarted without "
                                         "persistence, or past broker.session_expiry): device messages that came "
                                         "while it was away are lost", self._routing.name)

@@ -723,9 +723,9 @@ def _positive_duration(value: object) -> float:
 
 def _session_expiry(value: object) -> float:
     seconds = parse_duration(value)
-    if seconds < 1 or seconds != int(seconds):  # MQTT counts whole seconds: 0.5s became 0, no session at all
-        raise ValueError(f"must be whole seconds, at least 1s: what arrives while the router is away waits in its "
-                         f"session that long, got {_shown(value)}")
+    if seconds != int(seconds):  # MQTT counts whole seconds: 0.5s became 0, no session at all, with nothing said
+        raise ValueError(f"must be whole seconds (0: no session, what arrives while the router is away is lost), "
+                         f"got {_shown(value)}")
     if seconds > MAX_SESSION_EXPIRY:
         raise ValueError(f"must be at most {MAX_SESSION_EXPIRY:.0f} seconds (MQTT's limit), got {_shown(value)}")
     return seconds

@@ -47,6 +47,9 @@ QUICK_DROPS = 3
 STABLE = 10.0
 """Seconds a connection must last to clear the suspicion of a takeover."""
 MAX_TAKEOVER_BACKOFF = 60.0
+BORROWED_EXPIRY = 3600
+"""Seconds: the least a reclaimed session is kept for if the reclaim's link drops (the default
+``broker.session_expiry``)."""
 
 
 def backoff(attempt: int) -> float:
@@ -118,6 +121,15 @@ class Link:
 
     # -- connecting -------------------------------------------------------------------------
 
+    def _session_expiry(self) -> int | None:
+        """MQTT 5's Session Expiry Interval for CONNECT: the configured one; a borrowed session (a reclaim) at
+        least ``BORROWED_EXPIRY``, so what is left in it outlives a dropped reclaim link even when the router
+        keeps no session of its own (``session_expiry: 0``)."""
+        if not self.persistent:
+            return None
+        expiry = int(self.broker.session_expiry)
+        return max(expiry, BORROWED_EXPIRY) if self.borrowed else expiry
+
     def open(self, now: float) -> None:
         """Connect the socket and send CONNECT; on failure say why (once) and schedule the next try."""
         self.next_attempt = max(self.next_attempt, now + backoff(self.attempt))
@@ -135,8 +147,8 @@ class Link:
         self._disconnect_reason = None
         self._out = bytearray(self.session.connect(
             self.name, clean_start=not self.persistent, keepalive=self.broker.keepalive,
-            session_expiry=int(self.broker.session_expiry) if self.persistent else None,
-            receive_maximum=self.receive_maximum, username=self.broker.username, password=self.broker.password,
+            session_expiry=self._session_expiry(), receive_maximum=self.receive_maximum,
+            username=self.broker.username, password=self.broker.password,
             will=self.will))
         self._connect_size = len(self._out)
         self._opened_at = self._last_sent = now

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
 from mqttlb.commands.bench_publisher import connect_packet, packet_ids, publish_packet, remaining_length
 from mqttlb.commands.bench_scale import Cell, burst, device_draw, heartbeats, processes_table, sizes, stamps, table
+from mqttlb.commands.bench_scale import router_config as scale_router_config
 from mqttlb.commands.cli import _parser
+from mqttlb.core.config import parse
 
 
 @pytest.mark.parametrize(("n", "encoded"), [(0, b"\x00"), (127, b"\x7f"), (128, b"\x80\x01"), (16_383, b"\xff\x7f"),
@@ -137,3 +142,12 @@ def test_cli_bench_scale_options() -> None:
     for bad in ("0", "-1", "two"):
         with pytest.raises(SystemExit):
             _parser().parse_args(["bench", "scale", "--repeat", bad])
+
+
+@pytest.mark.parametrize(("share_group", "devices"), [(False, None), (True, 1_000_000)])
+def test_the_routers_config_is_one_the_router_takes(share_group: bool, devices: int | None) -> None:
+    broker: Any = SimpleNamespace(host="127.0.0.1", port=18830)
+    config = parse(scale_router_config(broker, "bench-scale-3", 3, 1, share_group, devices), base_dir=Path("."),
+                   environ={})
+    assert config.broker.session_expiry == 0  # a round's router leaves no session to the next
+    assert config.balancers["consistent_hash"]["cache_size"] >= (devices or 0)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
-from mqttlb.commands.bench_throughput import Result, medians, table
+from mqttlb.commands.bench_throughput import Result, medians, router_config, table
 from mqttlb.commands.cli import _parser
+from mqttlb.core.config import parse
 
 
 def result(system: str, qos: int, rate: float, p99: float, cpu: float | None = 1.0) -> Result:
@@ -43,3 +47,10 @@ def test_the_bench_takes_a_number_of_rounds() -> None:
     assert _parser().parse_args(["bench"]).repeat == 1
     with pytest.raises(SystemExit):
         _parser().parse_args(["bench", "--repeat", "0"])
+
+
+@pytest.mark.parametrize("qos", [0, 1])
+def test_the_routers_config_is_one_the_router_takes(qos: int) -> None:
+    broker: Any = SimpleNamespace(host="127.0.0.1", port=18830)
+    config = parse(router_config(broker, qos), base_dir=Path("."), environ={})
+    assert config.broker.session_expiry == 0 and config.routes[0].qos == qos

@@ -212,10 +212,10 @@ def test_wrong_types_are_problems(data: object, expected: str) -> None:
     ({"protocol": "3"}, "broker.protocol: must be 5 or 3.1.1, got '3'"),
     ({"keepalive": 1.5}, "broker.keepalive: must be a whole number of seconds from 0 to 65535, got 1.5"),
     ({"keepalive": 70000}, "broker.keepalive: must be a whole number of seconds from 0 to 65535, got 70000"),
-    ({"session_expiry": "0.5s"}, "broker.session_expiry: must be whole seconds, at least 1s: what arrives while the "
-                                 "router is away waits in its session that long, got '0.5s'"),
-    ({"session_expiry": 0}, "broker.session_expiry: must be whole seconds, at least 1s: what arrives while the "
-                            "router is away waits in its session that long, got 0"),
+    ({"session_expiry": "0.5s"}, "broker.session_expiry: must be whole seconds (0: no session, what arrives while "
+                                 "the router is away is lost), got '0.5s'"),
+    ({"session_expiry": "1500ms"}, "broker.session_expiry: must be whole seconds (0: no session, what arrives while "
+                                   "the router is away is lost), got '1500ms'"),
     ({"session_expiry": "200000d"}, "broker.session_expiry: must be at most 4294967295 seconds (MQTT's limit), "
                                     "got '200000d'"),
 ])

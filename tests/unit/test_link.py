@@ -113,3 +113,22 @@ def test_a_connect_not_read_is_not_given_up(listener: socket.socket) -> None:
     assert link.sock is not None
     link.close(0)
     peer.close()
+
+
+@pytest.mark.parametrize(("expiry", "borrowed", "said"), [
+    (7200.0, False, 7200), (0.0, False, 0), (60.0, True, 3600), (0.0, True, 3600), (7200.0, True, 7200)])
+def test_a_reclaim_keeps_the_session_it_borrows_whatever_the_routers_own_expiry(
+        listener: socket.socket, expiry: float, borrowed: bool, said: int) -> None:
+    """A reclaim link took the configured expiry over a worker's session: with ``session_expiry: 0`` what was
+    left in it would end with a dropped reclaim link."""
+    host, port = listener.getsockname()
+    link = Link(BrokerSettings(host=host, port=port, client_id="r", session_expiry=expiry), "w1", persistent=True,
+                borrowed=borrowed)
+    link.enabled = True
+    link.open(100.0)
+    peer, _ = listener.accept()
+    peer.settimeout(5)
+    connect = peer.recv(65536)
+    assert connect[0] == 0x10 and b"\x11" + said.to_bytes(4, "big") in connect  # Session Expiry Interval
+    peer.close()
+    link.close(0.0)
