@@ -40,7 +40,7 @@ from .logs import RateLimited
 from .metrics import MetricsServer, Pulse
 from .mqtt.codec import user_properties, without_user_properties
 from .mqtt.errors import ProtocolError
-from .mqtt.events import Publish, Subscription, Will
+from .mqtt.events import Oversized, Publish, Subscription, Will
 from .mqtt.reasons import NO_MATCHING_SUBSCRIBERS, coded
 from .transport import (
     ACKED,
@@ -49,6 +49,7 @@ from .transport import (
     TOO_LARGE,
     DeviceMessages,
     Outcome,
+    OversizedMessage,
     PublishesDropped,
     PublishingConnected,
     ReclaimConnected,
@@ -174,6 +175,8 @@ class Service:
                     for start in range(0, len(messages), FLUSH_EVERY):
                         self._take(messages[start:start + FLUSH_EVERY], generation)
                         self.transport.flush_publishing()  # a long read's first forwards need not wait for its last
+                case OversizedMessage(generation, oversized):
+                    self._take_too_large(oversized, generation)
                 case Settled():
                     self._settle_all(event)
                 case WorkerBeat(topic, payload):
@@ -277,6 +280,7 @@ class Service:
                 self._await(reclaim)
         self.config = new
         self.transport.update_routes(subscriptions(new))
+        self.transport.hold_at_most(new.dead_letter.max_payload)
         if self._metrics is not None:
             self._metrics.set_pools(_route_pools(new))
         for message in held:
@@ -307,7 +311,7 @@ class Service:
                     retain=True)
         return Transport(config.broker, heartbeat_filter=config.heartbeat.topic, routes=subscriptions(config),
                          max_inflight=config.router.max_inflight, routers_filter=config.router.heartbeat_topic,
-                         will=will)
+                         will=will, max_payload=config.dead_letter.max_payload)
 
     def _drain(self) -> None:
         """Wait for the forwards in flight to be acknowledged, taking nothing new; at most SHUTDOWN_GRACE."""
@@ -329,6 +333,15 @@ class Service:
         self.inflight.took(len(messages))
         for actions in self.router.route_each(messages):
             self._execute(actions)
+
+    def _take_too_large(self, oversized: Oversized, generation: int) -> None:
+        """A device message whose payload the router never held: its dead letter says so."""
+        if self._stopping:
+            return  # not acknowledged: the broker keeps it for the next session
+        receipt = Receipt(generation, oversized.packet_id, oversized.qos, oversized.properties)
+        message = Message(oversized.topic, b"", receipt, self.clock(), len(oversized.properties))
+        self.inflight.took(1)
+        self._execute(self.router.oversized(message, oversized.payload_size, oversized.size))
 
     def _heartbeat(self, topic: str, payload: bytes) -> None:
         now = self.clock()
@@ -574,7 +587,7 @@ class Service:
         log.info("took over %s %s's session %s (%s)", reclaim.kind, reclaim.owner, reclaim.session,
                  "it was there" if present else "the broker had none: nothing to reclaim")
 
-    def _reclaimed(self, reclaim_id: int, generation: int, messages: list[Publish]) -> None:
+    def _reclaimed(self, reclaim_id: int, generation: int, messages: list[Publish | Oversized]) -> None:
         """Messages from a departed owner's session: routed again as if they had just arrived."""
         reclaim = self.reclaims.get(reclaim_id)
         if reclaim is None or generation != reclaim.generation:
@@ -588,10 +601,14 @@ class Service:
             if reclaim.kind is Owner.WORKER:  # a forward: back to the device's own topic and properties
                 topic, properties = self._unwrap(publish, inboxes)
             receipt = Receipt(generation, publish.packet_id, publish.qos, properties, reclaim_id)
+            if isinstance(publish, Oversized):
+                self._execute(self.router.oversized(Message(topic, b"", receipt, now, len(properties)),
+                                                    publish.payload_size, publish.size))
+                continue
             self._execute(self.router.route(Message(topic, publish.payload, receipt, now, len(properties)),
                                             reclaimed=True))
 
-    def _unwrap(self, forward: Publish, inboxes: list[str]) -> tuple[str, bytes]:
+    def _unwrap(self, forward: Publish | Oversized, inboxes: list[str]) -> tuple[str, bytes]:
         """The device's topic and MQTT 5 properties, from a forward the router made."""
         try:
             ours = dict(user_properties(forward.properties)) if forward.properties else {}

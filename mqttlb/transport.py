@@ -4,7 +4,8 @@
   start off), receives the devices' messages and acknowledges one only when
   the service says so. It publishes nothing, so the loop can stop reading it
   when the router holds as many unacknowledged messages as it may (``poll``'s
-  ``room``): TCP then holds the broker back.
+  ``room``): TCP then holds the broker back. A message too long to forward
+  is never held whole (``hold_at_most``).
 * The *publishing link* (``<client_id>-fleet``) is a clean session that publishes
   forwards, dead letters and stats, and receives nothing else but their
   acknowledgements, so they never wait behind a routing link the loop is not
@@ -52,9 +53,9 @@ from .core.topics import filter_matches
 from .errors import TransportError
 from .logs import RateLimited
 from .mqtt.client import Client
-from .mqtt.codec import encode_user_properties
+from .mqtt.codec import KEPT_HEAD, MAX_REMAINING_LENGTH, encode_user_properties
 from .mqtt.errors import PacketTooLarge
-from .mqtt.events import BadPublish, ConnAck, PubAck, Publish, SubAck, Subscription, UnsubAck, Will
+from .mqtt.events import BadPublish, ConnAck, Oversized, PubAck, Publish, SubAck, Subscription, UnsubAck, Will
 from .mqtt.link import Link, Lost
 from .mqtt.reasons import NO_MATCHING_SUBSCRIBERS, reason_name
 
@@ -110,6 +111,14 @@ class DeviceMessages:
 
     generation: int
     messages: list[Publish]
+
+
+@dataclass(frozen=True, slots=True)
+class OversizedMessage:
+    """A device message from the routing link too long to hold (``hold_at_most``): only its head was kept."""
+
+    generation: int
+    message: Oversized
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +179,8 @@ class Reclaimed:
 
     reclaim: int
     generation: int
-    messages: list[Publish]
+    messages: list[Publish | Oversized]
+    """``Oversized``: too long to hold (``hold_at_most``); rare, so in their place among the others."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,18 +198,20 @@ class ReclaimLost:
     taken_back: bool
 
 
-Event = (DeviceMessages | WorkerBeat | RouterHeartbeat | Settled[Tag] | PublishesDropped[Tag] | PublishingConnected
-         | RoutingConnected | Reclaimed | ReclaimConnected | ReclaimLost)
+Event = (DeviceMessages | OversizedMessage | WorkerBeat | RouterHeartbeat | Settled[Tag]
+         | PublishesDropped[Tag] | PublishingConnected | RoutingConnected | Reclaimed | ReclaimConnected | ReclaimLost)
 
 
 class Transport(Generic[Tag]):
     """Drives both links on the calling thread; see the module docstring."""
 
     def __init__(self, broker: BrokerSettings, *, heartbeat_filter: str, routes: list[Subscription],
-                 max_inflight: int = 1000, routers_filter: str | None = None, will: Will | None = None) -> None:
+                 max_inflight: int = 1000, routers_filter: str | None = None, will: Will | None = None,
+                 max_payload: int = MAX_REMAINING_LENGTH) -> None:
         """``routers_filter``: the routers' heartbeats, also read on the beats link; ``will``: the routing
-        link's (its session is what a dead router leaves behind)."""
+        link's (its session is what a dead router leaves behind); ``max_payload``: see ``hold_at_most``."""
         self._broker = broker
+        self._max_incoming = max_payload + KEPT_HEAD
         self._heartbeat_filter = heartbeat_filter
         self._routers_filter = routers_filter
         self._routes = routes
@@ -209,7 +221,7 @@ class Transport(Generic[Tag]):
         what is missing; subscribing again would, with MQTT 3.1.1, make the broker send every retained device
         message again, to be routed again."""
         self._routing = Link(broker, broker.client_id, persistent=broker.session_expiry > 0,
-                             receive_maximum=max_inflight, will=will)
+                             receive_maximum=max_inflight, will=will, max_incoming=self._max_incoming)
         self._publishing = Link(broker, broker.client_id + PUBLISHING_SUFFIX, persistent=False)
         self._beats = Link(broker, broker.client_id + BEATS_SUFFIX, persistent=False)
         self._links = (self._publishing, self._beats, self._routing)
@@ -224,7 +236,7 @@ class Transport(Generic[Tag]):
         self._unsent: list[tuple[str, bytes, bytes, Tag]] = []
         """QoS 1 publishes made while the publishing link was down: sent, in order, once it is back."""
         self._dropped: tuple[list[Tag], bool] | None = None
-        self._waiting: list[Publish | BadPublish] = []
+        self._waiting: list[Publish | BadPublish | Oversized] = []
         """Device messages read but not yet handed on: the window had no room for them."""
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -264,6 +276,14 @@ class Transport(Generic[Tag]):
 
     def start(self) -> None:
         self._publishing.enabled = self._beats.enabled = True
+
+    def hold_at_most(self, max_payload: int) -> None:
+        """Device messages whose body is longer than ``max_payload`` and a topic's and properties' worth come
+        as ``OversizedMessage``, their payload never held (the session's rule 6): the router could not forward
+        them."""
+        self._max_incoming = max_payload + KEPT_HEAD
+        for link in (self._routing, *self._reclaiming.values()):
+            link.session.max_incoming = self._max_incoming
 
     def update_routes(self, routes: list[Subscription]) -> None:
         """Subscribe to the filters a reloaded config adds and unsubscribe from those it drops, now if
@@ -459,7 +479,7 @@ class Transport(Generic[Tag]):
     def _from_routing(self, events_in: list[Any], events: list[Event[Tag]], room: int) -> None:
         for event in events_in:
             kind = type(event)
-            if kind is Publish or kind is BadPublish:
+            if kind is Publish or kind is BadPublish or kind is Oversized:
                 self._waiting.append(event)
             elif kind is ConnAck:
                 if self._routing.connected:
@@ -482,10 +502,10 @@ class Transport(Generic[Tag]):
             self._hand_on(events, room)
 
     def _from_reclaim(self, reclaim_id: int, link: Link, events_in: list[Any], events: list[Event[Tag]]) -> None:
-        messages: list[Publish] = []
+        messages: list[Publish | Oversized] = []
         for event in events_in:
             kind = type(event)
-            if kind is Publish:
+            if kind is Publish or kind is Oversized:
                 messages.append(event)
             elif kind is BadPublish:
                 self._drop(link, event)
@@ -512,7 +532,7 @@ class Transport(Generic[Tag]):
         if unsubscribe:
             self._unsubscribing[reclaim_id] = unsubscribe
         link = Link(self._broker, client_id, persistent=True, receive_maximum=RECLAIM_WINDOW, borrowed=True,
-                    receive_buffer=RECLAIM_BUFFER)
+                    receive_buffer=RECLAIM_BUFFER, max_incoming=self._max_incoming)
         link.enabled = True
         self._reclaiming[reclaim_id] = link
 
@@ -539,15 +559,21 @@ class Transport(Generic[Tag]):
         """Up to ``room`` of the device messages read, in order; how many."""
         waiting = self._waiting
         count = min(room, len(waiting))
+        generation = self._routing.generation
         messages: list[Publish] = []
         for event in waiting[:count]:
-            if isinstance(event, BadPublish):
-                self._drop(self._routing, event)
-            else:
+            if type(event) is Publish:
                 messages.append(event)
+            elif isinstance(event, BadPublish):
+                self._drop(self._routing, event)
+            elif isinstance(event, Oversized):  # in its place among the others
+                if messages:
+                    events.append(DeviceMessages(generation, messages))
+                    messages = []
+                events.append(OversizedMessage(generation, event))
         del waiting[:count]
         if messages:
-            events.append(DeviceMessages(self._routing.generation, messages))
+            events.append(DeviceMessages(generation, messages))
         return count
 
     def _drop(self, link: Link, bad: BadPublish) -> None:

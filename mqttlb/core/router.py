@@ -197,6 +197,17 @@ class Router(Generic[Ref]):
             except Exception:  # noqa: BLE001, S110 - a hint; each pick is made again, and fails on its own message
                 pass
 
+    def oversized(self, message: Message[Ref], payload_size: int, size: int) -> list[Action[Ref]]:
+        """The dead letter of a message whose payload was never held: the wire reads past a body longer than
+        ``dead_letter.max_payload`` and a topic's and properties' worth (``message`` has an empty payload).
+        ``size``: its body's bytes; ``payload_size``: its payload's."""
+        max_payload = self.config.dead_letter.max_payload
+        detail = (f"{payload_size} bytes > {max_payload}" if payload_size > max_payload
+                  else f"a message of {size} bytes, {size - payload_size} of them topic and properties")
+        matched = self._match(message.topic)
+        route = matched[0].settings.name if matched is not None else None
+        return [self._dead_letter(message, Reason.TOO_LARGE, detail, route, keep_payload=False)]
+
     def internal(self, message: Message[Ref], error: BaseException) -> DeadLetter[Ref]:
         """A dead letter for a message whose routing failed unforeseen, carrying the error for the log."""
         return self._dead_letter(message, Reason.INTERNAL, f"{type(error).__name__}: {error}", None, error=error)

@@ -14,6 +14,7 @@ from .events import (
                      ConnAck,
                      Disconnect,
                      Event,
+                     Oversized,
                      PingResp,
                      PubAck,
                      Publish,
@@ -25,7 +26,7 @@ from .events import (
 from .session import Session
 
 __all__ = [
-    "MQTT_311", "MQTT_5", "BadPublish", "ConnAck", "Disconnect", "Event", "LocalProtocolError", "PingResp",
-    "ProtocolError", "PubAck", "Publish", "RemoteProtocolError", "Session", "SubAck", "Subscription",
+    "MQTT_311", "MQTT_5", "BadPublish", "ConnAck", "Disconnect", "Event", "LocalProtocolError", "Oversized",
+    "PingResp", "ProtocolError", "PubAck", "Publish", "RemoteProtocolError", "Session", "SubAck", "Subscription",
     "UnsubAck", "Will", "encode_user_properties", "user_properties",
 ]

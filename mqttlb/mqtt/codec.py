@@ -25,6 +25,7 @@ from .events import (
     ConnAck,
     Connect,
     Disconnect,
+    Oversized,
     Packet,
     PingReq,
     PingResp,
@@ -563,6 +564,34 @@ def frame(data: bytes, at: int, end: int) -> tuple[int, int] | None:
 
 def decode_publish(mqtt5: bool, first: int, data: bytes, start: int, end: int) -> Publish | BadPublish:
     """The PUBLISH whose fixed header byte is ``first`` and whose body is ``data[start:end]``."""
+    head = _publish_head(mqtt5, first, data, start, end, end)
+    if isinstance(head, BadPublish):
+        return head
+    topic, qos, packet_id, properties, at = head
+    return publish_event(topic, data[at:end], qos, packet_id, first & 1 == 1, first & 8 == 8, properties)
+
+
+KEPT_HEAD = 2 + 65_535 + 2 + 4 + 65_536
+"""Bytes of a PUBLISH that ``decode_oversized`` needs at most: the longest topic, a packet id, the properties'
+length, and up to 64 KiB of properties (longer ones are not kept)."""
+
+
+def decode_oversized(mqtt5: bool, first: int, data: bytes, start: int, end: int, stop: int) -> Oversized | BadPublish:
+    """The PUBLISH whose body is ``data[start:stop]``, of which only ``data[start:end]`` is here (at least
+    ``KEPT_HEAD`` bytes of it, or all): what it is, without its payload."""
+    head = _publish_head(mqtt5, first, data, start, end, stop)
+    if isinstance(head, BadPublish):
+        return head
+    topic, qos, packet_id, properties, at = head
+    kept = properties if at <= end else b""
+    return Oversized(topic, qos, packet_id, first & 1 == 1, kept, stop - at, stop - start)
+
+
+def _publish_head(mqtt5: bool, first: int, data: bytes, start: int, end: int,
+                  stop: int) -> tuple[str, int, int, bytes, int] | BadPublish:
+    """A PUBLISH's topic, QoS, packet id and properties (cut short when they run past ``end``, all that is here
+    of a body that ends at ``stop``), and where its payload starts; or a BadPublish for a topic that is no
+    valid topic name."""
     qos = first >> 1 & 3
     if qos == 3:
         raise RemoteProtocolError("a PUBLISH with QoS 3")
@@ -589,7 +618,7 @@ def decode_publish(mqtt5: bool, first: int, data: bytes, start: int, end: int) -
             length, at = decode_varint(data, at, end)
         properties = data[at:at + length]
         at += length
-    if at > end:
+    if at > stop:
         raise RemoteProtocolError("a PUBLISH shorter than its own lengths")
     try:
         text = topic.decode()
@@ -597,7 +626,7 @@ def decode_publish(mqtt5: bool, first: int, data: bytes, start: int, end: int) -
         text = "\x00"  # refused below, with the reason
     if "\x00" in text or "+" in text or "#" in text or not text:
         return BadPublish(topic, qos, packet_id, topic_name_problem(topic) or "")
-    return publish_event(text, data[at:end], qos, packet_id, first & 1 == 1, first & 8 == 8, properties)
+    return text, qos, packet_id, properties, at
 
 
 def decode(protocol: int, first: int, data: bytes, start: int, end: int) -> Packet:

@@ -50,6 +50,24 @@ class Publish:
 
 
 @dataclass(frozen=True, slots=True)
+class Oversized:
+    """A PUBLISH over the most the session takes whole (``Session(max_incoming=...)``): its head, and its size.
+
+    Its payload was never held: the session reads past it as it comes, so one device's huge message costs the
+    router no more memory than a small one. ``properties`` are b"" when they were too long to keep
+    (``codec.KEPT_HEAD``)."""
+
+    topic: str
+    qos: int
+    packet_id: int
+    retain: bool
+    properties: bytes
+    payload_size: int
+    size: int
+    """The whole packet's bytes after its fixed header (MQTT's Remaining Length)."""
+
+
+@dataclass(frozen=True, slots=True)
 class BadPublish:
     """A PUBLISH whose topic is not a valid MQTT topic name (invalid UTF-8, a NUL, a wildcard, empty).
 
@@ -97,7 +115,7 @@ class Disconnect:
     session_expiry: int | None = None
 
 
-Event = ConnAck | Publish | BadPublish | PubAck | SubAck | UnsubAck | PingResp | Disconnect
+Event = ConnAck | Publish | Oversized | BadPublish | PubAck | SubAck | UnsubAck | PingResp | Disconnect
 
 
 # -- what a client hands the session --------------------------------------------------------------------

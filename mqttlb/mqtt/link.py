@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass
 
 from ..core.config import BrokerSettings
+from .codec import MAX_REMAINING_LENGTH
 from .errors import RemoteProtocolError
 from .events import ConnAck, Disconnect, Event, PingResp, Will
 from .net import open_socket
@@ -70,9 +71,10 @@ class Link:
 
     def __init__(self, broker: BrokerSettings, client_id: str, *, persistent: bool,
                  receive_maximum: int | None = None, borrowed: bool = False,
-                 receive_buffer: int | None = None, will: Will | None = None) -> None:
+                 receive_buffer: int | None = None, will: Will | None = None,
+                 max_incoming: int = MAX_REMAINING_LENGTH) -> None:
         """``borrowed``: the session is another client's (a reclaim), which may take it back at any time; that
-        is no takeover to fight or to report."""
+        is no takeover to fight or to report. ``max_incoming``: the session's (its rule 6)."""
         self.name = client_id
         self.broker = broker
         self.persistent = persistent
@@ -80,7 +82,7 @@ class Link:
         self.receive_buffer = receive_buffer
         self.will = will
         self.receive_maximum = receive_maximum
-        self.session = Session(5 if broker.protocol == "5" else 4)
+        self.session = Session(5 if broker.protocol == "5" else 4, max_incoming)
         self.sock: socket.socket | None = None
         self.enabled = False
         """Whether it should be connected: the loop opens an enabled link that has no socket when it is due."""

@@ -18,6 +18,12 @@ state lives here:
    (``RemoteProtocolError``) breaks the session: ``events()`` raises it again until ``connect()``.
 5. Only QoS 0 and 1: a QoS 2 PUBLISH or any QoS 2 ack from the broker is a ``RemoteProtocolError``
    (a client that never subscribes at QoS 2 never gets one).
+6. ``max_incoming`` bounds what is held of a PUBLISH: one whose body is longer is reported as
+   ``Oversized`` once its head is in (``codec.KEPT_HEAD``), and the rest of it is skipped as it
+   comes, never buffered. A broker with no limit of its own passes a device's message of up to
+   256 MiB, which held whole (and copied to decode it) took the router's memory three times over:
+   killed for it, the router would be sent the same message again on every restart. Any other
+   packet over it is a ``RemoteProtocolError``: no broker sends one.
 
 Inbound PUBLISH properties are not decoded (``Publish.properties`` holds them as they came): the
 router passes them on, and a worker decodes its user properties with ``codec.user_properties``.
@@ -28,6 +34,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from .codec import (
+    KEPT_HEAD,
     MAX_PACKET_ID,
     MAX_REMAINING_LENGTH,
     MQTT_5,
@@ -37,6 +44,7 @@ from .codec import (
     SUBSCRIBE,
     UNSUBSCRIBE,
     decode,
+    decode_oversized,
     decode_publish,
     encode_connect,
     encode_disconnect,
@@ -53,6 +61,7 @@ from .events import (
     ConnAck,
     Disconnect,
     Event,
+    Oversized,
     PingResp,
     PubAck,
     Publish,
@@ -69,10 +78,14 @@ _SERVER_PACKETS = (ConnAck, Publish, BadPublish, PubAck, SubAck, UnsubAck, PingR
 class Session:
     """See the module docstring."""
 
-    def __init__(self, protocol: int = MQTT_5) -> None:
+    def __init__(self, protocol: int = MQTT_5, max_incoming: int = MAX_REMAINING_LENGTH) -> None:
+        """``max_incoming``: the longest packet body (Remaining Length) held whole (rule 6)."""
         if protocol not in PROTOCOLS:
             raise LocalProtocolError(f"protocol {protocol!r}: 4 (MQTT 3.1.1) or 5 (MQTT 5)")
         self.protocol = protocol
+        self.max_incoming = max(max_incoming, KEPT_HEAD)
+        self._skipping = 0
+        """Bytes still to come of an ``Oversized`` PUBLISH, dropped as they arrive (rule 6)."""
         self.connected = False
         """A successful CONNACK came on the current connection."""
         self.receive_maximum = 65535
@@ -100,7 +113,7 @@ class Session:
                                 session_expiry=session_expiry, receive_maximum=receive_maximum,
                                 username=username, password=password, will=will)
         self.connected = False
-        self._chunks, self._buffered, self._needed, self._broken = [], 0, 1, None
+        self._chunks, self._buffered, self._needed, self._broken, self._skipping = [], 0, 1, None, 0
         self._in_use = {} if clean_start else {pid: kind for pid, kind in self._in_use.items() if kind == PUBLISH}
         self._publishes = len(self._in_use)
         self.receive_maximum, self.maximum_packet_size, self.server_keepalive = 65535, None, None
@@ -223,6 +236,10 @@ class Session:
 
     def receive_data(self, data: bytes) -> None:
         """Bytes read from the connection; ``events()`` decodes them."""
+        if self._skipping:
+            skipped = min(self._skipping, len(data))
+            self._skipping -= skipped
+            data = data[skipped:]
         if data:
             self._chunks.append(bytes(data))
             self._buffered += len(data)
@@ -243,6 +260,7 @@ class Session:
         mqtt5 = self._mqtt5
         connected = self.connected
         in_use = self._in_use
+        max_incoming = self.max_incoming
         try:
             while at < end:
                 if at + 2 > end:
@@ -259,6 +277,15 @@ class Session:
                         needed = end - at + 1
                         break
                     start, stop = framed
+                if stop - start > max_incoming:
+                    head = start + KEPT_HEAD
+                    if head > end:
+                        needed = head - at
+                        break
+                    append(self._oversized(first, data, start, head, stop))
+                    self._skipping = stop - end if stop > end else 0
+                    at = min(stop, end)
+                    continue
                 if stop > end:
                     needed = stop - at
                     break
@@ -283,6 +310,15 @@ class Session:
         self._buffered = len(rest)
         self._needed = needed
         return out
+
+    def _oversized(self, first: int, data: bytes, start: int, head: int, stop: int) -> Oversized | BadPublish:
+        """A packet longer than ``max_incoming``, of which ``data[start:head]`` is here (rule 6)."""
+        if first >> 4 != PUBLISH or not self.connected:
+            raise RemoteProtocolError(f"a packet of type {first >> 4} and {stop - start} bytes, over the "
+                                      f"{self.max_incoming} this client takes")
+        if first & 0x06 == 0x04:
+            raise RemoteProtocolError("a PUBLISH at QoS 2, which this client never subscribes at")
+        return decode_oversized(self._mqtt5, first, data, start, head, stop)
 
     def _other(self, first: int, data: bytes, start: int, stop: int) -> Event:
         """Any packet but a PUBLISH or a plain PUBACK on an open connection, checked against the state."""

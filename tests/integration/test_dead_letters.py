@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import orjson
 import pytest
 
@@ -77,3 +79,32 @@ def test_a_forward_no_one_subscribes_to_is_a_dead_letter_not_a_delivery(make_rou
     assert (letter.topic, letter.payload) == ("mqttlb/deadletter/refused/devices/d1/telemetry", b"reading")
     reason = dict(letter.properties.UserProperty)["mqttlb-reason"]
     assert "No matching subscribers (0x10)" in reason and "nothing subscribes to the inbox of 'deaf'" in reason
+
+
+def peak_rss_mib(pid: int) -> float:
+    [line] = [line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("VmHWM:")]
+    return int(line.split()[1]) / 1024
+
+
+def test_a_huge_message_is_a_dead_letter_the_router_never_holds(make_router, clients):
+    """Mosquitto with no limit of its own (its default) takes up to 256 MiB from a device. The router held a
+    200 MiB message whole and copied it to decode it: ~620 MiB of RSS, and a router killed for it would be sent
+    the same message again on every restart. Now it reads past the payload and dead-letters what it saw."""
+    worker = clients(TestWorker, "w1")
+    router = make_router(routes=ROUTES).wait_ready()
+    dead = clients(Client, "dead-watch")
+    dead.subscribe("mqttlb/deadletter/#")
+    device = clients(Client, "device")
+    before = peak_rss_mib(router.process.pid)
+    device.publish("devices/d1/telemetry", bytes(100 << 20), qos=1)
+    device.publish("devices/d1/telemetry", b"after")
+    [letter] = wait_for(dead.messages, timeout=30, what="the dead letter")
+    assert (letter.topic, letter.payload) == ("mqttlb/deadletter/too_large/devices/d1/telemetry", b"")
+    assert f"{100 << 20} bytes > 262144" in dict(letter.properties.UserProperty)["mqttlb-reason"]
+    wait_for(lambda: [m.payload for m in worker.messages()] == [b"after"], what="routing after it")
+    assert peak_rss_mib(router.process.pid) < before + 20  # it was before + ~300 (349 MiB, against 49)
+    assert router.process.poll() is None and "disconnected" not in router.log()
+    router.stop()
+    again = make_router(routes=ROUTES).wait_ready()  # acknowledged: the broker does not send it again
+    assert wait_for(lambda: "router started" in again.log() and again, what="a second router")
+    assert len(dead.messages()) == 1

@@ -180,3 +180,27 @@ def test_a_worker_that_dies_while_no_router_runs_is_reclaimed_by_the_next(make_r
     lost, _ = accounted("a worker dead before the router started", sent, [w1, w2], timeout=60)
     assert lost == 0
     assert "worker w1" in line
+
+
+def test_a_message_too_long_to_forward_in_a_dead_workers_session_is_a_dead_letter(make_router, clients,
+                                                                                  worker_processes):
+    """A reclaim link reads past what is too long to forward (here published straight to the worker's inbox), as
+    the routing link does (``test_dead_letters`` measures the memory): the reclaim takes it as a dead letter
+    and goes on."""
+    router = make_router(heartbeat={"timeout": "2s"}, reclaim=QUICK, stats=FAST_STATS)
+    stats = watch(clients, "mqttlb/stats")
+    dead = watch(clients, "mqttlb/deadletter/#")
+    w1 = worker_processes("w1")
+    wait_for(router_sees_up(stats, "w1"), what="the router knows w1")
+    w1.signal(signal.SIGSTOP)  # its session keeps what comes from now on
+    sender = clients(Client, "inbox-writer")
+    sender.publish("mqttlb/workers/w1/in/devices/d1/telemetry", bytes(2 << 20))
+    sender.publish("mqttlb/workers/w1/in/devices/d1/telemetry", orjson.dumps({"id": 1, "device": "d1", "seq": 0}))
+    w1.signal(signal.SIGKILL)
+    w2 = worker_processes("w2")
+    line = reclaimed_line(router)
+    [letter] = wait_for(dead.messages, timeout=30, what="the dead letter")
+    assert (letter.topic, letter.payload) == ("mqttlb/deadletter/too_large/devices/d1/telemetry", b"")
+    assert f"{2 << 20} bytes > 262144" in dict(letter.properties.UserProperty)["mqttlb-reason"]
+    wait_for(lambda: [orjson.loads(m)["id"] for m in w2.handled()] == [1], what="the small one at w2")
+    assert "reclaimed 2 messages" in line

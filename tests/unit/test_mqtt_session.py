@@ -11,6 +11,7 @@ from mqttlb.mqtt import (
     ConnAck,
     Disconnect,
     LocalProtocolError,
+    Oversized,
     PingResp,
     PubAck,
     Publish,
@@ -190,6 +191,81 @@ def test_a_bad_topic_from_the_broker_is_an_event_and_the_session_goes_on() -> No
     session.receive_data(codec.encode_publish(5, b"a/\xff", b"x", 1, 7) + codec.encode_publish(5, b"ok", b"y", 0, 0))
     bad, good = session.events()
     assert isinstance(bad, BadPublish) and bad.packet_id == 7 and isinstance(good, Publish)
+
+
+HUGE = 200 * 1024 * 1024
+"""A payload Mosquitto takes from a device when it has no limit of its own (its default: MQTT's 256 MiB)."""
+
+
+def fed_in_reads(session: Session, stream: bytes, read: int = 65536) -> tuple[list[object], int]:
+    """The events of ``stream`` fed a socket read at a time, and the most bytes the session held meanwhile."""
+    events: list[object] = []
+    most = 0
+    view = memoryview(stream)
+    for at in range(0, len(stream), read):
+        session.receive_data(view[at:at + read])
+        most = max(most, session._buffered)  # noqa: SLF001 - what it holds is the point of the test
+        events += session.events()
+    return events, most
+
+
+def huge_publish(protocol: int, qos: int, properties: bytes = b"", payload: int = HUGE) -> bytes:
+    header = codec.encode_publish(protocol, b"devices/d1/telemetry", b"", qos, 7 if qos else 0,
+                                  properties=properties)
+    framed = codec.frame(header, 0, len(header))
+    assert framed is not None
+    start, stop = framed
+    return bytes([header[0]]) + codec.encode_varint(stop - start + payload) + header[start:] + bytes(payload)
+
+
+@pytest.mark.parametrize(("protocol", "qos"), [(5, 1), (4, 1), (5, 0)])
+def test_a_publish_over_max_incoming_is_reported_without_its_payload_and_never_held(protocol: int, qos: int) -> None:
+    """200 MiB from a device were held whole, then copied to decode: three times that in the router's memory,
+    and a router killed for it was sent the message again on every restart."""
+    session, _ = connected(protocol)
+    session.max_incoming = 1 << 20
+    user = encode_user_properties([("trace", "t1")]) if protocol == 5 else b""
+    stream = huge_publish(protocol, qos, user) + codec.encode_publish(protocol, b"devices/d2/telemetry", b"after",
+                                                                        qos, 8 if qos else 0)
+    events, most = fed_in_reads(session, stream)
+    assert most < codec.KEPT_HEAD + 2 * 65536
+    big, after = events
+    assert big == Oversized("devices/d1/telemetry", qos, 7 if qos else 0, False, user, HUGE,
+                            len(stream) - len(after_bytes(protocol, qos)) - 5)
+    assert isinstance(after, Publish) and after.payload == b"after"
+
+
+def after_bytes(protocol: int, qos: int) -> bytes:
+    return codec.encode_publish(protocol, b"devices/d2/telemetry", b"after", qos, 8 if qos else 0)
+
+
+def test_properties_too_long_to_keep_are_left_out_and_the_size_still_told() -> None:
+    session, _ = connected()
+    session.max_incoming = 1 << 20
+    user = encode_user_properties([("p", "x" * 50_000), ("q", "y" * 50_000), ("r", "z" * 50_000)])
+    events, _ = fed_in_reads(session, huge_publish(5, 1, user, payload=2 << 20))
+    [big] = events
+    assert isinstance(big, Oversized) and big.properties == b"" and big.payload_size == 2 << 20
+    assert big.size == 2 + len("devices/d1/telemetry") + 2 + len(codec.encode_varint(len(user))) + len(user) + (2 << 20)
+
+
+def test_an_oversized_publish_whole_in_one_read_and_one_with_a_bad_topic() -> None:
+    session, _ = connected()
+    session.max_incoming = codec.KEPT_HEAD
+    whole = huge_publish(5, 1, payload=codec.KEPT_HEAD + 10)
+    bad = codec.encode_publish(5, b"a/\xff", bytes(codec.KEPT_HEAD + 10), 1, 9)
+    session.receive_data(whole + bad + codec.encode_publish(5, b"ok", b"y", 0, 0))
+    big, refused, good = session.events()
+    assert isinstance(big, Oversized) and big.payload_size == codec.KEPT_HEAD + 10
+    assert isinstance(refused, BadPublish) and refused.packet_id == 9 and isinstance(good, Publish)
+
+
+def test_another_packet_over_max_incoming_is_the_brokers_fault() -> None:
+    session, _ = connected()
+    session.max_incoming = codec.KEPT_HEAD
+    suback = codec.encode_suback(5, 1, [0] * (codec.KEPT_HEAD + 1))
+    with pytest.raises(RemoteProtocolError, match="over the"):
+        fed_in_reads(session, suback)
 
 
 @pytest.mark.parametrize("protocol", [5, 4])

@@ -221,6 +221,23 @@ def test_size_is_checked_before_json_is_parsed() -> None:
     assert isinstance(action, DeadLetter) and action.reason == "too_large"
 
 
+@pytest.mark.parametrize(("topic", "payload_size", "size", "route", "detail"), [
+    ("devices/d1/telemetry", 200 << 20, (200 << 20) + 30, "telemetry", f"{200 << 20} bytes > {MAX_PAYLOAD}"),
+    ("other/x", 200 << 20, (200 << 20) + 30, None, f"{200 << 20} bytes > {MAX_PAYLOAD}"),
+    ("events/e1", 10, 300_000, "events", "a message of 300000 bytes, 299990 of them topic and properties"),
+])
+def test_a_message_whose_payload_was_never_held_is_a_too_large_dead_letter(
+        topic: str, payload_size: int, size: int, route: str | None, detail: str) -> None:
+    """The wire reads past a body too long to forward and hands on only its head (``mqtt.Oversized``)."""
+    router = make_router()
+    beat(router, "w1", 0)
+    message = msg(topic, b"", ref=3)
+    [action] = router.oversized(message, payload_size, size)
+    assert isinstance(action, DeadLetter) and action.message is message
+    assert (action.reason, action.route, action.detail, action.keep_payload) == ("too_large", route, detail, False)
+    assert action.topic == f"mqttlb/deadletter/too_large/{topic}"
+
+
 @pytest.mark.parametrize("payload", [b"[" * 100_000, b'{"a":' * 100_000, b'{"meta":' * 100_000])
 def test_deeply_nested_json_is_a_bad_key(payload: bytes) -> None:
     router = make_router(dead_letter={"hold": "10s", "max_payload": "1MiB"})
