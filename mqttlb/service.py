@@ -49,6 +49,7 @@ from .transport import (
     TOO_LARGE,
     DeviceMessages,
     Outcome,
+    OversizedBeat,
     OversizedMessage,
     PublishesDropped,
     PublishingConnected,
@@ -183,6 +184,10 @@ class Service:
                     self._heartbeat(topic, payload)
                 case RouterHeartbeat(topic, payload):
                     self._router_heartbeat(topic, payload)
+                case OversizedBeat(topic, size):
+                    self.counters.bad_heartbeats += 1
+                    self._bad_input.warning("heartbeat", self.clock(), "ignoring heartbeat on %s: %d bytes, far "
+                                            "more than a heartbeat has", topic[:200], size)
                 case PublishesDropped():
                     self._dropped(event)
                 case PublishingConnected(max_packet_size):

@@ -130,6 +130,14 @@ class WorkerBeat:
 
 
 @dataclass(frozen=True, slots=True)
+class OversizedBeat:
+    """A heartbeat (a worker's or a router's) too long to be one: read past, never held (``codec.KEPT_HEAD``)."""
+
+    topic: str
+    payload_size: int
+
+
+@dataclass(frozen=True, slots=True)
 class RouterHeartbeat:
     """Another router's heartbeat (or will), or this one's own, from the beats link."""
 
@@ -198,7 +206,7 @@ class ReclaimLost:
     taken_back: bool
 
 
-Event = (DeviceMessages | OversizedMessage | WorkerBeat | RouterHeartbeat | Settled[Tag]
+Event = (DeviceMessages | OversizedMessage | WorkerBeat | RouterHeartbeat | OversizedBeat | Settled[Tag]
          | PublishesDropped[Tag] | PublishingConnected | RoutingConnected | Reclaimed | ReclaimConnected | ReclaimLost)
 
 
@@ -222,8 +230,11 @@ class Transport(Generic[Tag]):
         message again, to be routed again."""
         self._routing = Link(broker, broker.client_id, persistent=broker.session_expiry > 0,
                              receive_maximum=max_inflight, will=will, max_incoming=self._max_incoming)
-        self._publishing = Link(broker, broker.client_id + PUBLISHING_SUFFIX, persistent=False)
-        self._beats = Link(broker, broker.client_id + BEATS_SUFFIX, persistent=False)
+        # Acknowledgements and heartbeats are small: a longer packet is never held whole (a retained heartbeat
+        # of 200 MiB would cost every router that starts three times that).
+        self._publishing = Link(broker, broker.client_id + PUBLISHING_SUFFIX, persistent=False,
+                                max_incoming=KEPT_HEAD)
+        self._beats = Link(broker, broker.client_id + BEATS_SUFFIX, persistent=False, max_incoming=KEPT_HEAD)
         self._links = (self._publishing, self._beats, self._routing)
         self._reclaiming: dict[int, Link] = {}
         """Reclaim links by reclaim id."""
@@ -439,6 +450,8 @@ class Transport(Generic[Tag]):
             if kind is Publish:
                 latest.pop(event.topic, None)  # the last of each worker's, in the order they came
                 latest[event.topic] = event.payload
+            elif kind is Oversized:
+                events.append(OversizedBeat(event.topic, event.payload_size))
             elif kind is ConnAck:
                 if self._beats.connected:
                     link = self._beats
