@@ -568,12 +568,12 @@ class Service:
             return
         try:
             beat = RouterBeat.parse(router, payload)
+            departed = self.routers.apply(beat, now)
         except BadHeartbeat as error:
             self.counters.bad_heartbeats += 1
             self._bad_input.warning("router-heartbeat", now, "ignoring router heartbeat on %s: %s",
                                     topic[:200], error)
             return
-        departed = self.routers.apply(beat, now)
         if beat.up and self.reclaims.pending(Owner.ROUTER, router):
             reclaim = self.reclaims.came_back(Owner.ROUTER, router)
             log.info("router %s is back, and its session its own (%d messages of it were reclaimed)", router,

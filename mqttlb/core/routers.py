@@ -33,6 +33,11 @@ BEAT = 2.0
 """Seconds between a router's heartbeats (and at once when what it is reclaiming changes)."""
 LIVE_WITHIN = 5 * BEAT
 """A router not heard from for this long is not chosen to reclaim anything."""
+MAX_ROUTERS = 1000
+"""The most routers kept: the routers' topic is as open to a flood of made-up ids as the workers' is. When full,
+those that matter no more make room: down with nothing to reclaim, or up and silent past ``LIVE_WITHIN`` (were
+its will to come, it would be a router never heard of, down with a session, which departs all the same). One
+down with a session stays until it is forgotten (``forget``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,12 +95,23 @@ class Routers:
         """Take a router's heartbeat in; returns the last word of a router that departed with it (up before, or
         never heard of, and down now, with a session to reclaim), else None."""
         old = self._peers.get(beat.router)
+        if old is None and len(self._peers) >= MAX_ROUTERS:
+            self._make_room(now)
         if beat.session is None and old is not None:
             beat = RouterBeat(beat.router, beat.up, old.beat.session, beat.reclaiming)  # a will names none
         self._peers[beat.router] = Peer(beat, now)
         if beat.router == self.me or beat.up or beat.session is None:
             return None
         return beat if old is None or old.beat.up else None
+
+    def _make_room(self, now: float) -> None:
+        """Forget the routers that matter no more (see ``MAX_ROUTERS``); raise BadHeartbeat if none does."""
+        idle = [router for router, peer in self._peers.items() if router != self.me and (
+            now - peer.seen >= LIVE_WITHIN if peer.beat.up else peer.beat.session is None)]
+        if not idle:
+            raise BadHeartbeat(f"{MAX_ROUTERS} routers are live already; a new one is ignored")
+        for router in idle:
+            del self._peers[router]
 
     def forget(self, router: str) -> None:
         """``router`` is gone for good (its session reclaimed, its heartbeat cleared)."""

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mqttlb.core.pool import MAX_HEARTBEAT_BYTES
-from mqttlb.core.routers import LIVE_WITHIN, RouterBeat, Routers
+from mqttlb.core.routers import LIVE_WITHIN, MAX_ROUTERS, RouterBeat, Routers
 from mqttlb.errors import BadHeartbeat
 
 properties = settings(derandomize=True, max_examples=150, deadline=None)
@@ -187,6 +187,29 @@ def test_silence_never_departs() -> None:
     assert routers.live(LIVE_WITHIN) == ["r1"] and not routers.is_live("r2", LIVE_WITHIN)
     assert routers.apply(up("r2", "s"), LIVE_WITHIN + 1) is None and routers.is_live("r2", LIVE_WITHIN + 1)
     assert routers.says_reclaiming("r2", "x", since=1e9) is None
+
+
+def test_a_flood_of_made_up_router_ids_is_bounded() -> None:
+    """Every id heard of was kept for good: a flood of retained heartbeats grew the router without end."""
+    routers = Routers("r1")
+    routers.apply(up("r2", "s2"), 0.0)
+    routers.apply(will("r2"), 0.5)  # departed, with a session to reclaim: it must stay known
+    for n in range(MAX_ROUTERS - 1):
+        routers.apply(up(f"fake-{n}"), 1.0)
+    with pytest.raises(BadHeartbeat, match=f"{MAX_ROUTERS} routers are live already"):
+        routers.apply(up("one-more"), 2.0)
+    assert len(routers.views()) == MAX_ROUTERS
+    # Once the flood falls silent, a new router makes room; the departed one and its session are kept.
+    assert routers.apply(up("r3", "s3"), 1.0 + LIVE_WITHIN) is None
+    assert set(routers.views()) == {"r2", "r3"}
+    assert routers.views()["r2"]["session"] == "s2"
+
+
+def test_routers_down_with_nothing_to_reclaim_make_room_at_once() -> None:
+    routers = Routers("r1")
+    for n in range(MAX_ROUTERS):
+        routers.apply(will(f"gone-{n}"), 0.0)
+    assert routers.apply(up("r2", "s2"), 0.1) is None and routers.is_live("r2", 0.1)
 
 
 # -- live, says_reclaiming --------------------------------------------------------------------------
