@@ -18,7 +18,8 @@ from collections.abc import Callable
 
 from ...errors import MqttlbError
 from .base import BadOption, Balancer
-from .hashing import ConsistentHash, Ring
+from .hashing import ConsistentHash
+from .ring import Ring
 from .stateless import LeastConnections, RoundRobin, WeightedRandom, WeightedRoundRobin
 
 __all__ = [

@@ -27,22 +27,21 @@ worker for as long as the pool does not change. The mapping then depends on the
 order devices arrive in, so routers in a share group may disagree about a few
 devices.
 
-``ring`` is the classic ring with virtual nodes (BLAKE2b points), kept so the
-two can be compared, and for users who relied on its exact mapping.
+``ring`` (in ``ring``) is the classic ring with virtual nodes, kept so the two
+can be compared, and for users who relied on its exact mapping.
 """
 
 from __future__ import annotations
 
-import bisect
 import math
 import random
 from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
-from .base import BadOption, Balancer, checked, float_option, int_option, reject_unknown, relative
+from .base import BadOption, Balancer, float_option, int_option, reject_unknown, relative
 from .rendezvous import Pool, Rendezvous, preference, stable_hash
 
-__all__ = ["ConsistentHash", "Ring", "stable_hash"]
+__all__ = ["ConsistentHash", "stable_hash"]
 
 
 class ConsistentHash(Balancer):
@@ -115,44 +114,3 @@ class ConsistentHash(Balancer):
                 return worker
         raise AssertionError("the bounds add up to more than the active devices; some worker is under its own")
 
-
-class Ring(Balancer):
-    """A hash ring with virtual nodes: a key goes to the owner of the first point at or after its hash.
-
-    Each worker owns ``virtual_nodes * weight`` points (at least one, at most
-    ``virtual_nodes * MAX_WEIGHT``) on a ring of 64-bit BLAKE2b hashes. A
-    worker's points depend on its own id and weight alone, so adding a worker
-    moves keys only to it and removing one moves only its keys. Balance is
-    limited by where the points fall (see the module docstring).
-    """
-
-    name = "ring"
-    needs_key = True
-    DEFAULT_VIRTUAL_NODES: ClassVar[int] = 160
-    MAX_VIRTUAL_NODES: ClassVar[int] = 10_000
-    MAX_WEIGHT: ClassVar[float] = 100.0
-
-    def __init__(self, *, rng: random.Random | None = None, **options: object) -> None:
-        reject_unknown(self.name, options, ("virtual_nodes",))
-        self.virtual_nodes = int_option(options, "virtual_nodes", self.DEFAULT_VIRTUAL_NODES, 1,
-                                        self.MAX_VIRTUAL_NODES)
-        self._hashes: tuple[int, ...] = ()
-        self._owners: tuple[str, ...] = ()
-
-    def update(self, workers: Mapping[str, float]) -> None:
-        weights = checked(workers)
-        points = sorted(
-            (stable_hash(f"{worker}\0{i}"), worker)
-            for worker, weight in weights.items()
-            for i in range(max(1, round(self.virtual_nodes * min(weight, self.MAX_WEIGHT))))
-        )
-        self._hashes = tuple(h for h, _ in points)
-        self._owners = tuple(worker for _, worker in points)
-
-    def pick(self, key: str | None) -> str | None:
-        if key is None:
-            raise ValueError("ring needs a key")
-        if not self._hashes:
-            return None
-        i = bisect.bisect_left(self._hashes, stable_hash(key))
-        return self._owners[i if i < len(self._owners) else 0]
