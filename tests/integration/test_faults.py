@@ -157,12 +157,16 @@ def test_a_dead_worker_gets_nothing_new_and_what_it_held_comes_back(fault, make_
     time.sleep(2.0)
     slow.signal(signal.SIGKILL if fault == "sigkill" else signal.SIGSTOP)
     router.wait_log("worker w1 of pool default " + ("is down" if fault == "sigkill" else "is silent"))
-    time.sleep(0.5)  # forwards routed before the router knew are on their way
-    before, first_after = len(inbox.messages()), len(publisher.sent)
+    first_after = len(publisher.sent)  # published after the router knew: none of them may go to w1
     time.sleep(1.5)
     sent = publisher.stop()
     wait_for(lambda: account(sent[first_after:], others)[0] == 0, timeout=20, what="the rest at w2 and w3")
-    assert len(inbox.messages()) == before, "a message reached w1 after the router knew it was gone"
+    # By id, not by how many the inbox holds at some moment: under load the watcher may still be reading forwards
+    # routed before the router knew.
+    at_w1 = {message.payload for message in inbox.messages()}
+    assert set(sent[:first_after]) & at_w1, "w1 got nothing before it died: the ids below would prove nothing"
+    late = set(sent[first_after:]) & at_w1
+    assert not late, f"{len(late)} messages reached w1 after the router knew it was gone"
     line = next(line for line in router.lines if "worker w1 of pool default" in line)
     found = re.search(r"held about (\d+) messages", line)
     assert found is not None, line
