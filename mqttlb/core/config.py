@@ -393,7 +393,7 @@ def _router(section: _Section) -> RouterSettings:
 
 
 def _heartbeat(section: _Section) -> HeartbeatSettings:
-    heartbeat = HeartbeatSettings(**section.read(topic=_heartbeat_filter, timeout=_positive_duration,
+    heartbeat = HeartbeatSettings(**section.read(topic=_heartbeat_filter, timeout=_heartbeat_timeout,
                                                  expire=_positive_duration))
     if heartbeat.expire < heartbeat.timeout:
         section.problem("expire", f"must be at least heartbeat.timeout ({heartbeat.timeout:g}s), "
@@ -718,6 +718,19 @@ def _positive_duration(value: object) -> float:
     seconds = parse_duration(value)
     if seconds == 0:
         raise ValueError("must be longer than 0s")
+    return seconds
+
+
+MIN_HEARTBEAT_TIMEOUT = 1.0
+"""Seconds: workers beat every few seconds (``mqttlb.Worker``: 2). A shorter timeout times a healthy worker out
+between two heartbeats, over and over: its devices move away and back at every beat."""
+
+
+def _heartbeat_timeout(value: object) -> float:
+    seconds = parse_duration(value)
+    if seconds < MIN_HEARTBEAT_TIMEOUT:
+        raise ValueError(f"must be at least {MIN_HEARTBEAT_TIMEOUT:g}s (longer than the workers' heartbeat "
+                         f"interval), got {_shown(value)}")
     return seconds
 
 

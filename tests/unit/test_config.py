@@ -433,7 +433,10 @@ def test_heartbeat_topic() -> None:
 
 
 def test_heartbeat_timings() -> None:
-    assert problem(with_routes(heartbeat={"timeout": 0})) == "heartbeat.timeout: must be longer than 0s"
+    for tiny in (0, "10ms", 0.999):  # a healthy worker would time out between two of its heartbeats
+        assert problem(with_routes(heartbeat={"timeout": tiny})) == (
+            f"heartbeat.timeout: must be at least 1s (longer than the workers' heartbeat interval), got {tiny!r}")
+    assert parse(with_routes(heartbeat={"timeout": "1s"})).heartbeat.timeout == 1.0
     assert problem(with_routes(heartbeat={"expire": "5s"})) == (
         "heartbeat.expire: must be at least heartbeat.timeout (6s), got 5s")
 
