@@ -215,14 +215,23 @@ class _SnapshotCollector(Collector):
 
 
 MAX_CLIENTS = 32
-"""Connections served at once; more are closed at once. A thread and a file descriptor each: clients that hold
-connections open (a slowloris) took every descriptor the process had, and then the broker's too."""
+"""Connections served at once. A thread and a file descriptor each: clients that hold connections open (a
+slowloris) took every descriptor the process had, and then the broker's too. A connection beyond it cuts the
+oldest off: refusing the newest instead let 32 idle connections fail every /healthz probe, and an orchestrator
+then restarts a router that is routing fine, again and again."""
+CUT_WAIT = 1.0
+"""Seconds a new connection waits for the oldest one's thread to let go of its slot, before it is closed."""
 CLIENT_TIMEOUT = 10.0
 """Seconds a client may take to send its request or read the answer, before it is cut off."""
 
 
 class _Quiet(WSGIRequestHandler):
     timeout = CLIENT_TIMEOUT
+
+    def parse_request(self) -> bool:
+        """False for a connection cut off to make room while its headers were read: it gets no answer."""
+        cut_off = getattr(self.server, "cut_off", None)
+        return super().parse_request() and not (cut_off is not None and cut_off(self.connection))
 
     def log_message(self, format: str, *args: Any) -> None:
         """Nothing: a scrape every few seconds would flood the log."""
@@ -235,22 +244,50 @@ def _server_class(host: str) -> type[WSGIServer]:
         address_family = family
         request_queue_size = 64  # socketserver's 5 drops a burst of scrapers' SYNs: a second each to try again
         _slots = threading.BoundedSemaphore(MAX_CLIENTS)
+        _lock = threading.Lock()
+        _served: dict[socket.socket, bool] = {}
+        """The connections being served, oldest first, and whether each was cut off."""
 
         def process_request(self, request: Any, client_address: Any) -> None:
             if not self._slots.acquire(blocking=False):
-                self.shutdown_request(request)  # no thread, no descriptor kept: the client may try again
-                return
+                self._cut_oldest()
+                if not self._slots.acquire(timeout=CUT_WAIT):
+                    self.shutdown_request(request)  # no thread, no descriptor kept: the client may try again
+                    return
+            with self._lock:
+                self._served[request] = False
             try:
                 super().process_request(request, client_address)
             except BaseException:
-                self._slots.release()
+                self._let_go(request)
                 raise
 
         def process_request_thread(self, request: Any, client_address: Any) -> None:
             try:
                 super().process_request_thread(request, client_address)
             finally:
-                self._slots.release()
+                self._let_go(request)
+
+        def _let_go(self, request: socket.socket) -> None:
+            with self._lock:
+                del self._served[request]
+            self._slots.release()
+
+        def cut_off(self, request: socket.socket) -> bool:
+            with self._lock:
+                return self._served.get(request, False)
+
+        def _cut_oldest(self) -> None:
+            """Wake the oldest connection's thread: its read or write fails, and it ends and lets go of its slot."""
+            with self._lock:
+                oldest = next((request for request, cut in self._served.items() if not cut), None)
+                if oldest is not None:
+                    self._served[oldest] = True
+            if oldest is not None:
+                try:
+                    oldest.shutdown(socket.SHUT_RDWR)
+                except OSError:  # closed meanwhile (a closed socket object has no descriptor to reuse)
+                    pass
 
         def handle_error(self, request: Any, client_address: Any) -> None:
             """A client that timed out or went away: socketserver would print a traceback for each."""

@@ -146,6 +146,29 @@ def test_starting_and_stopping_are_unhealthy() -> None:
     assert not verdict.healthy and verdict.reason == "stopping"
 
 
+def test_healthz_is_answered_while_idle_clients_hold_every_slot() -> None:
+    """32 connections that never send a request used to get every /healthz probe closed unanswered for as long
+    as they stayed: an orchestrator then restarts a healthy router. The newest connection cuts the oldest off."""
+    server = metrics.MetricsServer(("127.0.0.1", 0), ["default"])
+    holders = [socket.create_connection(server.address, timeout=5) for _ in range(metrics.MAX_CLIENTS)]
+    try:
+        for holder in holders:
+            holder.sendall(b"GET /metrics HTTP/1.1\r\n")  # and never the rest
+        time.sleep(0.5)  # every holder has its slot
+        server.beat(pulse())
+        for _ in range(3):
+            started = time.monotonic()
+            with urllib.request.urlopen(f"http://127.0.0.1:{server.address[1]}/healthz", timeout=5) as answer:
+                assert answer.status == 200
+            assert time.monotonic() - started < metrics.CUT_WAIT + 1
+        holders[0].settimeout(5)
+        assert holders[0].recv(100) == b""  # the oldest was cut off to make room
+    finally:
+        for holder in holders:
+            holder.close()
+        server.close()
+
+
 def test_clients_that_hold_connections_open_are_bounded_and_cut_off(monkeypatch: Any) -> None:
     """A slowloris on /metrics took every file descriptor the router had, one connection and thread each: then
     the broker's connection could not be made again, and accept() failing spun a core. At most MAX_CLIENTS are
