@@ -126,6 +126,8 @@ class Service:
         self.router: Router[Receipt] = Router(config, fleet, self._rng)
         self.transport = self._transport_for(config)
         self._bad_input = RateLimited(log)
+        self._comings_and_goings = RateLimited(log)
+        """A worker's departures and returns: one line each per worker every 10 s, however it flaps."""
         self._stopping = False
         self._next_tick = 0.0
         self._started = clock()
@@ -459,24 +461,27 @@ class Service:
     def _departed(self, departure: Departure) -> None:
         how = "is down" if departure.health is Health.DOWN else \
             f"is silent (no heartbeat for {self.config.heartbeat.timeout:g}s)"
-        reclaim = self.reclaims.departed(Owner.WORKER, departure.worker, departure.session, self.clock(),
+        now = self.clock()
+        reclaim = self.reclaims.departed(Owner.WORKER, departure.worker, departure.session, now,
                                          pool=departure.pool, weight=departure.weight, holding=departure.holding,
                                          moved=departure.drained)
+        said, key = self._comings_and_goings, f"{departure.pool}\0{departure.worker}\0departed"
         if reclaim is not None:
             self._await(reclaim)
-            log.info("worker %s of pool %s %s; nothing more is routed to it. Unless it comes back within %gs, its "
-                     "session %s is reclaimed (it held about %d messages)%s", departure.worker, departure.pool, how,
-                     self.reclaims.after, reclaim.session, departure.holding,
-                     "; meanwhile its devices' new messages wait" if reclaim.waits else "")
+            said.info(key, now, "worker %s of pool %s %s; nothing more is routed to it. Unless it comes back within "
+                      "%gs, its session %s is reclaimed (it held about %d messages)%s", departure.worker,
+                      departure.pool, how, self.reclaims.after, reclaim.session, departure.holding,
+                      "; meanwhile its devices' new messages wait" if reclaim.waits else "")
             return
         if not departure.holding:
-            log.info("worker %s of pool %s %s; nothing more is routed to it", departure.worker, departure.pool, how)
+            said.info(key, now, "worker %s of pool %s %s; nothing more is routed to it", departure.worker,
+                      departure.pool, how)
             return
         self.counters.stranded[(departure.pool, departure.worker)] += departure.holding
-        log.warning("worker %s of pool %s %s; nothing more is routed to it. It held about %d messages: they wait "
-                    "in its session at the broker and reach it when it comes back as %s%s", departure.worker,
-                    departure.pool, how, departure.holding, departure.worker,
-                    "" if departure.session else " (its heartbeats name no session the router could reclaim)")
+        said.warning(key, now, "worker %s of pool %s %s; nothing more is routed to it. It held about %d messages: "
+                     "they wait in its session at the broker and reach it when it comes back as %s%s",
+                     departure.worker, departure.pool, how, departure.holding, departure.worker,
+                     "" if departure.session else " (its heartbeats name no session the router could reclaim)")
 
     # -- reclaims -------------------------------------------------------------------
 
@@ -488,8 +493,8 @@ class Service:
         reclaim = self.reclaims.came_back(Owner.WORKER, worker)
         self._execute(self.router.release_departed(worker))
         if reclaim is not None:
-            log.info("worker %s is back, and its session its own (%d messages of it were reclaimed)", worker,
-                     reclaim.settled)
+            self._comings_and_goings.info(f"{worker}\0back", self.clock(), "worker %s is back, and its session its "
+                                          "own (%d messages of it were reclaimed)", worker, reclaim.settled)
 
     def _reclaim_tick(self, now: float) -> None:
         """Start the reclaims that are due, end the ones that are done, let waiting devices go on."""
