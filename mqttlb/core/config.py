@@ -692,10 +692,20 @@ def _per_worker(value: object) -> bool | None:
     raise ValueError(f"must be auto, true or false, got {_shown(value)}")
 
 
+MAX_CLIENT_ID_BYTES = 1024
+"""Far more than any broker needs (MQTT 3.1.1 promises 23), and short enough that the router's heartbeat topic,
+which holds it, is always a topic MQTT can carry."""
+
+
 def _client_id(value: object) -> str:
+    """The router's client id; it is also a level of its heartbeat topic (``mqttlb/routers/{client_id}/...``),
+    so a '+' or '/' in it crashed the router at every start, on a file ``check`` called ok."""
     client_id = _text(value)
-    if _CONTROL.search(client_id):
-        raise ValueError(f"must not hold control characters, got {_shown(value)}")
+    problem = _level_problem(client_id)
+    if problem is not None:
+        raise ValueError(f"{problem} (it names the router's heartbeat topic), got {_shown(value)}")
+    if len(client_id.encode("utf-8", "surrogatepass")) > MAX_CLIENT_ID_BYTES:
+        raise ValueError(f"must be at most {MAX_CLIENT_ID_BYTES} bytes, got {_shown(value)}")
     return client_id
 
 
