@@ -33,7 +33,7 @@ import yaml
 from ..errors import ConfigError
 from . import balancers
 from .keys import KeySpec
-from .topics import TopicFilter, TopicTemplate, filters_overlap, id_in, topic_problem, with_id
+from .topics import TopicFilter, TopicTemplate, filters_overlap, id_in, key_problem, topic_problem, with_id
 
 T = TypeVar("T")
 
@@ -602,7 +602,6 @@ _SECONDS = {"ms": Fraction(1, 1000), "s": Fraction(1), "m": Fraction(60), "h": F
 _SIZE = re.compile(r"\s*(\d{1,15}(?:\.\d{1,9})?)\s*([kmg]i?b|b)?\s*", re.IGNORECASE)
 _BYTES = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 _LISTEN = re.compile(r"(?:\[([0-9A-Fa-f:.]+)\]|([^\s:\[\]/]+)):(\d{1,5})")
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 class _Short(reprlib.Repr):
@@ -692,20 +691,15 @@ def _per_worker(value: object) -> bool | None:
     raise ValueError(f"must be auto, true or false, got {_shown(value)}")
 
 
-MAX_CLIENT_ID_BYTES = 1024
-"""Far more than any broker needs (MQTT 3.1.1 promises 23), and short enough that the router's heartbeat topic,
-which holds it, is always a topic MQTT can carry."""
-
-
 def _client_id(value: object) -> str:
-    """The router's client id; it is also a level of its heartbeat topic (``mqttlb/routers/{client_id}/...``),
-    so a '+' or '/' in it crashed the router at every start, on a file ``check`` called ok."""
+    """The router's client id. It is also a level of its heartbeat topic (``mqttlb/routers/{client_id}/...``),
+    so it follows the rules of a worker's session (a key): a '+' in it crashed the router at every start, on a
+    file ``check`` called ok."""
     client_id = _text(value)
-    problem = _level_problem(client_id)
+    problem = key_problem(client_id)
     if problem is not None:
-        raise ValueError(f"{problem} (it names the router's heartbeat topic), got {_shown(value)}")
-    if len(client_id.encode("utf-8", "surrogatepass")) > MAX_CLIENT_ID_BYTES:
-        raise ValueError(f"must be at most {MAX_CLIENT_ID_BYTES} bytes, got {_shown(value)}")
+        raise ValueError(f"must fit one topic level, as it names the router's heartbeat topic ({problem}), "
+                         f"got {_shown(value)}")
     return client_id
 
 
