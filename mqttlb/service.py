@@ -478,8 +478,9 @@ class Service:
                       departure.pool, how)
             return
         self.counters.stranded[(departure.pool, departure.worker)] += departure.holding
-        said.warning(key, now, "worker %s of pool %s %s; nothing more is routed to it. It held about %d messages: "
-                     "they wait in its session at the broker and reach it when it comes back as %s%s",
+        said.warning(key + "\0stranded", now, "worker %s of pool %s %s; nothing more is routed to it. It held "
+                     "about %d messages: they wait in its session at the broker and reach it when it comes back "
+                     "as %s%s",
                      departure.worker, departure.pool, how, departure.holding, departure.worker,
                      "" if departure.session else " (its heartbeats name no session the router could reclaim)")
 

@@ -58,5 +58,10 @@ def test_a_flapping_worker_logs_a_line_per_interval(caplog: pytest.LogCaptureFix
         assert len([line for line in said if line.startswith("worker w1 ")]) == 2, said
         assert len([line for line in said if line.startswith("worker w2 ")]) == 2, said
         assert said[-1].endswith("(9 more like it suppressed)")
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="mqttlb"):  # within the interval, but it stranded messages
+            service._departed(Departure("w1", "default", Health.DOWN, 5))
+        assert [record.levelname for record in caplog.records if "It held about 5" in record.getMessage()] == [
+            "WARNING"]
     finally:
         service.transport.close(0)
