@@ -18,9 +18,11 @@ import gc
 import logging
 import random
 import signal
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import replace
 
 import orjson
@@ -137,6 +139,8 @@ class Service:
         """QoS 0 forwards written this turn: settled together at its end (``_settle_written``)."""
         self._metrics: MetricsServer | None = None
         self._reload_requested = False
+        self._loading: Future[Config] | None = None
+        """A reload's file, being read and checked on a thread of its own."""
         self._broker_max_packet_size: int | None = None
         self.reclaims = Reclaims(config.reclaim.after, config.reclaim.wait, own_client_ids(config.broker.client_id))
         self.routers = Routers(config.broker.client_id)
@@ -165,9 +169,12 @@ class Service:
         return self._shutdown()
 
     def _turn(self) -> None:
-        if self._reload_requested:
+        if self._reload_requested and self._loading is None:
             self._reload_requested = False
-            self.reload()
+            self._read_for_reload()
+        if self._loading is not None and self._loading.done():
+            loading, self._loading = self._loading, None
+            self._reload(loading)
         window, reclaiming = self.transport.publish_window, self.reclaims.unsettled
         room = self.inflight.room(window) - reclaiming
         publishing = self.inflight.unsettled - self.router.held  # held ones have nothing in flight
@@ -245,8 +252,28 @@ class Service:
 
     # -- reloading ------------------------------------------------------------------
 
-    def reload(self) -> None:
-        """Read the config file again and apply it; a file with problems is refused and the old config kept.
+    def _read_for_reload(self) -> None:
+        """Read and check the config file again on a thread of its own: the routing loop goes on meanwhile.
+
+        Read in the loop, a large file stopped all routing while PyYAML parsed it (a 5 MB file: 14-56 s).
+        """
+        path = self.config.source
+        if path is None:
+            log.warning("SIGHUP: the config did not come from a file; nothing to reload")
+            return
+        loading: Future[Config] = Future()
+
+        def read() -> None:
+            try:
+                loading.set_result(self._adapt(config_module.load(path)))
+            except BaseException as error:  # noqa: BLE001 - handed to the loop, which says it and goes on
+                loading.set_exception(error)
+
+        self._loading = loading
+        threading.Thread(target=read, name="mqttlb-reload", daemon=True).start()
+
+    def _reload(self, loading: Future[Config]) -> None:
+        """Apply the file read again; a file with problems is refused and the old config kept.
 
         Routes, pools, algorithms and their options, dead letters, heartbeat timings and the router's
         limits change in place: the fleet is kept, held messages are routed again by the new routes,
@@ -256,15 +283,14 @@ class Service:
         when stopping, and the broker sends again whatever was not acknowledged. The client id and the
         metrics address change only with a restart.
         """
-        path = self.config.source
-        if path is None:
-            log.warning("SIGHUP: the config did not come from a file; nothing to reload")
-            return
         try:
-            new = self._adapt(config_module.load(path))
+            new = loading.result()
         except ConfigError as error:
             for problem in error.problems:
                 log.error("reload refused, the running config stays: %s", problem)
+            return
+        except Exception as error:  # noqa: BLE001 - a reload that fails must not stop the router
+            log.error("reload failed, the running config stays", exc_info=error)
             return
         if new.metrics.listen != self.config.metrics.listen:
             log.warning("reload: metrics.listen changes only when the router restarts")
@@ -292,7 +318,7 @@ class Service:
             self._metrics.set_pools(_route_pools(new))
         for message in held:
             self._execute(self.router.route(message))
-        log.info("reloaded %s: %d routes, %d messages held were routed again", path, len(new.routes), len(held))
+        log.info("reloaded %s: %d routes, %d messages held were routed again", new.source, len(new.routes), len(held))
         settle_heap()
 
     def _reconnect(self, new: Config) -> None:

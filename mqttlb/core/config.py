@@ -225,11 +225,15 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
             raise ConfigError([f"{path}: TOML syntax error: {error}"]) from None
     else:
         try:
-            data = yaml.safe_load(text)
+            data = yaml.load(text, Loader=_YAML_LOADER)  # noqa: S506 - a safe loader
         except yaml.YAMLError as error:
             raise ConfigError([_yaml_problem(str(path), error)]) from None
     config = parse(data, base_dir=Path(path).absolute().parent, environ=os.environ if environ is None else environ)
     return replace(config, source=str(path))
+
+
+_YAML_LOADER: type[yaml.SafeLoader] | type[yaml.CSafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+"""libyaml's safe loader where PyYAML was built with it: four times as quick as the pure-Python one."""
 
 
 def _yaml_problem(path: str, error: yaml.YAMLError) -> str:

@@ -97,3 +97,19 @@ def test_sighup_keeps_the_client_id_the_router_started_with(broker, make_router,
     device.publish(logs("d1"), b"after")
     wait_for(lambda: [m.payload for m in worker.messages()] == [b"after"], what="routing after the reload")
     assert not any("renamed" in m.topic for m in beats.messages())
+
+
+def test_a_large_file_is_read_while_routing_goes_on(broker, make_router, clients):
+    """The file used to be read and checked in the routing loop: a few MB of YAML stopped all routing for as
+    long as the parser took (seconds; minutes for tens of MB). It is read on a thread of its own now."""
+    router = make_router(routes=[LOGS])
+    worker = clients(TestWorker, "w1")
+    device = clients(Client, "device")
+    weights = {f"w{i}": {"weight": 1 + i % 3} for i in range(50_000)}  # 1.6 MB of YAML: seconds to parse
+    write_config(router.config_path, broker, routes=[LOGS], pools={"default": {"workers": weights}})
+    router.process.send_signal(signal.SIGHUP)
+    time.sleep(0.05)  # the signal is handled and the reading begins
+    wait_for(lambda: _delivered(device, worker, logs("during")), timeout=30, what="a message routed")
+    assert "reloaded" not in router.log(), "nothing was routed while the file was read"
+    router.wait_log("reloaded", timeout=120)
+    wait_for(lambda: _delivered(device, worker, logs("after")), what="the new config at work")
