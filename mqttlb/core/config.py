@@ -91,6 +91,9 @@ class RouterSettings:
     """The most inbound messages the router holds unacknowledged (its MQTT 5 Receive Maximum)."""
     max_held: int | None = None
     """The most of those that may wait for a worker while another pool has one; None: half of max_inflight."""
+    max_held_bytes: int = 64 * 2**20
+    """The most payload bytes those waiting may take: past it the oldest is dead-lettered early while another pool
+    has a worker, and otherwise the router takes nothing more in until they leave (the broker keeps the rest)."""
     heartbeat_topic: str = "mqttlb/routers/+/heartbeat"
     """Where routers announce themselves (retained, will = down), so a live one can reclaim a dead one's session;
     the ``+`` is the router's client id."""
@@ -255,7 +258,8 @@ def parse(data: object, *, base_dir: Path, environ: Mapping[str, str]) -> Config
     problems: list[str] = []
     top = _Section(data, "", _SECTIONS, problems)
     broker = _broker(top.section("broker", _BROKER_FIELDS), base_dir, environ)
-    router = _router(top.section("router", ("share_group", "max_inflight", "max_held", "heartbeat_topic")))
+    router = _router(top.section("router", ("share_group", "max_inflight", "max_held", "max_held_bytes",
+                                            "heartbeat_topic")))
     heartbeat = _heartbeat(top.section("heartbeat", ("topic", "timeout", "expire")))
     reclaim = ReclaimSettings(**top.section("reclaim", ("after", "wait")).read(
         after=_optional(parse_duration), wait=parse_duration))
@@ -389,7 +393,8 @@ def _from_environ(name: str, environ: Mapping[str, str]) -> str:
 
 def _router(section: _Section) -> RouterSettings:
     router = RouterSettings(**section.read(share_group=_optional(_level), max_inflight=_receive_maximum,
-                                           max_held=_optional(_message_count), heartbeat_topic=_heartbeat_filter))
+                                           max_held=_optional(_message_count), max_held_bytes=_held_bytes,
+                                           heartbeat_topic=_heartbeat_filter))
     if router.max_held is not None and router.max_held > router.max_inflight:
         section.problem("max_held", f"must be at most router.max_inflight ({router.max_inflight}), "
                                     f"got {router.max_held}")
@@ -756,6 +761,16 @@ def _packet_size(value: object) -> int:
     size = _payload_size(value)
     if size < MIN_PACKET_BYTES:
         raise ValueError(f"must be at least {MIN_PACKET_BYTES} bytes (room for a dead letter), got {_shown(value)}")
+    return size
+
+
+MIN_HELD_BYTES = 2**20
+
+
+def _held_bytes(value: object) -> int:
+    size = parse_size(value)
+    if size < MIN_HELD_BYTES:
+        raise ValueError(f"must be at least 1MiB, got {_shown(value)}")
     return size
 
 

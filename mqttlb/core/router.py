@@ -6,9 +6,10 @@ route's balancer for a healthy worker and answers with a ``Forward`` or a
 transport keeps them unacknowledged) and released in arrival order as soon as
 one appears, or dead-lettered as ``no_worker`` once ``dead_letter.hold`` has
 passed, or sooner when held messages would take more than
-``router.max_held`` of the broker's in-flight window while another pool could
-use it. Workers that die are reported as a ``Departure``. Heartbeats and the
-clock come in as calls, so all of this is tested without a broker and without
+``router.max_held`` of the broker's in-flight window, or more than
+``router.max_held_bytes`` of memory, while another pool could use it.
+Workers that die are reported as a ``Departure``. Heartbeats and the clock
+come in as calls, so all of this is tested without a broker and without
 sleeping.
 
 Every forward and dead letter is measured against the broker's limits
@@ -409,24 +410,44 @@ class Router(Generic[Ref]):
     def _forget_shadows(self, pool: str) -> None:
         self._shadows = {name: shadow for name, shadow in self._shadows.items() if shadow[0] != pool}
 
+    def over_byte_budget(self, held: int) -> bool:
+        """Whether the ``held`` messages waiting take ``router.max_held_bytes`` or more of payload. They are
+        counted only when there are enough of them to reach it, so this costs nothing while few wait."""
+        budget = self.config.router.max_held_bytes
+        if held * self.config.dead_letter.max_payload < budget:  # no held payload is larger
+            return False
+        queues = (*self._held_by_pool.values(), *self._waiting.values())
+        return sum(len(item.message.payload) for queue in queues for item in queue) >= budget
+
     def _make_room(self) -> list[Action[Ref]]:
-        """Past ``router.max_held``, dead-letter the oldest held message if another pool has a worker.
+        """Past ``router.max_held`` messages or ``router.max_held_bytes`` of them, dead-letter the oldest held
+        messages if another pool has a worker.
 
         Held messages stay unacknowledged, so the broker counts them against the router's in-flight
         window: left alone they would stall the pools that do have workers. With no pool able to
-        take anything, there is nothing to make room for, and the rest waits at the broker.
+        take anything, there is nothing to make room for: the router takes nothing more in while they
+        are over the byte budget (``over_byte_budget``), and the rest waits at the broker.
         """
-        limit = self.config.router.held_limit
-        if self.held <= limit or not any(self.fleet.serves(route.settings.pool) for route in self._routes):
-            return []
-        oldest = min((held for held in self._held_by_pool.values() if held), key=lambda held: held[0].message.arrived)
-        item = oldest.popleft()
-        pool = item.route.settings.pool
-        if not oldest:
-            del self._held_by_pool[pool]
-        return [self._dead_letter(item.message, Reason.NO_WORKER,
-                                  f"no healthy worker in pool {pool!r}, and {limit} messages were waiting "
-                                  f"(router.max_held) while other pools had workers", item.route.settings.name)]
+        limit, budget = self.config.router.held_limit, self.config.router.max_held_bytes
+        letters: list[Action[Ref]] = []
+        if not any(self.fleet.serves(route.settings.pool) for route in self._routes):
+            return letters
+        while any(self._held_by_pool.values()):
+            if self.held > limit:
+                why = f"{limit} messages were waiting (router.max_held)"
+            elif self.over_byte_budget(self.held):
+                why = f"the messages waiting took {budget} bytes or more (router.max_held_bytes)"
+            else:
+                break
+            oldest = min((held for held in self._held_by_pool.values() if held),
+                         key=lambda held: held[0].message.arrived)
+            item = oldest.popleft()
+            pool = item.route.settings.pool
+            if not oldest:
+                del self._held_by_pool[pool]
+            letters.append(self._dead_letter(item.message, Reason.NO_WORKER, f"no healthy worker in pool {pool!r}, "
+                                             f"and {why} while other pools had workers", item.route.settings.name))
+        return letters
 
     def take_held(self) -> list[Message[Ref]]:
         """Every held or waiting message, oldest first, no longer held here (a reloaded router routes them

@@ -120,3 +120,23 @@ def test_a_huge_retained_heartbeat_is_ignored_never_held(broker, make_router, cl
     clients(Client, "device").publish("devices/d1/telemetry", b"reading")
     wait_for(lambda: [m.payload for m in worker.messages()] == [b"reading"], what="routing")
     assert peak_rss_mib(router.process.pid) < 80
+
+
+def test_held_messages_are_bounded_in_bytes_and_none_is_lost(make_router, clients):
+    """1,000 messages of 250 KB held for a pool with no worker took the router from 49 to 296 MiB: under a memory
+    limit below that it was killed, and the broker sent the same messages to the next router. Past
+    router.max_held_bytes it now takes nothing more in; the broker keeps the rest until the held ones leave."""
+    router = make_router(routes=ROUTES, router={"max_held_bytes": "16MiB"},
+                         dead_letter={"hold": "1s"}).wait_ready()
+    dead = clients(Client, "dead-watch")
+    dead.subscribe("mqttlb/deadletter/#")
+    device = clients(Client, "device")
+    before = peak_rss_mib(router.process.pid)
+    payloads = [i.to_bytes(4, "big") + bytes(200_000) for i in range(400)]  # 80 MB, for a pool with no worker
+    for payload in payloads:
+        device.publish("devices/d1/telemetry", payload, qos=1)
+    wait_for(lambda: len(dead.messages()) >= len(payloads), timeout=90, what="every message dead-lettered")
+    letters = dead.messages()
+    assert sorted(m.payload[:4] for m in letters) == sorted(p[:4] for p in payloads)  # none lost, none twice
+    assert {m.topic for m in letters} == {"mqttlb/deadletter/no_worker/devices/d1/telemetry"}
+    assert peak_rss_mib(router.process.pid) < before + 60  # unbounded: before + ~95

@@ -441,6 +441,13 @@ def test_heartbeat_topic() -> None:
             f"heartbeat.topic: must have exactly one '+' level (the worker's or router's id) and no '#', got {bad!r}")
 
 
+def test_max_held_bytes() -> None:
+    assert parse(with_routes()).router.max_held_bytes == 64 * 2**20
+    assert parse(with_routes(router={"max_held_bytes": "1MiB"})).router.max_held_bytes == 2**20
+    assert problem(with_routes(router={"max_held_bytes": "1000KiB"})) == (
+        "router.max_held_bytes: must be at least 1MiB, got '1000KiB'")
+
+
 def test_heartbeat_timings() -> None:
     for tiny in (0, "10ms", 0.999):  # a healthy worker would time out between two of its heartbeats
         assert problem(with_routes(heartbeat={"timeout": tiny})) == (

@@ -411,6 +411,40 @@ def test_with_no_worker_anywhere_held_messages_are_not_evicted() -> None:
     assert refs(beat(router, "w1", 1)) == list(range(10))
 
 
+def test_past_max_held_bytes_the_oldest_is_dead_lettered_while_another_pool_has_workers() -> None:
+    """1,000 messages of 250 KB held for a pool with no worker took the router to 296 MiB: a memory limit under
+    that killed it, and the broker sent the same messages to the next router. Now payload bytes are bounded too."""
+    router = make_router(router={"max_held_bytes": "1MiB"}, dead_letter={"max_payload": "256KiB"})
+    beat(router, "w1", 0)
+    big = b"x" * 256 * 1024
+    for ref in range(1, 4):
+        assert router.route(msg(f"jobs/j{ref}", big, ref=ref, now=ref)) == []
+    assert not router.over_byte_budget(router.held)  # 768 KiB
+    [evicted] = router.route(msg("jobs/j4", big, ref=4, now=4))  # 1 MiB: the oldest makes room
+    assert isinstance(evicted, DeadLetter)
+    assert (evicted.reason, evicted.message.ref) == ("no_worker", 1)
+    assert "router.max_held_bytes" in evicted.detail
+    assert router.held == 3 and not router.over_byte_budget(router.held)
+    assert router.route(msg("jobs/small", ref=5, now=5)) == []  # a small one fits beside them
+    assert router.held == 4
+
+
+def test_with_no_worker_anywhere_past_max_held_bytes_nothing_more_is_taken_in() -> None:
+    router = make_router(router={"max_held_bytes": "1MiB"}, dead_letter={"max_payload": "256KiB"})
+    for ref in range(4):
+        assert router.route(msg("devices/d1/telemetry", b"x" * 256 * 1024, ref=ref, now=0)) == []
+    assert router.over_byte_budget(router.held)  # the service reads no more device messages: the broker keeps them
+    assert refs(beat(router, "w1", 1)) == [0, 1, 2, 3]
+    assert not router.over_byte_budget(router.held)
+
+
+def test_few_held_messages_are_not_even_counted() -> None:
+    router = make_router(router={"max_held_bytes": "1MiB"}, dead_letter={"max_payload": "1KiB"})
+    for ref in range(1000):  # 1,000 x 1 KiB cannot reach 1 MiB + 1: no sum is taken
+        router.route(msg("devices/d1/telemetry", b"x" * 1024, ref=ref, now=0))
+    assert router.held == 1000 and not router.over_byte_budget(router.held)
+
+
 def test_max_held_defaults_to_half_the_window() -> None:
     router = make_router(router={"max_inflight": 8})
     beat(router, "w1", 0)
