@@ -183,8 +183,16 @@ def test_clients_that_hold_connections_open_are_bounded_and_cut_off(monkeypatch:
             holder.sendall(b"GET /metrics HTTP/1.1\r\n")  # and never the rest
             holders.append(holder)
         time.sleep(0.5)  # the server accepts them as they come
-        served = len(os.listdir("/proc/self/fd")) - before - len(holders)
-        assert served <= metrics.MAX_CLIENTS + 2, served
+
+        def served() -> int:
+            return len(os.listdir("/proc/self/fd")) - before - len(holders)
+
+        # A connection cut off to make room holds its descriptor until its thread ends, which under load can
+        # take a moment: the bound is what the count comes back to, not every instant of the burst.
+        settle = time.monotonic() + 5
+        while served() > metrics.MAX_CLIENTS + 2 and time.monotonic() < settle:
+            time.sleep(0.05)
+        assert served() <= metrics.MAX_CLIENTS + 2, served()
         deadline = time.monotonic() + 10
         for holder in holders:  # every one is closed by the server: at once, or after its timeout
             holder.settimeout(max(0.1, deadline - time.monotonic()))
