@@ -765,6 +765,7 @@ def _packet_size(value: object) -> int:
 
 
 MIN_HELD_BYTES = 2**20
+"""Room for a few of the largest messages a device may send at the default ``dead_letter.max_payload``."""
 
 
 def _held_bytes(value: object) -> int:

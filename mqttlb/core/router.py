@@ -413,11 +413,14 @@ class Router(Generic[Ref]):
     def over_byte_budget(self, held: int) -> bool:
         """Whether the ``held`` messages waiting take ``router.max_held_bytes`` or more of payload. They are
         counted only when there are enough of them to reach it, so this costs nothing while few wait."""
-        budget = self.config.router.max_held_bytes
-        if held * self.config.dead_letter.max_payload < budget:  # no held payload is larger
-            return False
+        return self._held_bytes(held) >= self.config.router.max_held_bytes
+
+    def _held_bytes(self, held: int) -> int:
+        """The payload bytes of the ``held`` messages waiting, or 0 when so few cannot reach the budget."""
+        if held * self.config.dead_letter.max_payload < self.config.router.max_held_bytes:  # none is larger
+            return 0
         queues = (*self._held_by_pool.values(), *self._waiting.values())
-        return sum(len(item.message.payload) for queue in queues for item in queue) >= budget
+        return sum(len(item.message.payload) for queue in queues for item in queue)
 
     def _make_room(self) -> list[Action[Ref]]:
         """Past ``router.max_held`` messages or ``router.max_held_bytes`` of them, dead-letter the oldest held
@@ -432,10 +435,11 @@ class Router(Generic[Ref]):
         letters: list[Action[Ref]] = []
         if not any(self.fleet.serves(route.settings.pool) for route in self._routes):
             return letters
+        held_bytes = self._held_bytes(self.held)  # counted once: each eviction takes its own off
         while any(self._held_by_pool.values()):
             if self.held > limit:
                 why = f"{limit} messages were waiting (router.max_held)"
-            elif self.over_byte_budget(self.held):
+            elif held_bytes >= budget:
                 why = f"the messages waiting took {budget} bytes or more (router.max_held_bytes)"
             else:
                 break
@@ -445,6 +449,7 @@ class Router(Generic[Ref]):
             pool = item.route.settings.pool
             if not oldest:
                 del self._held_by_pool[pool]
+            held_bytes -= len(item.message.payload)
             letters.append(self._dead_letter(item.message, Reason.NO_WORKER, f"no healthy worker in pool {pool!r}, "
                                              f"and {why} while other pools had workers", item.route.settings.name))
         return letters
