@@ -26,8 +26,8 @@ _LISTENER = re.compile(r"(?m)^listener[ \t]+\d+([ \t]+\S+)?")
 
 
 def mosquitto_dir() -> Path:
-    """The repository's ``mosquitto/`` folder (next to the package in a checkout), else ./mosquitto."""
-    beside_package = Path(__file__).resolve().parents[1] / "mosquitto"
+    """The repository's ``mosquitto/`` folder (beside the package in a checkout), else ./mosquitto."""
+    beside_package = Path(__file__).resolve().parents[2] / "mosquitto"  # mqttlb/commands/broker.py -> the checkout
     return beside_package if beside_package.is_dir() else Path.cwd() / "mosquitto"
 
 

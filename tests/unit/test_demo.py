@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from mqttlb.commands.broker import mosquitto_dir
 from mqttlb.commands.demo import VICTIM, Arrival, render, summarize
 from mqttlb.core.config import parse
 
@@ -122,3 +123,10 @@ def test_the_text_says_when_the_reclaim_was_not_over() -> None:
     lines = render(summary, config, took=12.0, killed_at=7.0)
     assert "reclaimed: none of w1's messages by the router's count, 2 seen arriving at other workers" in lines
     assert "stranded: not yet known: the reclaim of w1's session is waiting" in lines
+
+
+def test_the_broker_configs_are_found_from_any_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``make demo`` and ``mqttlb bench`` start Mosquitto from the checkout's config wherever they are run from."""
+    monkeypatch.chdir(tmp_path)
+    assert (mosquitto_dir() / "dev.conf").is_file()
+    assert (mosquitto_dir().parent / "config" / "mqttlb.yaml").is_file()
