@@ -177,7 +177,7 @@ class Service:
             self._reload(loading)
         window, reclaiming, held = self.transport.publish_window, self.reclaims.unsettled, self.router.held
         # Past the byte budget of held messages, nothing more is taken in (the broker keeps it) until they leave.
-        room = 0 if self.router.over_byte_budget(held) else self.inflight.room(window) - reclaiming
+        room = 0 if self.router.over_byte_budget() else self.inflight.room(window) - reclaiming
         publishing = self.inflight.unsettled - held  # held ones have nothing in flight
         reclaim_room = min(RECLAIM_WINDOW, window - publishing) - reclaiming
         for event in self.transport.poll(max(0.0, self._next_tick - self.clock()), room, reclaim_room):

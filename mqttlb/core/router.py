@@ -38,7 +38,6 @@ the departed worker's keys in arrival order until ``release_departed``.
 from __future__ import annotations
 
 import random
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
@@ -47,6 +46,7 @@ from typing import TYPE_CHECKING, Generic, NamedTuple, TypeVar
 from ..errors import BadKey
 from . import balancers
 from .config import Config, RouteSettings
+from .held import HeldQueues
 from .limits import BrokerLimits, UserProperties, plain
 from .pool import Departure, Fleet, Heartbeat
 
@@ -138,6 +138,10 @@ class _Held(Generic[Ref]):
     deadline: float
 
 
+def _payload_size(held: _Held[Ref]) -> int:
+    return len(held.message.payload)
+
+
 class Router(Generic[Ref]):
     """Routes messages for one config over one fleet."""
 
@@ -151,7 +155,7 @@ class Router(Generic[Ref]):
             _Route(r, balancers.create(r.algorithm, rng=rng, **config.balancers.get(r.algorithm, {})))
             for r in config.routes
         ]
-        self._held_by_pool: dict[str, deque[_Held[Ref]]] = {}
+        self._held_by_pool: HeldQueues[_Held[Ref]] = HeldQueues(_payload_size)
         self.balancer_failures: list[tuple[str, BaseException]] = []
         """Routes whose balancer refused a pool's new healthy set, and why (the service logs and clears them)."""
         self._stale: dict[str, dict[str, int]] = {}
@@ -159,7 +163,7 @@ class Router(Generic[Ref]):
         (a balancer ignores the load of a worker it does not know yet)."""
         self._departed: dict[str, dict[str, float]] = {}
         """pool -> departed worker -> its last weight: workers whose devices' new messages wait (module docstring)."""
-        self._waiting: dict[str, deque[_Held[Ref]]] = {}
+        self._waiting: HeldQueues[_Held[Ref]] = HeldQueues(_payload_size)
         """departed worker -> the new messages of its devices, in arrival order."""
         self._shadows: dict[str, tuple[str, object, balancers.Balancer]] = {}
         """route -> (its pool, the healthy set it was made for, a balancer over that set and the departed workers)."""
@@ -249,15 +253,15 @@ class Router(Generic[Ref]):
         if key is not None and settings.pool in self._departed and not reclaimed:
             owner = self._former_owner(route, key)
             if owner is not None:  # it waits for what its departed worker left to be reclaimed first
-                self._waiting[owner].append(_Held(message, route, captures, key, message.arrived))
+                self._waiting.append(owner, _Held(message, route, captures, key, message.arrived))
                 return []
         held = self._held_by_pool.get(settings.pool)
         # held: keep arrival order. A failing pick is _decide's to catch, as _dispatch catches it for the others.
         actions = None if held else self._pick(message, route, captures, key)
         if actions is not None:
             return actions
-        self._held_by_pool.setdefault(settings.pool, deque()).append(
-            _Held(message, route, captures, key, message.arrived + self.config.dead_letter.hold))
+        self._held_by_pool.append(settings.pool,
+                                  _Held(message, route, captures, key, message.arrived + self.config.dead_letter.hold))
         return self._make_room()
 
     def _match(self, topic: str) -> tuple[_Route, dict[str, str]] | None:
@@ -346,25 +350,30 @@ class Router(Generic[Ref]):
     @property
     def held(self) -> int:
         """Messages waiting: for a healthy worker, or for a departed worker's session to be reclaimed."""
-        return sum(map(len, self._held_by_pool.values())) + self.waiting  # read every turn: map, not a generator
+        return self._held_by_pool.count + self._waiting.count
 
     @property
     def waiting(self) -> int:
         """Messages waiting for a departed worker's session to be reclaimed."""
-        return sum(map(len, self._waiting.values()))
+        return self._waiting.count
+
+    @property
+    def held_bytes(self) -> int:
+        """The payload bytes of the messages waiting (``held``)."""
+        return self._held_by_pool.size + self._waiting.size
 
     # -- departed workers' devices --------------------------------------
 
     def await_departed(self, pool: str, worker: str, weight: float) -> None:
         """From now on, new messages of ``worker``'s devices wait until ``release_departed(worker)``."""
         self._departed.setdefault(pool, {})[worker] = weight
-        self._waiting.setdefault(worker, deque())
+        self._waiting.open(worker)
         self._forget_shadows(pool)
 
     def awaited(self) -> list[str]:
         """The departed workers whose devices wait, the one whose messages have waited longest first."""
-        return sorted(self._waiting, key=lambda worker: self._waiting[worker][0].message.arrived
-                      if self._waiting[worker] else float("inf"))
+        return [worker for worker, _ in sorted(self._waiting.items(), key=lambda waiting: waiting[1][0].message.arrived
+                                               if waiting[1] else float("inf"))]
 
     def release_departed(self, worker: str) -> list[Action[Ref]]:
         """``worker``'s devices wait no more: what waited is routed now, in the order it came."""
@@ -378,17 +387,18 @@ class Router(Generic[Ref]):
         self._forget_shadows(pool)
         actions: list[Action[Ref]] = []
         joined = False
-        for item in self._waiting.pop(worker, ()):
+        for item in self._waiting.pop(worker):
             held = self._held_by_pool.get(pool)
             released = None if held else self._dispatch(item.message, item.route, dict(item.captures), item.key)
             if released is None:  # the pool has no worker now: it waits for one, as any message would
-                self._held_by_pool.setdefault(pool, deque()).append(
-                    replace(item, deadline=item.message.arrived + self.config.dead_letter.hold))
+                deadline = item.message.arrived + self.config.dead_letter.hold
+                self._held_by_pool.append(pool, replace(item, deadline=deadline))
                 joined = True
             else:
                 actions.extend(released)
         if joined:  # in among the held, by arrival: deadlines and evictions read the queue from its oldest end
-            self._held_by_pool[pool] = deque(sorted(self._held_by_pool[pool], key=lambda item: item.message.arrived))
+            self._held_by_pool.replace(pool, sorted(self._held_by_pool.get(pool) or (),
+                                                    key=lambda item: item.message.arrived))
         return actions
 
     def _former_owner(self, route: _Route, key: str) -> str | None:
@@ -410,17 +420,9 @@ class Router(Generic[Ref]):
     def _forget_shadows(self, pool: str) -> None:
         self._shadows = {name: shadow for name, shadow in self._shadows.items() if shadow[0] != pool}
 
-    def over_byte_budget(self, held: int) -> bool:
-        """Whether the ``held`` messages waiting take ``router.max_held_bytes`` or more of payload. They are
-        counted only when there are enough of them to reach it, so this costs nothing while few wait."""
-        return self._held_bytes(held) >= self.config.router.max_held_bytes
-
-    def _held_bytes(self, held: int) -> int:
-        """The payload bytes of the ``held`` messages waiting, or 0 when so few cannot reach the budget."""
-        if held * self.config.dead_letter.max_payload < self.config.router.max_held_bytes:  # none is larger
-            return 0
-        queues = (*self._held_by_pool.values(), *self._waiting.values())
-        return sum(len(item.message.payload) for queue in queues for item in queue)
+    def over_byte_budget(self) -> bool:
+        """Whether the messages waiting take ``router.max_held_bytes`` or more of payload."""
+        return self.held_bytes >= self.config.router.max_held_bytes
 
     def _make_room(self) -> list[Action[Ref]]:
         """Past ``router.max_held`` messages or ``router.max_held_bytes`` of them, dead-letter the oldest held
@@ -435,21 +437,18 @@ class Router(Generic[Ref]):
         letters: list[Action[Ref]] = []
         if not any(self.fleet.serves(route.settings.pool) for route in self._routes):
             return letters
-        held_bytes = self._held_bytes(self.held)  # counted once: each eviction takes its own off
-        while any(self._held_by_pool.values()):
+        while self._held_by_pool.count:
             if self.held > limit:
                 why = f"{limit} messages were waiting (router.max_held)"
-            elif held_bytes >= budget:
+            elif self.held_bytes >= budget:
                 why = f"the messages waiting took {budget} bytes or more (router.max_held_bytes)"
             else:
                 break
-            oldest = min((held for held in self._held_by_pool.values() if held),
-                         key=lambda held: held[0].message.arrived)
-            item = oldest.popleft()
-            pool = item.route.settings.pool
-            if not oldest:
-                del self._held_by_pool[pool]
-            held_bytes -= len(item.message.payload)
+            pool = min((held for held in self._held_by_pool.items() if held[1]),
+                       key=lambda held: held[1][0].message.arrived)[0]
+            item = self._held_by_pool.popleft(pool)
+            if not self._held_by_pool.get(pool):
+                self._held_by_pool.pop(pool)
             letters.append(self._dead_letter(item.message, Reason.NO_WORKER, f"no healthy worker in pool {pool!r}, "
                                              f"and {why} while other pools had workers", item.route.settings.name))
         return letters
@@ -457,26 +456,27 @@ class Router(Generic[Ref]):
     def take_held(self) -> list[Message[Ref]]:
         """Every held or waiting message, oldest first, no longer held here (a reloaded router routes them
         again, after it is told again which departed workers' devices wait)."""
-        queues = [*self._held_by_pool.values(), *self._waiting.values()]
-        items = sorted((item for held in queues for item in held), key=lambda item: item.message.arrived)
-        self._held_by_pool = {}
-        self._waiting = {worker: deque() for worker in self._waiting}
+        workers = list(self._waiting.names())
+        items = sorted([*self._held_by_pool.take_all(), *self._waiting.take_all()],
+                       key=lambda item: item.message.arrived)
+        for worker in workers:
+            self._waiting.open(worker)
         return [item.message for item in items]
 
     def forget_held(self, belongs_to_lost_connection: Callable[[Ref], bool]) -> int:
         """Drop the held messages the broker will deliver again (their connection is gone); returns how many."""
         forgotten = 0
-        for pool, held in list(self._held_by_pool.items()):
-            kept = deque(item for item in held if not belongs_to_lost_connection(item.message.ref))
+        for pool, held in self._held_by_pool.items():
+            kept = [item for item in held if not belongs_to_lost_connection(item.message.ref)]
             forgotten += len(held) - len(kept)
             if kept:
-                self._held_by_pool[pool] = kept
+                self._held_by_pool.replace(pool, kept)
             else:
-                del self._held_by_pool[pool]
+                self._held_by_pool.pop(pool)
         for worker, waiting in self._waiting.items():
-            kept = deque(item for item in waiting if not belongs_to_lost_connection(item.message.ref))
+            kept = [item for item in waiting if not belongs_to_lost_connection(item.message.ref)]
             forgotten += len(waiting) - len(kept)
-            self._waiting[worker] = kept
+            self._waiting.replace(worker, kept)
         return forgotten
 
     def refused(self, forward: Forward[Ref], why: str) -> DeadLetter[Ref]:
@@ -504,7 +504,7 @@ class Router(Generic[Ref]):
         loads = self._stale.get(beat.pool)
         if loads is not None:
             loads[beat.worker] = beat.inflight
-        for pool in changed & self._held_by_pool.keys():  # messages wait for it: no waiting for the tick
+        for pool in changed & self._held_by_pool.names():  # messages wait for it: no waiting for the tick
             self._update_pool(pool)
         if loads is None:
             self._report_load(beat.pool, beat.worker, beat.inflight)
@@ -516,9 +516,9 @@ class Router(Generic[Ref]):
         for pool in self._stale.keys() | changed:
             self._update_pool(pool)
         actions: list[Action[Ref]] = [*self.fleet.take_departures(), *self._release_all(changed)]
-        for held in self._held_by_pool.values():
+        for pool, held in self._held_by_pool.items():
             while held and held[0].deadline <= now:
-                item = held.popleft()
+                item = self._held_by_pool.popleft(pool)
                 actions.append(self._dead_letter(item.message, Reason.NO_WORKER,
                                                  f"no healthy worker in pool {item.route.settings.pool!r}",
                                                  item.route.settings.name))
@@ -555,7 +555,7 @@ class Router(Generic[Ref]):
             released = self._dispatch(item.message, item.route, dict(item.captures), item.key)
             if released is None:  # the pool emptied again: the rest keeps waiting, in order
                 return actions
-            held.popleft()
+            self._held_by_pool.popleft(pool)
             actions.extend(released)
-        self._held_by_pool.pop(pool, None)
+        self._held_by_pool.pop(pool)
         return actions
