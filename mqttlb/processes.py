@@ -9,7 +9,10 @@ depends only on the workers, so the instances agree on every device's worker;
 per-device order holds within an instance, not across them.
 
 This parent only supervises: it passes SIGTERM, SIGINT and SIGHUP on, starts
-again an instance that crashes, and exits when they all have.
+again an instance that crashes, and exits when they all have. An instance that
+cannot start (its metrics port taken, say) would crash again at once: each
+exit that comes soon after its start doubles the wait before the next start,
+up to a minute, and the parent watches the others and the signals meanwhile.
 
 More routers pay only with cores to run them. The broker is one thread too,
 and on a 2-core machine with the broker on it, the broker, the clients and
@@ -38,6 +41,17 @@ from .errors import EXIT_CONFIG
 log = logging.getLogger("mqttlb.processes")
 
 RESTART_DELAY = 1.0
+"""Seconds before an instance that exited is started again, the first time."""
+MAX_RESTART_DELAY = 60.0
+STEADY = 60.0
+"""An instance that ran this long before it exited is started again after ``RESTART_DELAY``, however often it
+exited before."""
+
+
+def restart_delay(quick_exits: int) -> float:
+    """The wait before starting an instance again, after ``quick_exits`` exits in a row each soon after its start:
+    1 s, 2 s, 4 s ... up to a minute."""
+    return min(MAX_RESTART_DELAY, RESTART_DELAY * 2.0 ** min(quick_exits, 16))
 
 
 AUTO = "auto"
@@ -115,18 +129,30 @@ def main(args: argparse.Namespace, config: Config) -> int:
     if warning is not None:
         log.warning("%s", warning)
     codes: dict[int, int] = {}
+    started = dict.fromkeys(children, time.monotonic())
+    quick_exits = dict.fromkeys(children, 0)
+    restart_at: dict[int, float] = {}
+    """Instances that exited, and when each starts again."""
     while len(codes) < len(children):
+        now = time.monotonic()
         for index, child in children.items():
             code = child.poll()
             if code is None or index in codes:
                 continue
             if stopping or code == EXIT_CONFIG:
-                codes[index] = code
+                codes[index] = code  # a crashed one waiting to start again is not: the signal came after
                 if not stopping:  # a config the instances refuse: stop them all
                     forward(signal.SIGTERM, None)
-            else:
-                log.error("router %d exited with status %d; starting it again", index, code)
-                time.sleep(RESTART_DELAY)
+            elif index not in restart_at:
+                if now - started[index] >= STEADY:
+                    quick_exits[index] = 0
+                delay = restart_delay(quick_exits[index])
+                quick_exits[index] += 1
+                restart_at[index] = now + delay
+                log.error("router %d exited with status %d; starting it again in %.0f s", index, code, delay)
+            elif now >= restart_at[index]:
+                del restart_at[index]
                 children[index] = subprocess.Popen([*command, "--instance", str(index)])
+                started[index] = now
         time.sleep(0.1)
     return max(codes.values())

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import orjson
 import pytest
 
+from mqttlb.commands.broker import free_port
 from mqttlb.processes import auto_count, too_many
 
 from .conftest import Client, RouterProcess, TestWorker, wait_for, write_config
@@ -81,3 +85,52 @@ def test_run_processes_needs_a_share_group(tmp_path, broker):
     assert parent.process.wait(15) == 2
     parent.stop()
     assert "router.share_group: --processes needs a share group" in parent.log()
+
+
+def command_lines() -> dict[int, str]:
+    """Every process on this machine, by pid, with its command line."""
+    found = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            found[int(pid)] = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").replace("\0", " ")
+        except OSError:  # it ended meanwhile
+            pass
+    return found
+
+
+def test_a_router_that_cannot_start_is_started_again_ever_later_and_a_stop_ends_it_for_good(tmp_path, broker):
+    """Router 1's metrics port is taken: it exits at once, every time. The parent starts it again after 1 s, then
+    2 s, router 0 routes meanwhile, and a SIGTERM while router 1 waits stops the group: it was slept through
+    before, and router 1 then started after the signal, was never told to stop, and the parent waited on it."""
+    port = free_port()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port + 1))
+        taken.listen()
+        config = write_config(tmp_path / "crashing.yaml", broker, router={"share_group": "mqttlb"},
+                              metrics={"listen": f"127.0.0.1:{port}"})
+        parent = RouterProcess(config, "--processes", "2")
+        parent.wait_log("router 1 exited with status 1; starting it again in 1 s", timeout=20)
+        parent.wait_log("router 1 exited with status 1; starting it again in 2 s", timeout=20)
+        assert sum("routing link connected" in line for line in parent.lines) == 1  # router 0 runs on
+        assert parent.stop(timeout=10) == 1  # router 1's last exit: it had failed
+    restarts = sum("starting it again" in line for line in parent.lines)
+    time.sleep(2.5)  # past router 1's next start, had it been left to start
+    assert sum("starting it again" in line for line in parent.lines) == restarts
+    assert not any(str(config) in command for command in command_lines().values())  # no router left behind
+    assert "Traceback" not in parent.log()
+
+
+def test_a_stop_while_a_crashed_router_waits_to_start_again_stops_the_group(tmp_path, broker):
+    """Router 1 is SIGKILLed, and the parent told to stop while it waits to start it again: the parent used to
+    sleep through that wait, start router 1 after the signal, never tell it to stop, and wait for it forever."""
+    config = write_config(tmp_path / "killed.yaml", broker, router={"share_group": "mqttlb"})
+    parent = RouterProcess(config, "--processes", "2")
+    wait_for(lambda: sum("routing link connected" in line for line in parent.lines) == 2, timeout=15,
+             what="both routers connected")
+    [second] = [pid for pid, command in command_lines().items() if str(config) in command and "--instance 1" in command]
+    os.kill(second, signal.SIGKILL)
+    parent.wait_log("router 1 exited with status -9; starting it again in 1 s")
+    parent.process.send_signal(signal.SIGTERM)
+    parent.stop(timeout=10)
+    assert not any(str(config) in command for command in command_lines().values())
+    assert sum("routing link connected" in line for line in parent.lines) == 2  # router 1 was not started again

@@ -1,4 +1,5 @@
-"""``mqttlb run --processes``: how many routers pay on a machine, and the warning when there are more."""
+"""``mqttlb run --processes``: how many routers pay on a machine, the warning when there are more, and how soon
+one that crashed starts again."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import argparse
 import pytest
 
 from mqttlb.commands.cli import _parser
-from mqttlb.processes import AUTO, auto_count, broker_is_local, count_option, too_many
+from mqttlb.processes import AUTO, auto_count, broker_is_local, count_option, restart_delay, too_many
 
 
 @pytest.mark.parametrize(("host", "local"), [("127.0.0.1", True), ("localhost", True), ("::1", True),
@@ -42,3 +43,8 @@ def test_processes_option_takes_a_count_or_auto() -> None:
     for bad in ("0", "-1", "two"):
         with pytest.raises(argparse.ArgumentTypeError):
             count_option(bad)
+
+
+def test_a_router_that_keeps_crashing_waits_longer_each_time_up_to_a_minute() -> None:
+    assert [restart_delay(n) for n in range(8)] == [1, 2, 4, 8, 16, 32, 60, 60]
+    assert restart_delay(10_000) == 60  # no overflow, however long the loop
