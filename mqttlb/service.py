@@ -80,6 +80,19 @@ SHUTDOWN_GRACE = 10.0
 TICK = 0.25
 """How often heartbeat timeouts and hold deadlines are applied (their resolution)."""
 
+LINGER_FROM = 8
+LINGER = 0.0002
+"""Seconds the loop waits after a turn that took in ``LINGER_FROM`` device messages or more, before it looks again.
+
+Under load, a router faster than its broker wakes for every few messages the broker sends, and pays a turn's
+fixed costs (a ``select``, reads, the acknowledgements' writes, and on a busy machine the wake-up itself) for
+each few. Waiting a fifth of a millisecond, the next turn finds more. ``mqttlb bench``'s mqttlb with and without
+it, alternated, four rounds each, in two runs: router CPU a message at QoS 1 36.0 -> 26.2 and 28.2 -> 24.2 us
+(msg/s 15,700 -> 18,000 and 18,800 -> 19,400), at QoS 0 15.5 -> 15.0 and 12.9 -> 11.5 us. A turn of fewer
+messages, as under light load, never waits, so latency there is what it was (p50 at 7,000 msg/s, QoS 1: 0.33 ->
+0.36 and 0.24 -> 0.29 ms; at 15,000 msg/s, QoS 0: 0.37 -> 0.41 and 0.36 -> 0.23 ms). Waiting after every turn
+instead saved as much but added a quarter of a millisecond to every message."""
+
 
 def subscriptions(config: Config) -> list[Subscription]:
     """The route filters to subscribe, once each, with the shared-subscription prefix if any. With MQTT 5,
@@ -165,10 +178,12 @@ class Service:
                  self.config.broker.host, self.config.broker.port)
         settle_heap()
         while not self._stopping:
-            self._turn()
+            if self._turn() >= LINGER_FROM:
+                time.sleep(LINGER)
         return self._shutdown()
 
-    def _turn(self) -> None:
+    def _turn(self) -> int:
+        """One pass of the loop; how many device messages it took in."""
         if self._reload_requested and self._loading is None:
             self._reload_requested = False
             self._read_for_reload()
@@ -180,9 +195,11 @@ class Service:
         room = 0 if self.router.over_byte_budget() else self.inflight.room(window) - reclaiming
         publishing = self.inflight.unsettled - held  # held ones have nothing in flight
         reclaim_room = min(RECLAIM_WINDOW, window - publishing) - reclaiming
+        taken = 0
         for event in self.transport.poll(max(0.0, self._next_tick - self.clock()), room, reclaim_room):
             match event:
                 case DeviceMessages(generation, messages):
+                    taken += len(messages)
                     for start in range(0, len(messages), FLUSH_EVERY):
                         self._take(messages[start:start + FLUSH_EVERY], generation)
                         self.transport.flush_publishing()  # a long read's first forwards need not wait for its last
@@ -228,6 +245,7 @@ class Service:
             self._report(now, announce=now >= self._next_stats)
         self._settle_written()  # before the flush: the acknowledgements this settles go with it
         self.transport.flush()
+        return taken
 
     def stop(self) -> None:
         self._stopping = True
