@@ -59,7 +59,8 @@ class HeldQueues(Generic[Item]):
     def pop(self, name: str) -> deque[Item]:
         """Take ``name``'s whole queue (empty if it had none), and the name with it."""
         queue = self._queues.pop(name, deque())
-        self._forget(queue)
+        self.count -= len(queue)
+        self.size -= sum(map(self._size_of, queue))
         return queue
 
     def replace(self, name: str, items: Iterable[Item]) -> None:
@@ -76,7 +77,3 @@ class HeldQueues(Generic[Item]):
         self._queues = {}
         self.count = self.size = 0
         return items
-
-    def _forget(self, queue: deque[Item]) -> None:
-        self.count -= len(queue)
-        self.size -= sum(map(self._size_of, queue))
