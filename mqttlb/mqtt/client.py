@@ -8,7 +8,9 @@ held while user code runs.
 
 QoS 1 publishes are kept until the broker acknowledges them: those made while disconnected, and
 those in flight when the connection dropped, are sent after the next connect (the latter again with
-DUP). QoS 0 publishes made while disconnected are lost (``Publication.rc`` says so).
+DUP), but for any over the Maximum Packet Size the broker names then: those are refused (``REFUSED``),
+as the broker would drop the connection over them on every reconnect. QoS 0 publishes made while
+disconnected are lost (``Publication.rc`` says so).
 
 Callbacks (``on_message``, ``on_connect``) run on the network thread: keep them short and hand slow
 work to a thread of your own; while one runs, nothing is read, written or pinged.
@@ -28,7 +30,7 @@ from dataclasses import dataclass
 from ..core.config import BrokerSettings
 from ..errors import TransportError
 from .codec import MQTT_5, MQTT_311, encode_topic_name, user_properties
-from .errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from .errors import LocalProtocolError, PacketTooLarge, ProtocolError, RemoteProtocolError
 from .events import BadPublish, ConnAck, Disconnect, PubAck, Publish, Subscription, Will
 from .net import open_socket
 from .reasons import reason_name, refusal
@@ -312,24 +314,34 @@ class Client:
             again, self._in_flight = self._in_flight, {}
             if self.persistent:  # the session kept their packet ids: the same messages, sent again
                 for publication in again.values():
-                    self._outbox += session.republish(publication.mid, publication.topic, publication.payload,
-                                                      retain=publication.retain, properties=publication.properties)
-                    self._in_flight[publication.mid] = publication
+                    try:
+                        self._outbox += session.republish(publication.mid, publication.topic, publication.payload,
+                                                          retain=publication.retain,
+                                                          properties=publication.properties)
+                    except PacketTooLarge as error:
+                        self._refuse(publication, error)
+                    else:
+                        self._in_flight[publication.mid] = publication
             else:  # a clean start freed their ids: new messages to the broker, before the later ones
                 self._unsent[:0] = again.values()
             unsent, self._unsent = self._unsent, []
             for publication in unsent:
                 try:
                     self._send(publication)
-                except LocalProtocolError as error:  # over a Maximum Packet Size the broker names now
-                    log.warning("%s: cannot send a publish to %r: %s", self.client_id, publication.topic[:200], error)
-                    publication._published(REFUSED)
+                except LocalProtocolError as error:
+                    self._refuse(publication, error)
             if self._subscriptions:
                 subscriptions = [Subscription(f, qos) for f, qos in self._subscriptions.items()]
                 self._outbox += session.subscribe(subscriptions)[1]
         log.info("%s: connected to %s:%s", self.client_id, self.broker.host, self.broker.port)
         if self._on_connect is not None:
             self._on_connect()
+
+    def _refuse(self, publication: Publication, error: LocalProtocolError) -> None:
+        """A publish kept across a reconnect that the broker would not take now: over the Maximum Packet Size it
+        names on this connection (sent, it would cost the connection again on every reconnect)."""
+        log.warning("%s: cannot send a publish to %r: %s", self.client_id, publication.topic[:200], error)
+        publication._published(REFUSED)
 
     def _arrived(self, event: Publish) -> None:
         try:

@@ -244,8 +244,12 @@ def encode_property(identifier: int, value: Any) -> bytes:
     raise LocalProtocolError(f"0x{identifier:02X} is not an MQTT 5 property")
 
 
+_NOT_ZERO = frozenset({RECEIVE_MAXIMUM, MAXIMUM_PACKET_SIZE})
+"""Properties that MQTT 5 makes a protocol error at 0 (3.1.2.11.3, 3.1.2.11.4)."""
+
+
 def _bounded(value: int, most: int, identifier: int) -> int:
-    if not 0 <= value <= most:
+    if not 0 <= value <= most or value == 0 and identifier in _NOT_ZERO:
         raise LocalProtocolError(f"property 0x{identifier:02X}: {value} is out of range")
     return value
 
@@ -293,7 +297,7 @@ def decode_properties(data: bytes, at: int, end: int) -> dict[int, Any]:
             raise RemoteProtocolError(f"property 0x{identifier:02X} appears twice")
         else:
             properties[identifier] = value
-    if properties.get(RECEIVE_MAXIMUM) == 0 or properties.get(MAXIMUM_PACKET_SIZE) == 0:
+    if any(properties.get(identifier) == 0 for identifier in _NOT_ZERO):
         raise RemoteProtocolError("a Receive Maximum or Maximum Packet Size of 0")
     return properties
 
@@ -474,6 +478,8 @@ def encode_unsubscribe(protocol: int, packet_id: int, filters: Sequence[str]) ->
 def encode_disconnect(protocol: int, reason: int = 0, *, session_expiry: int | None = None,
                       reason_string: str | None = None) -> bytes:
     """DISCONNECT (3.14); MQTT 3.1.1's has no reason or properties."""
+    if not 0 <= reason <= 0xFF:
+        raise LocalProtocolError(f"DISCONNECT with reason {reason}: a reason code is one byte")
     if protocol == MQTT_311 or (reason == 0 and session_expiry is None and reason_string is None):
         return b"\xe0\x00"
     body = _ONE_BYTE[reason] + _block(encode_properties({SESSION_EXPIRY: session_expiry,

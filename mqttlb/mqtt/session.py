@@ -144,23 +144,34 @@ class Session:
                                  f"than MQTT can frame") from error
         if self.maximum_packet_size is not None and len(packet) > self.maximum_packet_size:
             self._in_use.pop(packet_id, None)
-            raise PacketTooLarge(f"a PUBLISH of {len(packet)} bytes: the broker's Maximum Packet Size is "
-                                 f"{self.maximum_packet_size}")
+            raise self._too_large(packet)
         if qos:
             self._publishes += 1
         return packet_id, packet
 
     def republish(self, packet_id: int, topic: str | bytes, payload: bytes, *, retain: bool = False,
                   properties: bytes = b"") -> bytes:
-        """A QoS 1 PUBLISH sent before and not acknowledged, again with its packet id and DUP (rule 2)."""
+        """A QoS 1 PUBLISH sent before and not acknowledged, again with its packet id and DUP (rule 2).
+
+        PacketTooLarge when the broker names a smaller Maximum Packet Size now than when it was first sent:
+        its packet id is freed, as sending it would cost the connection on every reconnect.
+        """
         if not self.connected:
             raise LocalProtocolError("publish before a successful CONNACK")
         if self._in_use.get(packet_id) != PUBLISH:
             raise LocalProtocolError(f"packet id {packet_id} is not an unacknowledged publish")
         if topic.__class__ is not bytes:
             topic = encode_topic_name(topic)  # type: ignore[arg-type]
-        return encode_publish(self.protocol, topic, payload, 1, packet_id, retain, True,
-                              properties)
+        packet = encode_publish(self.protocol, topic, payload, 1, packet_id, retain, True, properties)
+        if self.maximum_packet_size is not None and len(packet) > self.maximum_packet_size:
+            del self._in_use[packet_id]
+            self._publishes -= 1
+            raise self._too_large(packet)
+        return packet
+
+    def _too_large(self, packet: bytes) -> PacketTooLarge:
+        return PacketTooLarge(f"a PUBLISH of {len(packet)} bytes: the broker's Maximum Packet Size is "
+                              f"{self.maximum_packet_size}")
 
     def puback(self, packet_id: int, reason: int = 0) -> bytes:
         """PUBACK for an inbound QoS 1 PUBLISH (``reason`` is MQTT 5's; 3.1.1 has none)."""

@@ -186,6 +186,34 @@ def test_a_persistent_reconnect_keeps_unacknowledged_publishes_for_republish() -
         session.republish(mid, "t", b"x")
 
 
+def test_a_kept_publish_over_a_lower_maximum_packet_size_after_a_reconnect_is_refused_and_its_id_freed() -> None:
+    """The broker may name a smaller Maximum Packet Size on any reconnect; a kept publish over it would cost the
+    connection again on every reconnect."""
+    session, _ = connected()
+    mid, _ = session.publish("t", bytes(500), 1)
+    session.connect("client", clean_start=False, keepalive=30)
+    session.receive_data(codec.encode_connack(5, True, maximum_packet_size=100))
+    session.events()
+    assert session.in_flight == 1
+    with pytest.raises(PacketTooLarge, match="Maximum Packet Size is 100"):
+        session.republish(mid, "t", bytes(500))
+    assert session.in_flight == 0 and session.send_quota == session.receive_maximum
+    with pytest.raises(LocalProtocolError, match="not an unacknowledged publish"):
+        session.republish(mid, "t", bytes(500))
+
+
+@pytest.mark.parametrize("reason", [-1, 0x100])
+def test_a_disconnect_reason_out_of_a_byte_is_our_mistake(reason: int) -> None:
+    session, _ = connected()
+    with pytest.raises(LocalProtocolError, match="reason"):
+        session.disconnect(reason)
+
+
+def test_a_receive_maximum_of_zero_is_never_sent() -> None:
+    with pytest.raises(LocalProtocolError, match="0x21"):
+        Session(5).connect("client", clean_start=True, keepalive=30, receive_maximum=0)
+
+
 def test_a_bad_topic_from_the_broker_is_an_event_and_the_session_goes_on() -> None:
     session, _ = connected()
     session.receive_data(codec.encode_publish(5, b"a/\xff", b"x", 1, 7) + codec.encode_publish(5, b"ok", b"y", 0, 0))
