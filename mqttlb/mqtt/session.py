@@ -134,19 +134,17 @@ class Session:
             packet_id = 0
         elif qos == 1:
             packet_id = self._take_id(PUBLISH)
+            self._publishes += 1
         else:
             raise LocalProtocolError(f"QoS {qos}: this client publishes at QoS 0 or 1")
         try:
             packet = encode_publish(self.protocol, topic, payload, qos, packet_id, retain, False, properties)
         except LocalProtocolError as error:  # the topic and properties are encoded: only a length can overflow
-            self._in_use.pop(packet_id, None)
+            self._give_back(packet_id)
             raise PacketTooLarge(f"a PUBLISH of over {MAX_REMAINING_LENGTH} bytes after its fixed header: more "
                                  f"than MQTT can frame") from error
         if self.maximum_packet_size is not None and len(packet) > self.maximum_packet_size:
-            self._in_use.pop(packet_id, None)
-            raise self._too_large(packet)
-        if qos:
-            self._publishes += 1
+            raise self._too_large(packet_id, packet)
         return packet_id, packet
 
     def republish(self, packet_id: int, topic: str | bytes, payload: bytes, *, retain: bool = False,
@@ -164,12 +162,12 @@ class Session:
             topic = encode_topic_name(topic)  # type: ignore[arg-type]
         packet = encode_publish(self.protocol, topic, payload, 1, packet_id, retain, True, properties)
         if self.maximum_packet_size is not None and len(packet) > self.maximum_packet_size:
-            del self._in_use[packet_id]
-            self._publishes -= 1
-            raise self._too_large(packet)
+            raise self._too_large(packet_id, packet)
         return packet
 
-    def _too_large(self, packet: bytes) -> PacketTooLarge:
+    def _too_large(self, packet_id: int, packet: bytes) -> PacketTooLarge:
+        """A PUBLISH over the broker's Maximum Packet Size: not sent, so its packet id is given back."""
+        self._give_back(packet_id)
         return PacketTooLarge(f"a PUBLISH of {len(packet)} bytes: the broker's Maximum Packet Size is "
                               f"{self.maximum_packet_size}")
 
@@ -202,7 +200,7 @@ class Session:
         try:
             return packet_id, encode(packet_id)
         except LocalProtocolError:
-            del self._in_use[packet_id]
+            self._give_back(packet_id)
             raise
 
     def ping(self) -> bytes:
@@ -242,6 +240,12 @@ class Session:
         self._next_id = packet_id % MAX_PACKET_ID + 1
         in_use[packet_id] = kind
         return packet_id
+
+    def _give_back(self, packet_id: int) -> None:
+        """Free a packet id: its packet was acknowledged, or never sent (the PUBACK fast path in ``events``
+        does the same inline)."""
+        if self._in_use.pop(packet_id, 0) == PUBLISH:
+            self._publishes -= 1
 
     # -- bytes in, events out -------------------------------------------------------------------------------
 
@@ -346,8 +350,7 @@ class Session:
         elif not self.connected:
             raise RemoteProtocolError(f"{type(packet).__name__} before a successful CONNACK")
         elif isinstance(packet, (PubAck, SubAck, UnsubAck)):
-            if self._in_use.pop(packet.packet_id, 0) == PUBLISH:
-                self._publishes -= 1
+            self._give_back(packet.packet_id)
         elif isinstance(packet, Disconnect):
             self.connected = False
         return packet
